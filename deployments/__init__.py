@@ -1,0 +1,1 @@
+"""Canary deployments, their phases, lifecycle and the control tick."""

@@ -1,0 +1,1 @@
+"""Feature flags, segments, evaluation and OFREP."""

@@ -1,0 +1,1 @@
+"""The metric store, health policies, checks and alerts."""

@@ -1,0 +1,1 @@
+"""Rollback plans and executions, approvals and kill switches."""

@@ -1,0 +1,1 @@
+"""Services, targets, routing rules, the decision engine and the proxy."""

@@ -1,0 +1,168 @@
+"""One error hierarchy for Canary, and the renderers that turn any error into the one error body.
+
+Every 4xx the API sends looks like ``{"error": {"code", "message", "fields": {...}}}``; the
+dashboard's error partial renders the same three parts. Services raise these errors; views and
+serializers never invent their own shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+
+
+class CanaryError(Exception):
+    """A client error with a message and, where it concerns one, the field it concerns."""
+
+    status_code = 400
+    code = "invalid"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        fields: dict[str, list[str]] | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields: dict[str, list[str]] = dict(fields or {})
+        if field:
+            self.fields.setdefault(field, []).append(message)
+        if code:
+            self.code = code
+
+    def as_body(self) -> dict[str, Any]:
+        return error_body(self.code, self.message, self.fields)
+
+
+class ValidationFailed(CanaryError):
+    status_code = 400
+    code = "invalid"
+
+
+class Forbidden(CanaryError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFound(CanaryError):
+    status_code = 404
+    code = "not_found"
+
+
+class TransitionNotAllowed(CanaryError):
+    """The object exists and the input is fine, but its current state does not allow this now."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class RateLimited(CanaryError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+
+def error_body(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "fields": fields or {}}}
+
+
+def _flatten_detail(detail: Any, prefix: str = "") -> dict[str, list[str]]:
+    """Turn DRF's nested error detail into ``{"a.b[0].c": ["message"]}``."""
+    fields: dict[str, list[str]] = {}
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = str(key) if not prefix else f"{prefix}.{key}"
+            if key == "non_field_errors":
+                name = prefix or "non_field_errors"
+            for sub, messages in _flatten_detail(value, name).items():
+                fields.setdefault(sub, []).extend(messages)
+    elif isinstance(detail, list):
+        if all(not isinstance(item, (dict, list)) for item in detail):
+            fields[prefix or "non_field_errors"] = [str(item) for item in detail]
+        else:
+            for index, item in enumerate(detail):
+                if item:
+                    fields.update(_flatten_detail(item, f"{prefix}[{index}]"))
+    else:
+        fields[prefix or "non_field_errors"] = [str(detail)]
+    return fields
+
+
+def _summary(fields: dict[str, list[str]], fallback: str) -> str:
+    if not fields:
+        return fallback
+    name, messages = next(iter(fields.items()))
+    if name == "non_field_errors":
+        return messages[0]
+    return f"{name}: {messages[0]}"
+
+
+def to_canary_error(exc: Exception) -> CanaryError | None:
+    """Map Django's and DRF's own exceptions onto ours; None for anything that is not a 4xx."""
+    if isinstance(exc, CanaryError):
+        return exc
+    if isinstance(exc, drf_exceptions.ValidationError):
+        fields = _flatten_detail(exc.detail)
+        return ValidationFailed(_summary(fields, "Invalid input."), fields=fields)
+    if isinstance(exc, DjangoValidationError):
+        detail = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        fields = _flatten_detail(detail)
+        return ValidationFailed(_summary(fields, "Invalid input."), fields=fields)
+    if isinstance(exc, drf_exceptions.ParseError):
+        return ValidationFailed(f"Malformed request body: {exc.detail}", code="parse_error")
+    if isinstance(exc, drf_exceptions.UnsupportedMediaType):
+        error = CanaryError(str(exc.detail), code="unsupported_media_type")
+        error.status_code = 415
+        return error
+    if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)):
+        error = CanaryError(str(exc.detail), code="not_authenticated")
+        error.status_code = 401
+        return error
+    if isinstance(exc, (drf_exceptions.PermissionDenied, DjangoPermissionDenied)):
+        message = str(getattr(exc, "detail", "") or exc or "")
+        return Forbidden(message or "Your role does not allow this.")
+    if isinstance(exc, (drf_exceptions.NotFound, Http404)):
+        return NotFound(str(getattr(exc, "detail", "")) or "Not found.")
+    if isinstance(exc, drf_exceptions.MethodNotAllowed):
+        error = CanaryError(str(exc.detail), code="method_not_allowed")
+        error.status_code = 405
+        return error
+    if isinstance(exc, drf_exceptions.NotAcceptable):
+        error = CanaryError(str(exc.detail), code="not_acceptable")
+        error.status_code = 406
+        return error
+    if isinstance(exc, drf_exceptions.Throttled):
+        return RateLimited(str(exc.detail), retry_after=int(exc.wait or 1))
+    if isinstance(exc, drf_exceptions.APIException) and 400 <= exc.status_code < 500:
+        error = CanaryError(str(exc.detail), code=exc.default_code)
+        error.status_code = exc.status_code
+        return error
+    return None
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's exception handler: every client error leaves in the one error body."""
+    # Imported here: rest_framework.views loads the API settings, which import our auth classes.
+    from rest_framework.views import set_rollback
+
+    error = to_canary_error(exc)
+    if error is None:
+        return None
+    set_rollback()
+    headers: dict[str, str] = {}
+    if isinstance(error, RateLimited):
+        headers["Retry-After"] = str(error.retry_after)
+    if error.status_code == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="api"'
+    return Response(error.as_body(), status=error.status_code, headers=headers)

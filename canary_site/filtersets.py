@@ -1,0 +1,41 @@
+"""Filters shared by the audit page and GET /api/v1/audit/."""
+
+from __future__ import annotations
+
+import django_filters
+from django.db.models import Q, QuerySet
+
+from canary_site.choices import Source
+from canary_site.models import AuditEntry
+
+ACTION_CHOICES = [("create", "create"), ("update", "update"), ("delete", "delete")]
+
+
+class AuditEntryFilterSet(django_filters.FilterSet):
+    object_type = django_filters.CharFilter(
+        field_name="content_type__model", lookup_expr="iexact", label="Object type"
+    )
+    object_id = django_filters.CharFilter(field_name="object_pk", label="Object id")
+    object = django_filters.CharFilter(
+        field_name="object_repr", lookup_expr="icontains", label="Object"
+    )
+    actor = django_filters.CharFilter(
+        field_name="actor__username", lookup_expr="iexact", label="Actor"
+    )
+    action = django_filters.CharFilter(method="filter_action", label="Action")
+    source = django_filters.ChoiceFilter(choices=Source.choices)
+    since = django_filters.IsoDateTimeFilter(field_name="timestamp", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="timestamp", lookup_expr="lte")
+
+    class Meta:
+        model = AuditEntry
+        fields = ["object_type", "object_id", "object", "actor", "action", "source", "since", "until"]
+
+    def filter_action(self, queryset: QuerySet[AuditEntry], name: str, value: str) -> QuerySet:
+        """An action is either a verb ("kill") or one of the plain edits."""
+        value = value.strip().lower()
+        plain = {"create": AuditEntry.Action.CREATE, "update": AuditEntry.Action.UPDATE,
+                 "delete": AuditEntry.Action.DELETE}
+        if value in plain:
+            return queryset.filter(Q(verb=value) | Q(verb="", action=plain[value]))
+        return queryset.filter(verb=value)

@@ -1,0 +1,77 @@
+"""Prometheus exposition of the system itself: django-prometheus covers requests by view and
+status and their latency; this module adds Celery task counts.
+
+Tasks run in worker processes while /metrics is served by the web process, so the counts are kept
+in the shared cache (Redis in production) and read at scrape time by a custom collector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from celery import signals
+from django.core.cache import cache
+from prometheus_client.core import REGISTRY, CounterMetricFamily
+
+STATES = ("succeeded", "failed", "retried")
+KEY = "celery-task-count:{name}:{state}"
+
+
+def _incr(name: str, state: str) -> None:
+    key = KEY.format(name=name, state=state)
+    try:
+        cache.incr(key)
+    except ValueError:
+        # The first count; a concurrent first count may be lost, which a counter tolerates.
+        cache.add(key, 0, timeout=None)
+        cache.incr(key)
+
+
+def _task_name(sender: Any) -> str:
+    return getattr(sender, "name", None) or str(sender)
+
+
+def _on_success(sender: Any = None, **_: Any) -> None:
+    _incr(_task_name(sender), "succeeded")
+
+
+def _on_failure(sender: Any = None, **_: Any) -> None:
+    _incr(_task_name(sender), "failed")
+
+
+def _on_retry(sender: Any = None, **_: Any) -> None:
+    _incr(_task_name(sender), "retried")
+
+
+class CeleryTaskCollector:
+    """Reads the shared counts at scrape time, one cache round trip for all tasks."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        from canary_site.celery import app
+
+        names = sorted(name for name in app.tasks if not name.startswith("celery."))
+        keys = {KEY.format(name=n, state=s): (n, s) for n in names for s in STATES}
+        try:
+            values = cache.get_many(list(keys))
+        except Exception:  # a cache outage must not break the scrape of everything else
+            values = {}
+        family = CounterMetricFamily(
+            "canary_celery_tasks", "Celery tasks finished, by task and state", labels=["task", "state"]
+        )
+        for key, (name, state) in keys.items():
+            family.add_metric([name, state], float(values.get(key, 0)))
+        yield family
+
+
+_collector = CeleryTaskCollector()
+
+
+def connect_signals() -> None:
+    signals.task_success.connect(_on_success, weak=False, dispatch_uid="canary_task_success")
+    signals.task_failure.connect(_on_failure, weak=False, dispatch_uid="canary_task_failure")
+    signals.task_retry.connect(_on_retry, weak=False, dispatch_uid="canary_task_retry")
+    try:
+        REGISTRY.register(_collector)
+    except ValueError:
+        pass  # already registered (ready() can run twice in some test set-ups)

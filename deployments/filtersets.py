@@ -1,0 +1,1 @@
+"""Filters shared by the deployments app's pages and API."""

@@ -1,0 +1,1 @@
+"""Celery tasks of the deployments app: thin wrappers around its services."""

@@ -1,0 +1,1 @@
+"""Filters shared by the flags app's pages and API."""

@@ -1,0 +1,1 @@
+"""Writes of the flags app: plain keyword-only functions named <entity>_<action>."""

@@ -1,0 +1,1 @@
+"""Celery tasks of the flags app: thin wrappers around its services."""

@@ -1,0 +1,1 @@
+"""Celery tasks of the health app: thin wrappers around its services."""

@@ -1,0 +1,1 @@
+"""Filters shared by the rollback app's pages and API."""

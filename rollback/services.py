@@ -1,0 +1,1 @@
+"""Writes of the rollback app: plain keyword-only functions named <entity>_<action>."""

@@ -1,0 +1,1 @@
+"""Celery tasks of the rollback app: thin wrappers around its services."""

@@ -1,0 +1,8 @@
+"""App config of the routing app."""
+
+from django.apps import AppConfig
+
+
+class RoutingConfig(AppConfig):
+    name = "routing"
+    verbose_name = "Routing"

@@ -1,0 +1,1 @@
+"""Celery tasks of the routing app: thin wrappers around its services."""

@@ -116,7 +116,9 @@ def to_canary_error(exc: Exception) -> CanaryError | None:
         fields = _flatten_detail(exc.detail)
         return ValidationFailed(_summary(fields, "Invalid input."), fields=fields)
     if isinstance(exc, DjangoValidationError):
-        detail = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        detail = (
+            exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        )
         fields = _flatten_detail(detail)
         return ValidationFailed(_summary(fields, "Invalid input."), fields=fields)
     if isinstance(exc, drf_exceptions.ParseError):

@@ -29,13 +29,25 @@ class AuditEntryFilterSet(django_filters.FilterSet):
 
     class Meta:
         model = AuditEntry
-        fields = ["object_type", "object_id", "object", "actor", "action", "source", "since", "until"]
+        fields = [
+            "object_type",
+            "object_id",
+            "object",
+            "actor",
+            "action",
+            "source",
+            "since",
+            "until",
+        ]
 
     def filter_action(self, queryset: QuerySet[AuditEntry], name: str, value: str) -> QuerySet:
         """An action is either a verb ("kill") or one of the plain edits."""
         value = value.strip().lower()
-        plain = {"create": AuditEntry.Action.CREATE, "update": AuditEntry.Action.UPDATE,
-                 "delete": AuditEntry.Action.DELETE}
+        plain = {
+            "create": AuditEntry.Action.CREATE,
+            "update": AuditEntry.Action.UPDATE,
+            "delete": AuditEntry.Action.DELETE,
+        }
         if value in plain:
             return queryset.filter(Q(verb=value) | Q(verb="", action=plain[value]))
         return queryset.filter(verb=value)

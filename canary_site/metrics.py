@@ -7,6 +7,7 @@ in the shared cache (Redis in production) and read at scrape time by a custom co
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,18 +48,29 @@ def _on_retry(sender: Any = None, **_: Any) -> None:
 class CeleryTaskCollector:
     """Reads the shared counts at scrape time, one cache round trip for all tasks."""
 
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        # Registration asks for the names; answering without collect() keeps app start-up quiet.
+        yield self._family()
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "canary_celery_tasks",
+            "Celery tasks finished, by task and state",
+            labels=["task", "state"],
+        )
+
     def collect(self) -> Iterator[CounterMetricFamily]:
         from canary_site.celery import app
 
+        # Task modules are discovered lazily; the web process has to load them to know the names.
+        app.loader.import_default_modules()
         names = sorted(name for name in app.tasks if not name.startswith("celery."))
         keys = {KEY.format(name=n, state=s): (n, s) for n in names for s in STATES}
         try:
             values = cache.get_many(list(keys))
         except Exception:  # a cache outage must not break the scrape of everything else
             values = {}
-        family = CounterMetricFamily(
-            "canary_celery_tasks", "Celery tasks finished, by task and state", labels=["task", "state"]
-        )
+        family = self._family()
         for key, (name, state) in keys.items():
             family.add_metric([name, state], float(values.get(key, 0)))
         yield family
@@ -71,7 +83,6 @@ def connect_signals() -> None:
     signals.task_success.connect(_on_success, weak=False, dispatch_uid="canary_task_success")
     signals.task_failure.connect(_on_failure, weak=False, dispatch_uid="canary_task_failure")
     signals.task_retry.connect(_on_retry, weak=False, dispatch_uid="canary_task_retry")
-    try:
+    # ready() can run twice in some set-ups; the collector is registered once.
+    with contextlib.suppress(ValueError):
         REGISTRY.register(_collector)
-    except ValueError:
-        pass  # already registered (ready() can run twice in some test set-ups)

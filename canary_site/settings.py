@@ -165,6 +165,9 @@ AXES_HTTP_RESPONSE_CODE = 429
 AUDITLOG_LOGENTRY_MODEL = "canary_site.AuditEntry"
 AUDITLOG_INCLUDE_ALL_MODELS = False
 AUDITLOG_DISABLE_REMOTE_ADDR = False
+# auditlog's migrations would create its own entry table even though ours replaces it; that
+# orphan table would also block PostgreSQL from truncating content types between tests.
+MIGRATION_MODULES = {"auditlog": None}
 
 # --- I18N, static -------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -174,6 +177,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("DJANGO_STATIC_ROOT", default=str(VAR_DIR / "staticfiles")))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATICFILES_FINDERS = [
     "django.contrib.staticfiles.finders.FileSystemFinder",

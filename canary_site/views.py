@@ -119,8 +119,9 @@ def readyz(request: HttpRequest) -> JsonResponse:
     except Exception as error:
         checks["broker"] = f"error: {error.__class__.__name__}"
     ready = all(value == "ok" for value in checks.values())
-    return JsonResponse({"status": "ok" if ready else "unavailable", "checks": checks},
-                        status=200 if ready else 503)
+    return JsonResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    )
 
 
 def _wants_json(request: HttpRequest) -> bool:
@@ -129,9 +130,7 @@ def _wants_json(request: HttpRequest) -> bool:
     )
 
 
-def _error_response(
-    request: HttpRequest, status: int, code: str, message: str
-) -> HttpResponse:
+def _error_response(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:
     if _wants_json(request):
         return JsonResponse(error_body(code, message), status=status)
     context = {"status": status, "code": code, "message": message}
@@ -140,7 +139,9 @@ def _error_response(
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     return _error_response(
-        request, 403, "csrf_failed",
+        request,
+        403,
+        "csrf_failed",
         "The form's security token was missing or stale. Reload the page and try again.",
     )
 

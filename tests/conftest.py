@@ -12,10 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
-from rest_framework.test import APIClient
-
-from canary_site import services
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -24,7 +20,14 @@ ROLE_NAMES = ["viewer", "engineer", "approver", "admin"]
 
 @pytest.fixture
 def make_user(django_user_model: Any) -> Callable[..., Any]:
-    def make(username: str | None = None, *, roles: list[str] | None = None, password: str = "pw-Canary-123") -> Any:
+    from canary_site import services
+
+    def make(
+        username: str | None = None,
+        *,
+        roles: list[str] | None = None,
+        password: str = "pw-Canary-123",
+    ) -> Any:
         user = django_user_model.objects.create_user(
             username=username or f"user-{uuid.uuid4().hex[:8]}", password=password
         )
@@ -40,12 +43,16 @@ def engineer(make_user: Callable[..., Any]) -> Any:
 
 
 @pytest.fixture
-def api_client() -> APIClient:
+def api_client() -> Any:
+    from rest_framework.test import APIClient
+
     return APIClient()
 
 
 def process_env(**overrides: str) -> dict[str, str]:
     """The environment for a child process that must share this test run's database and broker."""
+    from django.db import connection
+
     env = dict(os.environ)
     settings = connection.settings_dict
     if settings["ENGINE"].endswith("sqlite3"):
@@ -163,3 +170,9 @@ def login(page: Any, username: str, password: str = "pw-Canary-123") -> None:
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    # Real hashing is deliberately slow; tests create many users and check no hash strength.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

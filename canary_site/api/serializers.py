@@ -17,9 +17,7 @@ class StrictSerializer(serializers.Serializer):
             known = set(self.fields)
             unknown = sorted(str(key) for key in data if key not in known)
             if unknown:
-                raise serializers.ValidationError(
-                    {name: ["Unknown field."] for name in unknown}
-                )
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
         return super().to_internal_value(data)
 
 
@@ -31,8 +29,17 @@ class AuditEntrySerializer(serializers.ModelSerializer):
     class Meta:
         model = AuditEntry
         fields = [
-            "id", "timestamp", "actor", "source", "action", "reason", "object_type",
-            "object_pk", "object_repr", "changes", "remote_addr",
+            "id",
+            "timestamp",
+            "actor",
+            "source",
+            "action",
+            "reason",
+            "object_type",
+            "object_pk",
+            "object_repr",
+            "changes",
+            "remote_addr",
         ]
         read_only_fields = fields
 

@@ -30,7 +30,7 @@ class ApiRootView(APIView):
     """Links to every collection of the API."""
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
-    def get(self, request: Request, format: Any = None) -> Response:  # noqa: A002
+    def get(self, request: Request, format: Any = None) -> Response:
         def link(name: str) -> str:
             return reverse(name, request=request, format=format)
 
@@ -48,7 +48,9 @@ class ApiRootView(APIView):
 class MeView(APIView):
     @extend_schema(responses=MeSerializer)
     def get(self, request: Request) -> Response:
-        return Response({"username": request.user.get_username(), "roles": user_roles(request.user)})
+        return Response(
+            {"username": request.user.get_username(), "roles": user_roles(request.user)}
+        )
 
 
 class AuditEntryViewSet(viewsets.ReadOnlyModelViewSet):
@@ -61,9 +63,7 @@ class AuditEntryViewSet(viewsets.ReadOnlyModelViewSet):
     search_fields = ["object_repr", "reason"]
 
 
-class ApiTokenViewSet(
-    mixins.ListModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet
-):
+class ApiTokenViewSet(mixins.ListModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
     """Your own API tokens. Creating one returns the secret once; only its digest is kept."""
 
     serializer_class = ApiTokenSerializer

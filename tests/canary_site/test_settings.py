@@ -16,7 +16,14 @@ PROBE = (
     "'embedded': s.EMBEDDED, 'debug': s.DEBUG}))"
 )
 
-CLEAN = ("DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "DJANGO_DEBUG", "CANARY_HTTPS")
+CLEAN = (
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "REDIS_URL",
+    "DJANGO_DEBUG",
+    "CANARY_HTTPS",
+    "DJANGO_ALLOW_ASYNC_UNSAFE",  # set by the browser tests in this process
+)
 
 
 def load_settings(tmp_path, **env: str) -> dict:
@@ -25,7 +32,11 @@ def load_settings(tmp_path, **env: str) -> dict:
     base = {k: v for k, v in os.environ.items() if k not in CLEAN}
     base.update(DJANGO_SETTINGS_MODULE="canary_site.settings", CANARY_VAR_DIR=str(tmp_path), **env)
     out = subprocess.run(
-        [sys.executable, "-c", PROBE], cwd=BASE_DIR, env=base, capture_output=True, text=True,
+        [sys.executable, "-c", PROBE],
+        cwd=BASE_DIR,
+        env=base,
+        capture_output=True,
+        text=True,
         check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -74,7 +85,10 @@ def test_check_deploy__with_production_settings__reports_no_issue(tmp_path):
     )
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=BASE_DIR, env=env, capture_output=True, text=True,
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout

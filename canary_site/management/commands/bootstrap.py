@@ -20,7 +20,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         roles.sync_role_permissions()
         if not settings.EMBEDDED:
-            self.stdout.write("Roles are in place. Create accounts with 'manage.py createsuperuser'.")
+            self.stdout.write(
+                "Roles are in place. Create accounts with 'manage.py createsuperuser'."
+            )
             return
         User = get_user_model()
         username = settings.CANARY_ADMIN_USERNAME
@@ -30,7 +32,9 @@ class Command(BaseCommand):
         password = secrets.token_urlsafe(12)
         user = User.objects.create_superuser(username=username, email="", password=password)
         services.user_set_roles(user=user, roles=[Role.ADMIN])
-        self.stdout.write(self.style.SUCCESS(
-            f"Created local admin account '{username}' with password: {password}\n"
-            "It is shown only this once; change it on first login."
-        ))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Created local admin account '{username}' with password: {password}\n"
+                "It is shown only this once; change it on first login."
+            )
+        )

@@ -26,9 +26,10 @@ counts.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
+from itertools import accumulate
 from typing import Any
 
 MIN_BOUND_MS = 1.0
@@ -154,34 +155,22 @@ class Histogram:
         return self.percentiles((q,))[0]
 
     def percentiles(self, qs: Sequence[float]) -> tuple[float, ...]:
-        """Several percentiles in one pass; `qs` must be ascending."""
+        """Several percentiles (each q in 0..100) from one pass over the counts."""
         if self.total <= 0:
             raise ValueError("percentile of an empty histogram")
-        previous = 0.0
+        counts = self.counts
+        cumulative = list(accumulate(counts))
+        results: list[float] = []
         for q in qs:
             if not 0.0 <= q <= 100.0:
                 raise ValueError(f"percentile must be within 0..100, got {q}")
-            if q < previous:
-                raise ValueError("percentiles must be asked for in ascending order")
-            previous = q
-
-        results: list[float] = []
-        total = self.total
-        counts = self.counts
-        index = 0
-        cumulative_before = 0
-        for q in qs:
-            rank = q / 100.0 * total
-            # Advance to the first non-empty bucket whose cumulative count reaches the rank.
-            while True:
-                count = counts[index]
-                if count and cumulative_before + count >= rank:
-                    break
-                cumulative_before += count
-                index += 1
+            rank = q / 100.0 * self.total
+            # The first bucket whose cumulative count reaches the rank, which is never empty;
+            # at q = 0 every bucket reaches it, so take the first non-empty one instead.
+            index = bisect_left(cumulative, rank) if rank > 0.0 else bisect_right(cumulative, 0)
+            before = cumulative[index] - counts[index]
             low = _LOWERS[index]
-            fraction = (rank - cumulative_before) / count
-            results.append(low + (_UPPERS[index] - low) * fraction)
+            results.append(low + (_UPPERS[index] - low) * (rank - before) / counts[index])
         return tuple(results)
 
     def mean(self) -> float:

@@ -1,0 +1,1651 @@
+"""Health analysis: judges a canary's metric window against a policy and against stable.
+
+A pure engine: no Django, no database. The health app gathers `WindowStats` for the canary and
+the stable version from the metric store, snapshots the policy with `build_policy()`, calls
+`evaluate()` and stores `Evaluation.to_dict()` with the health check.
+
+Policy dict shape (every key optional; `build_policy()` fills in the defaults shown, rejects
+unknown keys and raises `InvalidPolicy(field, message)` naming the offending field, e.g.
+`thresholds[0].critical`)::
+
+    {
+        "window_seconds": 300,          # length of one evaluation window; the caller's contract
+        "min_requests": 100,            # smallest sample per window that counts as data
+        "no_data": "inconclusive",      # what a window below it means: fail | inconclusive | ignore
+        "thresholds": [                 # absolute bounds on the canary's own metrics
+            {
+                "metric": "error_rate",  # availability | error_rate | latency_p50 | latency_p95
+                                         # | latency_p99 | throughput | custom:<name>
+                "operator": "gt",        # lt | lte | gt | gte: when the value is bad
+                "warning": 1.0,          # at least one of warning and critical
+                "critical": 5.0,         # must be at least as bad as warning
+                "consecutive_failures": 1,
+            },
+        ],
+        "comparison": {                 # canary against stable
+            "enabled": true,
+            "metrics": ["error_rate", "latency"],
+            "tolerance_percent": 10.0,  # how much worse than stable, relatively, is tolerated
+            "alpha": 0.05,              # significance level of the one-sided tests
+            "latency_percentile": 95.0, # the percentile the latency tolerance applies to
+            "baseline_window_seconds": 300,  # stable window length; defaults to window_seconds
+            "severity": "critical",     # a degradation's verdict: warning | critical | inconclusive
+        },
+        "trend": {                      # worsening trends over the recent canary windows
+            "enabled": true,
+            "metrics": ["error_rate", "latency_p95"],
+            "windows": 10,              # the most recent windows looked at, the current included
+            "min_windows": 5,           # windows with data needed before a trend is judged
+            "alpha": 0.01,
+            "severity": "warning",
+        },
+        "sample_ratio": {               # observed canary/stable split against the planned share
+            "enabled": true,
+            "alpha": 0.001,
+            "severity": "warning",
+        },
+        "auto_rollback": {
+            "enabled": true,
+            "thresholds": [
+                {"metric": "error_rate", "operator": "gt", "threshold": 15.0,
+                 "consecutive_violations": 2},
+            ],
+        },
+    }
+
+Rates and availability are percentages (0 to 100), latencies milliseconds, throughput requests
+per second; a custom metric is judged on its mean over the window (sum / count).
+
+Verdict rules:
+
+- A threshold reports the most severe level whose bound the canary breached in the current
+  window and in each of the `consecutive_failures - 1` windows before it (`history`); a window
+  without data breaks the streak. A critical bound breached now but not yet long enough reports
+  warning, so a critical breach is never a pass.
+- A comparison flags a degradation only when the canary is worse than stable both significantly
+  (one-sided test, p < alpha) and beyond the tolerance, relative to stable (against an error-free
+  stable any canary error rate is beyond it, so significance decides). Error rates use a
+  two-proportion z-test, or Fisher's exact test when an expected cell count is below 5; latency
+  uses a Mann-Whitney U test computed from the two histograms' bucket counts (bucket ties are
+  ties; normal approximation with tie and continuity corrections).
+- A trend flags a significant one-sided Mann-Kendall trend over the recent windows with data,
+  the current one included, in the worsening direction: the one the metric's threshold calls
+  bad, else upwards (error rate, latency, custom metrics) or downwards (availability,
+  throughput). Sen's slope reports its size.
+- The sample-ratio check runs a chi-square goodness-of-fit test of the observed canary/stable
+  request split against `planned_canary_share` and flags p < alpha (0.001 by default).
+- Data is sparse when the window has fewer than `min_requests` requests (latency: latency
+  samples; a custom metric: no sample at all). A check on sparse data has the verdict no_data,
+  which counts as critical, inconclusive or nothing, per `no_data`. Sparse data is never a pass.
+- The overall verdict is the worst counted result, in the order pass < inconclusive < warning
+  < critical. With nothing counted it is inconclusive. Two kinds of result never vote pass on
+  their own: a trend without enough history yet is not counted at all, and a sample-ratio check
+  that finds the split as planned says nothing about health, so it counts only when it flags.
+- `should_rollback` is true when auto-rollback is enabled and a rollback threshold was violated
+  in the current window and the `consecutive_violations - 1` before it. Sparse data never
+  triggers a rollback.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
+from statistics import median
+from typing import Any
+
+from health.histogram import Histogram
+
+# --------------------------------------------------------------------------- vocabulary
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    NO_DATA = "no_data"
+    INCONCLUSIVE = "inconclusive"
+
+
+class NoDataRule(StrEnum):
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+    IGNORE = "ignore"
+
+
+class Operator(StrEnum):
+    LT = "lt"
+    LTE = "lte"
+    GT = "gt"
+    GTE = "gte"
+
+
+class Check(StrEnum):
+    THRESHOLD = "threshold"
+    COMPARISON = "comparison"
+    TREND = "trend"
+    SAMPLE_RATIO = "sample_ratio"
+
+
+AVAILABILITY = "availability"
+ERROR_RATE = "error_rate"
+LATENCY_P50 = "latency_p50"
+LATENCY_P95 = "latency_p95"
+LATENCY_P99 = "latency_p99"
+THROUGHPUT = "throughput"
+CUSTOM_PREFIX = "custom:"
+LATENCY = "latency"
+
+METRICS: tuple[str, ...] = (
+    AVAILABILITY,
+    ERROR_RATE,
+    LATENCY_P50,
+    LATENCY_P95,
+    LATENCY_P99,
+    THROUGHPUT,
+)
+COMPARISON_METRICS: tuple[str, ...] = (ERROR_RATE, LATENCY)
+SEVERITIES: tuple[Verdict, ...] = (Verdict.INCONCLUSIVE, Verdict.WARNING, Verdict.CRITICAL)
+
+_LATENCY_QUANTILES = {LATENCY_P50: 50.0, LATENCY_P95: 95.0, LATENCY_P99: 99.0}
+_PERCENT_METRICS = frozenset({AVAILABILITY, ERROR_RATE})
+_CUSTOM_NAME = re.compile(r"[A-Za-z0-9_.:\-/]{1,100}")
+_RANK = {Verdict.PASS: 0, Verdict.INCONCLUSIVE: 1, Verdict.WARNING: 2, Verdict.CRITICAL: 3}
+_NO_DATA_COUNTS_AS: dict[NoDataRule, Verdict | None] = {
+    NoDataRule.FAIL: Verdict.CRITICAL,
+    NoDataRule.INCONCLUSIVE: Verdict.INCONCLUSIVE,
+    NoDataRule.IGNORE: None,
+}
+
+
+def is_metric(name: str) -> bool:
+    """Whether `name` is a metric a threshold, trend or rollback threshold can watch."""
+    if name in METRICS:
+        return True
+    return name.startswith(CUSTOM_PREFIX) and bool(
+        _CUSTOM_NAME.fullmatch(name[len(CUSTOM_PREFIX) :])
+    )
+
+
+def breaches(value: float, operator: Operator | str, bound: float) -> bool:
+    """Whether `value` is on the bad side of `bound`; the operator states when a value is bad."""
+    if operator == Operator.GT:
+        return value > bound
+    if operator == Operator.GTE:
+        return value >= bound
+    if operator == Operator.LT:
+        return value < bound
+    if operator == Operator.LTE:
+        return value <= bound
+    raise ValueError(f"unknown operator {operator!r}")
+
+
+# --------------------------------------------------------------------------- window inputs
+
+CustomStat = tuple[float, float, float, float]
+"""A custom metric over a window: (sum, count, min, max)."""
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """What one version did over one window: counts, latency histogram, custom metrics.
+
+    `seconds` is the window's length, needed only for throughput. Derived values are None when
+    the window has nothing to derive them from; they are cached, so do not mutate `latency`
+    after building a WindowStats from it.
+    """
+
+    requests: int
+    errors: int = 0
+    latency: Histogram = field(default_factory=Histogram)
+    seconds: float | None = None
+    custom: Mapping[str, CustomStat] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.requests < 0:
+            raise ValueError(f"requests cannot be negative, got {self.requests}")
+        if not 0 <= self.errors <= self.requests:
+            raise ValueError(f"errors must be within 0..requests, got {self.errors}")
+        if self.seconds is not None and self.seconds <= 0:
+            raise ValueError(f"seconds must be positive, got {self.seconds}")
+        custom: dict[str, CustomStat] = {}
+        for name, stat in self.custom.items():
+            if len(stat) != 4:
+                raise ValueError(f"custom metric {name!r} must be (sum, count, min, max)")
+            total, count, low, high = (float(part) for part in stat)
+            if count < 0:
+                raise ValueError(f"custom metric {name!r} has a negative count")
+            custom[name] = (total, count, low, high)
+        object.__setattr__(self, "custom", custom)
+
+    @cached_property
+    def availability(self) -> float | None:
+        if not self.requests:
+            return None
+        return 100.0 * (self.requests - self.errors) / self.requests
+
+    @cached_property
+    def error_rate(self) -> float | None:
+        if not self.requests:
+            return None
+        return 100.0 * self.errors / self.requests
+
+    @cached_property
+    def _latency_percentiles(self) -> tuple[float, ...] | None:
+        if not self.latency.total:
+            return None
+        return self.latency.percentiles((50.0, 95.0, 99.0))
+
+    @property
+    def p50(self) -> float | None:
+        percentiles = self._latency_percentiles
+        return percentiles[0] if percentiles else None
+
+    @property
+    def p95(self) -> float | None:
+        percentiles = self._latency_percentiles
+        return percentiles[1] if percentiles else None
+
+    @property
+    def p99(self) -> float | None:
+        percentiles = self._latency_percentiles
+        return percentiles[2] if percentiles else None
+
+    @property
+    def throughput(self) -> float | None:
+        """Requests per second, when the window's length is known."""
+        if self.seconds is None:
+            return None
+        return self.requests / self.seconds
+
+    def custom_mean(self, name: str) -> float | None:
+        stat = self.custom.get(name)
+        if stat is None or stat[1] <= 0:
+            return None
+        return stat[0] / stat[1]
+
+    def value(self, metric: str) -> float | None:
+        """The window's value of `metric`, however thin the data behind it."""
+        if metric == ERROR_RATE:
+            return self.error_rate
+        if metric == AVAILABILITY:
+            return self.availability
+        if metric == LATENCY_P50:
+            return self.p50
+        if metric == LATENCY_P95:
+            return self.p95
+        if metric == LATENCY_P99:
+            return self.p99
+        if metric == THROUGHPUT:
+            return self.throughput
+        if metric.startswith(CUSTOM_PREFIX):
+            return self.custom_mean(metric[len(CUSTOM_PREFIX) :])
+        raise ValueError(f"unknown metric {metric!r}")
+
+    def sample_size(self, metric: str) -> int:
+        """How many observations stand behind `metric` in this window."""
+        if metric in _LATENCY_QUANTILES:
+            return self.latency.total
+        if metric.startswith(CUSTOM_PREFIX):
+            stat = self.custom.get(metric[len(CUSTOM_PREFIX) :])
+            return int(stat[1]) if stat else 0
+        return self.requests
+
+    def merge(self, other: WindowStats) -> WindowStats:
+        """Both windows pooled, e.g. several short stable windows into one baseline."""
+        custom = dict(self.custom)
+        for name, (total, count, low, high) in other.custom.items():
+            if name in custom:
+                mine = custom[name]
+                custom[name] = (
+                    mine[0] + total,
+                    mine[1] + count,
+                    min(mine[2], low),
+                    max(mine[3], high),
+                )
+            else:
+                custom[name] = (total, count, low, high)
+        seconds = None
+        if self.seconds is not None and other.seconds is not None:
+            seconds = self.seconds + other.seconds
+        return WindowStats(
+            requests=self.requests + other.requests,
+            errors=self.errors + other.errors,
+            latency=self.latency.merge(other.latency),
+            seconds=seconds,
+            custom=custom,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (counts and derived values, not the histogram)."""
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "seconds": self.seconds,
+            "availability": self.availability,
+            "error_rate": self.error_rate,
+            "latency_samples": self.latency.total,
+            "latency_p50": self.p50,
+            "latency_p95": self.p95,
+            "latency_p99": self.p99,
+            "throughput": self.throughput,
+            "custom": {
+                name: {
+                    "sum": total,
+                    "count": count,
+                    "min": low,
+                    "max": high,
+                    "mean": self.custom_mean(name),
+                }
+                for name, (total, count, low, high) in self.custom.items()
+            },
+        }
+
+
+# --------------------------------------------------------------------------- policy
+
+
+class InvalidPolicy(ValueError):
+    """A policy dict that cannot be used; `field` names the offending key."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    metric: str
+    operator: Operator
+    warning: float | None = None
+    critical: float | None = None
+    consecutive_failures: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "operator": str(self.operator),
+            "warning": self.warning,
+            "critical": self.critical,
+            "consecutive_failures": self.consecutive_failures,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ComparisonPolicy:
+    enabled: bool = True
+    metrics: tuple[str, ...] = COMPARISON_METRICS
+    tolerance_percent: float = 10.0
+    alpha: float = 0.05
+    latency_percentile: float = 95.0
+    baseline_window_seconds: int = 300
+    severity: Verdict = Verdict.CRITICAL
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "metrics": list(self.metrics),
+            "tolerance_percent": self.tolerance_percent,
+            "alpha": self.alpha,
+            "latency_percentile": self.latency_percentile,
+            "baseline_window_seconds": self.baseline_window_seconds,
+            "severity": str(self.severity),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TrendPolicy:
+    enabled: bool = True
+    metrics: tuple[str, ...] = (ERROR_RATE, LATENCY_P95)
+    windows: int = 10
+    min_windows: int = 5
+    alpha: float = 0.01
+    severity: Verdict = Verdict.WARNING
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "metrics": list(self.metrics),
+            "windows": self.windows,
+            "min_windows": self.min_windows,
+            "alpha": self.alpha,
+            "severity": str(self.severity),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRatioPolicy:
+    enabled: bool = True
+    alpha: float = 0.001
+    severity: Verdict = Verdict.WARNING
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "alpha": self.alpha, "severity": str(self.severity)}
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackThreshold:
+    metric: str
+    operator: Operator
+    threshold: float
+    consecutive_violations: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "operator": str(self.operator),
+            "threshold": self.threshold,
+            "consecutive_violations": self.consecutive_violations,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AutoRollbackPolicy:
+    enabled: bool = True
+    thresholds: tuple[RollbackThreshold, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "thresholds": [threshold.to_dict() for threshold in self.thresholds],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A validated snapshot of a health policy; build it with `build_policy()`."""
+
+    thresholds: tuple[Threshold, ...] = ()
+    comparison: ComparisonPolicy = field(default_factory=ComparisonPolicy)
+    trend: TrendPolicy = field(default_factory=TrendPolicy)
+    sample_ratio: SampleRatioPolicy = field(default_factory=SampleRatioPolicy)
+    auto_rollback: AutoRollbackPolicy = field(default_factory=AutoRollbackPolicy)
+    min_requests: int = 100
+    no_data: NoDataRule = NoDataRule.INCONCLUSIVE
+    window_seconds: int = 300
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical dict: `build_policy(policy.to_dict()) == policy`."""
+        return {
+            "window_seconds": self.window_seconds,
+            "min_requests": self.min_requests,
+            "no_data": str(self.no_data),
+            "thresholds": [threshold.to_dict() for threshold in self.thresholds],
+            "comparison": self.comparison.to_dict(),
+            "trend": self.trend.to_dict(),
+            "sample_ratio": self.sample_ratio.to_dict(),
+            "auto_rollback": self.auto_rollback.to_dict(),
+        }
+
+
+def build_policy(data: Mapping[str, Any] | None = None) -> Policy:
+    """Validate a policy dict (shape in the module docstring) into a `Policy`."""
+    top = _Section(data if data is not None else {}, "")
+    top.only(
+        "window_seconds",
+        "min_requests",
+        "no_data",
+        "thresholds",
+        "comparison",
+        "trend",
+        "sample_ratio",
+        "auto_rollback",
+    )
+    window_seconds = top.integer("window_seconds", 300, minimum=1)
+    min_requests = top.integer("min_requests", 100, minimum=1)
+    no_data = NoDataRule(top.choice("no_data", "inconclusive", [rule.value for rule in NoDataRule]))
+
+    thresholds = tuple(_build_threshold(item) for item in top.sections("thresholds"))
+
+    section = top.section("comparison")
+    section.only(
+        "enabled",
+        "metrics",
+        "tolerance_percent",
+        "alpha",
+        "latency_percentile",
+        "baseline_window_seconds",
+        "severity",
+    )
+    comparison = ComparisonPolicy(
+        enabled=section.boolean("enabled", True),
+        metrics=section.names(
+            "metrics", COMPARISON_METRICS, lambda name: name in COMPARISON_METRICS
+        ),
+        tolerance_percent=section.number("tolerance_percent", 10.0, minimum=0.0),
+        alpha=section.probability("alpha", 0.05),
+        latency_percentile=section.number(
+            "latency_percentile", 95.0, minimum=0.0, maximum=100.0, open_minimum=True
+        ),
+        baseline_window_seconds=section.integer(
+            "baseline_window_seconds", window_seconds, minimum=1
+        ),
+        severity=section.severity("severity", Verdict.CRITICAL),
+    )
+
+    section = top.section("trend")
+    section.only("enabled", "metrics", "windows", "min_windows", "alpha", "severity")
+    windows = section.integer("windows", 10, minimum=3)
+    trend = TrendPolicy(
+        enabled=section.boolean("enabled", True),
+        metrics=section.names("metrics", (ERROR_RATE, LATENCY_P95), is_metric),
+        windows=windows,
+        min_windows=section.integer("min_windows", min(5, windows), minimum=3, maximum=windows),
+        alpha=section.probability("alpha", 0.01),
+        severity=section.severity("severity", Verdict.WARNING),
+    )
+
+    section = top.section("sample_ratio")
+    section.only("enabled", "alpha", "severity")
+    sample_ratio = SampleRatioPolicy(
+        enabled=section.boolean("enabled", True),
+        alpha=section.probability("alpha", 0.001),
+        severity=section.severity("severity", Verdict.WARNING),
+    )
+
+    section = top.section("auto_rollback")
+    section.only("enabled", "thresholds")
+    auto_rollback = AutoRollbackPolicy(
+        enabled=section.boolean("enabled", True),
+        thresholds=tuple(
+            _build_rollback_threshold(item) for item in section.sections("thresholds")
+        ),
+    )
+
+    return Policy(
+        thresholds=thresholds,
+        comparison=comparison,
+        trend=trend,
+        sample_ratio=sample_ratio,
+        auto_rollback=auto_rollback,
+        min_requests=min_requests,
+        no_data=no_data,
+        window_seconds=window_seconds,
+    )
+
+
+def _build_threshold(section: _Section) -> Threshold:
+    section.only("metric", "operator", "warning", "critical", "consecutive_failures")
+    metric = section.metric("metric")
+    operator = Operator(section.choice("operator", None, [op.value for op in Operator]))
+    low, high = _metric_range(metric)
+    warning = section.optional_number("warning", minimum=low, maximum=high)
+    critical = section.optional_number("critical", minimum=low, maximum=high)
+    if warning is None and critical is None:
+        raise InvalidPolicy(
+            section.path("critical"), "give a warning value, a critical value or both"
+        )
+    if warning is not None and critical is not None:
+        higher_is_worse = operator in (Operator.GT, Operator.GTE)
+        if (critical < warning) if higher_is_worse else (critical > warning):
+            side = "at or above" if higher_is_worse else "at or below"
+            raise InvalidPolicy(
+                section.path("critical"),
+                f"with operator {operator} the critical value must be {side} the warning value",
+            )
+    return Threshold(
+        metric=metric,
+        operator=operator,
+        warning=warning,
+        critical=critical,
+        consecutive_failures=section.integer("consecutive_failures", 1, minimum=1),
+    )
+
+
+def _build_rollback_threshold(section: _Section) -> RollbackThreshold:
+    section.only("metric", "operator", "threshold", "consecutive_violations")
+    metric = section.metric("metric")
+    operator = Operator(section.choice("operator", None, [op.value for op in Operator]))
+    low, high = _metric_range(metric)
+    threshold = section.optional_number("threshold", minimum=low, maximum=high)
+    if threshold is None:
+        raise InvalidPolicy(section.path("threshold"), "is required")
+    return RollbackThreshold(
+        metric=metric,
+        operator=operator,
+        threshold=threshold,
+        consecutive_violations=section.integer("consecutive_violations", 1, minimum=1),
+    )
+
+
+def _metric_range(metric: str) -> tuple[float | None, float | None]:
+    if metric in _PERCENT_METRICS:
+        return 0.0, 100.0
+    if metric.startswith(CUSTOM_PREFIX):
+        return None, None
+    return 0.0, None
+
+
+class _Section:
+    """One object of the policy dict, read with the field path kept for error messages."""
+
+    def __init__(self, data: Any, prefix: str) -> None:
+        if not isinstance(data, Mapping):
+            raise InvalidPolicy(prefix or "policy", "must be an object")
+        self.data = data
+        self.prefix = prefix
+
+    def path(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def only(self, *keys: str) -> None:
+        for key in self.data:
+            if key not in keys:
+                raise InvalidPolicy(
+                    self.path(str(key)), f"unknown field; expected one of {', '.join(keys)}"
+                )
+
+    def section(self, key: str) -> _Section:
+        value = self.data.get(key)
+        return _Section({} if value is None else value, self.path(key))
+
+    def sections(self, key: str) -> list[_Section]:
+        value = self.data.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list | tuple):
+            raise InvalidPolicy(self.path(key), "must be a list")
+        return [_Section(item, f"{self.path(key)}[{index}]") for index, item in enumerate(value)]
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise InvalidPolicy(self.path(key), "must be true or false")
+        return value
+
+    def optional_number(
+        self,
+        key: str,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        open_minimum: bool = False,
+        open_maximum: bool = False,
+    ) -> float | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise InvalidPolicy(self.path(key), "must be a number")
+        value = float(value)
+        if minimum is not None and (value <= minimum if open_minimum else value < minimum):
+            word = "above" if open_minimum else "at least"
+            raise InvalidPolicy(self.path(key), f"must be {word} {minimum:g}, got {value:g}")
+        if maximum is not None and (value >= maximum if open_maximum else value > maximum):
+            word = "below" if open_maximum else "at most"
+            raise InvalidPolicy(self.path(key), f"must be {word} {maximum:g}, got {value:g}")
+        return value
+
+    def number(self, key: str, default: float, **bounds: Any) -> float:
+        value = self.optional_number(key, **bounds)
+        return default if value is None else value
+
+    def probability(self, key: str, default: float) -> float:
+        return self.number(
+            key, default, minimum=0.0, maximum=1.0, open_minimum=True, open_maximum=True
+        )
+
+    def integer(self, key: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidPolicy(self.path(key), "must be a whole number")
+        if value < minimum:
+            raise InvalidPolicy(self.path(key), f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise InvalidPolicy(self.path(key), f"must be at most {maximum}, got {value}")
+        return value
+
+    def choice(self, key: str, default: str | None, choices: Sequence[str]) -> str:
+        value = self.data.get(key, default)
+        if value is None:
+            raise InvalidPolicy(self.path(key), f"is required; one of {', '.join(choices)}")
+        if value not in choices:
+            raise InvalidPolicy(
+                self.path(key), f"must be one of {', '.join(choices)}, got {value!r}"
+            )
+        return value
+
+    def severity(self, key: str, default: Verdict) -> Verdict:
+        return Verdict(self.choice(key, default.value, [verdict.value for verdict in SEVERITIES]))
+
+    def metric(self, key: str) -> str:
+        value = self.data.get(key)
+        if value is None:
+            raise InvalidPolicy(self.path(key), "is required")
+        if not isinstance(value, str) or not is_metric(value):
+            raise InvalidPolicy(
+                self.path(key),
+                f"must be one of {', '.join(METRICS)} or custom:<name>, got {value!r}",
+            )
+        return value
+
+    def names(
+        self, key: str, default: tuple[str, ...], allowed: Callable[[str], bool]
+    ) -> tuple[str, ...]:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, list | tuple):
+            raise InvalidPolicy(self.path(key), "must be a list")
+        for index, name in enumerate(value):
+            if not isinstance(name, str) or not allowed(name):
+                raise InvalidPolicy(f"{self.path(key)}[{index}]", f"unknown metric {name!r}")
+        if len(set(value)) != len(value):
+            raise InvalidPolicy(self.path(key), "lists a metric twice")
+        return tuple(value)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _normal_sf(z: float) -> float:
+    """P(Z > z) for a standard normal Z."""
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+@dataclass(frozen=True, slots=True)
+class ProportionTest:
+    """One-sided test that rate a (errors_a / n_a) is greater than rate b."""
+
+    method: str
+    p_value: float
+    rate_a: float
+    rate_b: float
+    difference_points: float
+    z: float | None
+    odds_ratio: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "p_value": self.p_value,
+            "rate_a": self.rate_a,
+            "rate_b": self.rate_b,
+            "difference_points": self.difference_points,
+            "z": self.z,
+            "odds_ratio": self.odds_ratio,
+        }
+
+
+def proportion_test(errors_a: int, n_a: int, errors_b: int, n_b: int) -> ProportionTest:
+    """Two-proportion z-test (pooled), or Fisher's exact test when a cell is expected below 5."""
+    if n_a <= 0 or n_b <= 0:
+        raise ValueError("both samples need at least one request")
+    rate_a = errors_a / n_a
+    rate_b = errors_b / n_b
+    pooled = (errors_a + errors_b) / (n_a + n_b)
+    smallest_expected = min(n_a, n_b) * min(pooled, 1.0 - pooled)
+    if smallest_expected >= 5.0:
+        z = (rate_a - rate_b) / math.sqrt(pooled * (1.0 - pooled) * (1.0 / n_a + 1.0 / n_b))
+        return ProportionTest(
+            method="two-proportion z-test",
+            p_value=_normal_sf(z),
+            rate_a=100.0 * rate_a,
+            rate_b=100.0 * rate_b,
+            difference_points=100.0 * (rate_a - rate_b),
+            z=z,
+            odds_ratio=None,
+        )
+    # The normal approximation is poor with few expected errors (or successes); scipy is
+    # imported only here because most windows never need it and it is slow to import.
+    from scipy.stats import fisher_exact
+
+    result = fisher_exact(
+        [[errors_a, n_a - errors_a], [errors_b, n_b - errors_b]], alternative="greater"
+    )
+    return ProportionTest(
+        method="Fisher exact test",
+        p_value=min(1.0, float(result.pvalue)),
+        rate_a=100.0 * rate_a,
+        rate_b=100.0 * rate_b,
+        difference_points=100.0 * (rate_a - rate_b),
+        z=None,
+        odds_ratio=_finite(float(result.statistic)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RankTest:
+    """Mann-Whitney U of sample a against sample b, from their histograms.
+
+    `u` counts the pairs in which a is larger, a tie (same bucket) counting half;
+    `common_language` is P(a > b) + P(a = b) / 2 and `rank_biserial` is 2 * that - 1, from -1
+    (a always smaller) through 0 (no shift) to +1 (a always larger).
+    """
+
+    u: float
+    n_a: int
+    n_b: int
+    z: float
+    p_greater: float
+    p_less: float
+    common_language: float
+    rank_biserial: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "u": self.u,
+            "n_a": self.n_a,
+            "n_b": self.n_b,
+            "z": self.z,
+            "p_greater": self.p_greater,
+            "p_less": self.p_less,
+            "common_language": self.common_language,
+            "rank_biserial": self.rank_biserial,
+        }
+
+
+def rank_test(a: Histogram, b: Histogram) -> RankTest:
+    """Mann-Whitney U test from bucket counts: exact for binned data and O(buckets).
+
+    The p-values use the normal approximation with the tie correction (every bucket is a tie
+    group) and a continuity correction, as scipy's `mannwhitneyu(method="asymptotic")` does.
+    """
+    n_a, n_b = a.total, b.total
+    if n_a <= 0 or n_b <= 0:
+        raise ValueError("both histograms need at least one sample")
+    u = 0.0
+    b_below = 0
+    tie_term = 0
+    for count_a, count_b in zip(a.counts, b.counts, strict=True):
+        if count_a:
+            u += count_a * (b_below + 0.5 * count_b)
+        tied = count_a + count_b
+        if tied > 1:
+            tie_term += tied * tied * tied - tied
+        b_below += count_b
+    n = n_a + n_b
+    pairs = n_a * n_b
+    mean = pairs / 2.0
+    variance = pairs / 12.0 * ((n + 1) - tie_term / (n * (n - 1)))
+    common_language = u / pairs
+    if variance <= 0.0:
+        # Every sample in one bucket: no evidence of a shift either way.
+        z, p_greater, p_less = 0.0, 1.0, 1.0
+    else:
+        sigma = math.sqrt(variance)
+        z = (u - mean) / sigma
+        p_greater = min(1.0, _normal_sf((u - mean - 0.5) / sigma))
+        p_less = min(1.0, _normal_sf((pairs - u - mean - 0.5) / sigma))
+    return RankTest(
+        u=u,
+        n_a=n_a,
+        n_b=n_b,
+        z=z,
+        p_greater=p_greater,
+        p_less=p_less,
+        common_language=common_language,
+        rank_biserial=2.0 * common_language - 1.0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TrendTest:
+    """Mann-Kendall trend test of a series, with Sen's slope (change per step)."""
+
+    n: int
+    s: int
+    z: float
+    p_increasing: float
+    p_decreasing: float
+    slope: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "s": self.s,
+            "z": self.z,
+            "p_increasing": self.p_increasing,
+            "p_decreasing": self.p_decreasing,
+            "slope": self.slope,
+        }
+
+
+def mann_kendall(values: Sequence[float]) -> TrendTest:
+    """Mann-Kendall test (normal approximation, tie and continuity corrected), oldest first."""
+    n = len(values)
+    if n < 3:
+        raise ValueError("a trend needs at least 3 values")
+    s = 0
+    slopes: list[float] = []
+    for i in range(n - 1):
+        x_i = values[i]
+        for j in range(i + 1, n):
+            difference = values[j] - x_i
+            if difference > 0:
+                s += 1
+            elif difference < 0:
+                s -= 1
+            slopes.append(difference / (j - i))
+    ties: dict[float, int] = {}
+    for value in values:
+        ties[value] = ties.get(value, 0) + 1
+    tie_term = sum(t * (t - 1) * (2 * t + 5) for t in ties.values() if t > 1)
+    variance = (n * (n - 1) * (2 * n + 5) - tie_term) / 18.0
+    if variance <= 0.0:
+        z, p_increasing, p_decreasing = 0.0, 1.0, 1.0
+    else:
+        sigma = math.sqrt(variance)
+        z = (s - math.copysign(1, s)) / sigma if s else 0.0
+        p_increasing = min(1.0, _normal_sf((s - 1) / sigma))
+        p_decreasing = min(1.0, _normal_sf((-s - 1) / sigma))
+    return TrendTest(
+        n=n, s=s, z=z, p_increasing=p_increasing, p_decreasing=p_decreasing, slope=median(slopes)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRatioTest:
+    """Chi-square goodness of fit of the observed canary/stable split (shares in percent)."""
+
+    canary_requests: int
+    stable_requests: int
+    planned_share: float
+    observed_share: float
+    chi_square: float
+    p_value: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "canary_requests": self.canary_requests,
+            "stable_requests": self.stable_requests,
+            "planned_share": self.planned_share,
+            "observed_share": self.observed_share,
+            "chi_square": self.chi_square,
+            "p_value": self.p_value,
+        }
+
+
+def sample_ratio_test(
+    canary_requests: int, stable_requests: int, planned_canary_share: float
+) -> SampleRatioTest:
+    """Test the split against `planned_canary_share`, a percentage strictly within 0..100."""
+    if not 0.0 < planned_canary_share < 100.0:
+        raise ValueError(f"planned share must be within 0..100, got {planned_canary_share}")
+    total = canary_requests + stable_requests
+    if total <= 0:
+        raise ValueError("no requests to test the split on")
+    expected_canary = total * planned_canary_share / 100.0
+    expected_stable = total - expected_canary
+    chi_square = (canary_requests - expected_canary) ** 2 / expected_canary + (
+        stable_requests - expected_stable
+    ) ** 2 / expected_stable
+    return SampleRatioTest(
+        canary_requests=canary_requests,
+        stable_requests=stable_requests,
+        planned_share=planned_canary_share,
+        observed_share=100.0 * canary_requests / total,
+        chi_square=chi_square,
+        # Survival function of chi-square with one degree of freedom.
+        p_value=math.erfc(math.sqrt(chi_square / 2.0)),
+    )
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class MetricResult:
+    """One check's outcome.
+
+    `value` is the metric's value for a threshold, canary minus stable for a comparison (points
+    for error rates, ms for latency), Sen's slope per window for a trend and the observed canary
+    share (%) for the sample-ratio check. `counts_as` is what the result contributes to the
+    overall verdict: the verdict itself, no_data mapped per policy, or None when not counted.
+    """
+
+    metric: str
+    check: Check
+    verdict: Verdict
+    counts_as: Verdict | None
+    value: float | None
+    message: str
+    inputs: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "check": str(self.check),
+            "verdict": str(self.verdict),
+            "counts_as": None if self.counts_as is None else str(self.counts_as),
+            "value": _finite(self.value),
+            "message": self.message,
+            "inputs": _jsonable(self.inputs),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackCheck:
+    """One auto-rollback threshold against the canary; `violations` is the current streak."""
+
+    metric: str
+    operator: Operator
+    threshold: float
+    value: float | None
+    violations: int
+    needed: int
+    breached: bool
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "operator": str(self.operator),
+            "threshold": self.threshold,
+            "value": _finite(self.value),
+            "violations": self.violations,
+            "needed": self.needed,
+            "breached": self.breached,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    verdict: Verdict
+    message: str
+    results: tuple[MetricResult, ...]
+    should_rollback: bool
+    rollback_checks: tuple[RollbackCheck, ...]
+    inputs: Mapping[str, Any]
+
+    @property
+    def rollback_breaches(self) -> tuple[RollbackCheck, ...]:
+        return tuple(check for check in self.rollback_checks if check.breached)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": str(self.verdict),
+            "message": self.message,
+            "should_rollback": self.should_rollback,
+            "results": [result.to_dict() for result in self.results],
+            "rollback_checks": [check.to_dict() for check in self.rollback_checks],
+            "inputs": _jsonable(self.inputs),
+        }
+
+
+def _finite(value: float | None) -> float | None:
+    # JSON has no NaN or infinity; an unbounded statistic is stored as null.
+    if value is None or math.isfinite(value):
+        return value
+    return None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, StrEnum):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(
+    policy: Policy,
+    canary: WindowStats,
+    stable: WindowStats | None = None,
+    *,
+    history: Sequence[WindowStats] = (),
+    planned_canary_share: float | None = None,
+) -> Evaluation:
+    """Judge the canary's current window.
+
+    `stable` is the stable version's baseline window (None when there is none); `history` holds
+    the canary's previous windows, oldest first, without the current one, for consecutive
+    breaches and trends; `planned_canary_share` is the percentage of traffic the canary should
+    get (0 to 100), for the sample-ratio check.
+    """
+    judge = _Judge(policy, canary, stable, history)
+    results: list[MetricResult] = [judge.threshold(threshold) for threshold in policy.thresholds]
+    if policy.comparison.enabled:
+        for metric in policy.comparison.metrics:
+            if metric == ERROR_RATE:
+                results.append(judge.compare_error_rates())
+            else:
+                results.append(judge.compare_latency())
+    if policy.trend.enabled:
+        results.extend(judge.trend(metric) for metric in policy.trend.metrics)
+    if (
+        policy.sample_ratio.enabled
+        and stable is not None
+        and planned_canary_share is not None
+        and 0.0 < planned_canary_share < 100.0
+    ):
+        results.append(judge.sample_ratio(stable, planned_canary_share))
+    elif planned_canary_share is not None and not 0.0 <= planned_canary_share <= 100.0:
+        raise ValueError(f"planned_canary_share must be within 0..100, got {planned_canary_share}")
+
+    rollback_checks = tuple(judge.rollback(item) for item in policy.auto_rollback.thresholds)
+    should_rollback = policy.auto_rollback.enabled and any(c.breached for c in rollback_checks)
+    verdict, message = _overall(results, policy.no_data)
+    if should_rollback:
+        message += " Roll back: " + " ".join(
+            check.message for check in rollback_checks if check.breached
+        )
+    return Evaluation(
+        verdict=verdict,
+        message=message,
+        results=tuple(results),
+        should_rollback=should_rollback,
+        rollback_checks=rollback_checks,
+        inputs={
+            "canary": canary.to_dict(),
+            "stable": None if stable is None else stable.to_dict(),
+            "history_windows": len(history),
+            "planned_canary_share": planned_canary_share,
+            "policy": policy.to_dict(),
+        },
+    )
+
+
+def _overall(results: Sequence[MetricResult], rule: NoDataRule) -> tuple[Verdict, str]:
+    counted = [result for result in results if result.counts_as is not None]
+    if not counted:
+        reason = "no check had data to judge"
+        if rule == NoDataRule.IGNORE and any(r.verdict == Verdict.NO_DATA for r in results):
+            reason += " (the policy ignores missing data)"
+        return Verdict.INCONCLUSIVE, f"Inconclusive: {reason}."
+    verdict = max((result.counts_as for result in counted), key=_RANK.__getitem__)  # type: ignore[arg-type]
+    tally = {level: 0 for level in sorted(_RANK, key=_RANK.__getitem__, reverse=True)}
+    for result in counted:
+        tally[result.counts_as] += 1  # type: ignore[index]
+    summary = ", ".join(f"{count} {level}" for level, count in tally.items() if count)
+    ignored = len(results) - len(counted)
+    if ignored:
+        summary += f", {ignored} not counted"
+    if verdict == Verdict.PASS:
+        return verdict, f"Pass ({summary}): every counted check passed."
+    worst = [result for result in counted if result.counts_as == verdict]
+    message = f"{verdict.capitalize()} ({summary}): {worst[0].message}"
+    if len(worst) > 1:
+        message += f" And {len(worst) - 1} more {verdict}."
+    return verdict, message
+
+
+class _Judge:
+    """The checks of one evaluation, sharing its inputs."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        canary: WindowStats,
+        stable: WindowStats | None,
+        history: Sequence[WindowStats],
+    ) -> None:
+        self.policy = policy
+        self.canary = canary
+        self.stable = stable
+        self.history = history
+        self.no_data_counts_as = _NO_DATA_COUNTS_AS[policy.no_data]
+
+    # --- helpers
+
+    def value(self, window: WindowStats, metric: str) -> float | None:
+        """The window's value of `metric` if enough data stands behind it, else None."""
+        size = window.sample_size(metric)
+        if metric.startswith(CUSTOM_PREFIX):
+            return window.value(metric) if size > 0 else None
+        if size < self.policy.min_requests:
+            return None
+        return window.value(metric)
+
+    def streak(self, metric: str, operator: Operator, bound: float, needed: int) -> int:
+        """How many windows in a row, the current one first, breach `bound` (up to `needed`)."""
+        count = 0
+        windows: Iterable[WindowStats] = (self.canary, *reversed(self.history))
+        for window in windows:
+            if count >= needed:
+                break
+            value = self.value(window, metric)
+            if value is None or not breaches(value, operator, bound):
+                break
+            count += 1
+        return count
+
+    def why_no_data(self, metric: str, window: WindowStats, who: str) -> str:
+        if metric.startswith(CUSTOM_PREFIX):
+            return f"no {metric[len(CUSTOM_PREFIX) :]} samples from {who} in the window"
+        size = window.sample_size(metric)
+        noun = "latency samples" if metric in _LATENCY_QUANTILES else "requests"
+        if metric == THROUGHPUT and size >= self.policy.min_requests:
+            return "the window's length is unknown"
+        needed = self.policy.min_requests
+        return f"{size:,} {noun} from {who} in the window, at least {needed:,} needed"
+
+    def no_data(
+        self, metric: str, check: Check, label: str, why: str, inputs: dict[str, Any]
+    ) -> MetricResult:
+        counts_as = self.no_data_counts_as
+        effect = "ignored per policy" if counts_as is None else f"counts as {counts_as} per policy"
+        return MetricResult(
+            metric=metric,
+            check=check,
+            verdict=Verdict.NO_DATA,
+            counts_as=counts_as,
+            value=None,
+            message=f"{label}: no data ({why}); {effect}.",
+            inputs={**inputs, "min_requests": self.policy.min_requests},
+        )
+
+    # --- checks
+
+    def threshold(self, threshold: Threshold) -> MetricResult:
+        metric = threshold.metric
+        label = f"Canary {_label(metric)}"
+        inputs: dict[str, Any] = {
+            **threshold.to_dict(),
+            "sample_size": self.canary.sample_size(metric),
+        }
+        value = self.value(self.canary, metric)
+        if value is None:
+            return self.no_data(
+                metric,
+                Check.THRESHOLD,
+                label,
+                self.why_no_data(metric, self.canary, "the canary"),
+                inputs,
+            )
+        needed = threshold.consecutive_failures
+        operator = threshold.operator
+        critical_streak = (
+            self.streak(metric, operator, threshold.critical, needed)
+            if threshold.critical is not None
+            else 0
+        )
+        warning_streak = (
+            self.streak(metric, operator, threshold.warning, needed)
+            if threshold.warning is not None
+            else 0
+        )
+        inputs.update(value=value, critical_streak=critical_streak, warning_streak=warning_streak)
+        side = _SIDE[operator]
+        over = f" for {needed} consecutive windows" if needed > 1 else ""
+        shown = _format_value(metric, value)
+
+        if threshold.critical is not None and critical_streak >= needed:
+            verdict = Verdict.CRITICAL
+            reason = (
+                f"{side} the {_format_bound(metric, threshold.critical)} critical threshold{over}"
+            )
+        elif threshold.warning is not None and warning_streak >= needed:
+            verdict = Verdict.WARNING
+            reason = (
+                f"{side} the {_format_bound(metric, threshold.warning)} warning threshold{over}"
+            )
+        elif threshold.critical is not None and critical_streak:
+            verdict = Verdict.WARNING
+            reason = (
+                f"{side} the {_format_bound(metric, threshold.critical)} critical threshold in "
+                f"{critical_streak} of the {needed} consecutive windows needed to be critical"
+            )
+        elif threshold.warning is not None and warning_streak:
+            verdict = Verdict.PASS
+            reason = (
+                f"{side} the {_format_bound(metric, threshold.warning)} warning threshold in "
+                f"{warning_streak} of the {needed} consecutive windows needed to warn"
+            )
+        else:
+            verdict = Verdict.PASS
+            bound = threshold.warning if threshold.warning is not None else threshold.critical
+            level = "warning" if threshold.warning is not None else "critical"
+            reason = f"within the {_format_bound(metric, bound)} {level} threshold"  # type: ignore[arg-type]
+        return MetricResult(
+            metric=metric,
+            check=Check.THRESHOLD,
+            verdict=verdict,
+            counts_as=verdict,
+            value=value,
+            message=f"{label} {shown}: {verdict}, {reason}.",
+            inputs=inputs,
+        )
+
+    def compare_error_rates(self) -> MetricResult:
+        settings = self.policy.comparison
+        label = "Canary error rate against stable"
+        canary, stable = self.canary, self.stable
+        inputs: dict[str, Any] = {
+            "canary_requests": canary.requests,
+            "canary_errors": canary.errors,
+            "stable_requests": None if stable is None else stable.requests,
+            "stable_errors": None if stable is None else stable.errors,
+            "alpha": settings.alpha,
+            "tolerance_percent": settings.tolerance_percent,
+        }
+        if stable is None:
+            return self.no_data(ERROR_RATE, Check.COMPARISON, label, "no stable window", inputs)
+        for window, who in ((canary, "the canary"), (stable, "stable")):
+            if window.requests < self.policy.min_requests:
+                why = self.why_no_data(ERROR_RATE, window, who)
+                return self.no_data(ERROR_RATE, Check.COMPARISON, label, why, inputs)
+
+        test = proportion_test(canary.errors, canary.requests, stable.errors, stable.requests)
+        inputs.update(test.to_dict())
+        relative = 100.0 * (test.rate_a - test.rate_b) / test.rate_b if test.rate_b > 0 else None
+        inputs["relative_percent"] = relative
+        limit = test.rate_b * (1.0 + settings.tolerance_percent / 100.0)
+        beyond = test.rate_a > limit
+        significant = test.p_value < settings.alpha
+        verdict, reason = _comparison_outcome(
+            worse=test.rate_a > test.rate_b,
+            significant=significant,
+            beyond=beyond,
+            settings=settings,
+            worse_word="worse",
+            noun="increase",
+        )
+        return MetricResult(
+            metric=ERROR_RATE,
+            check=Check.COMPARISON,
+            verdict=verdict,
+            counts_as=verdict,
+            value=test.difference_points,
+            message=(
+                f"Canary error rate {test.rate_a:.2f}% vs stable {test.rate_b:.2f}% "
+                f"({test.difference_points:+.2f} points, {_format_p(test.p_value)}, "
+                f"{test.method}): {verdict}, {reason}."
+            ),
+            inputs=inputs,
+        )
+
+    def compare_latency(self) -> MetricResult:
+        settings = self.policy.comparison
+        q = settings.latency_percentile
+        name = f"p{q:g} latency"
+        label = f"Canary {name} against stable"
+        canary, stable = self.canary, self.stable
+        inputs: dict[str, Any] = {
+            "percentile": q,
+            "canary_samples": canary.latency.total,
+            "stable_samples": None if stable is None else stable.latency.total,
+            "alpha": settings.alpha,
+            "tolerance_percent": settings.tolerance_percent,
+        }
+        if stable is None:
+            return self.no_data(LATENCY, Check.COMPARISON, label, "no stable window", inputs)
+        for window, who in ((canary, "the canary"), (stable, "stable")):
+            if window.latency.total < self.policy.min_requests:
+                why = self.why_no_data(LATENCY_P95, window, who)
+                return self.no_data(LATENCY, Check.COMPARISON, label, why, inputs)
+
+        test = rank_test(canary.latency, stable.latency)
+        canary_value = canary.latency.percentile(q)
+        stable_value = stable.latency.percentile(q)
+        relative = (
+            100.0 * (canary_value - stable_value) / stable_value if stable_value > 0 else None
+        )
+        inputs.update(
+            test.to_dict(),
+            canary_value=canary_value,
+            stable_value=stable_value,
+            relative_percent=relative,
+            canary_p50=canary.p50,
+            stable_p50=stable.p50,
+        )
+        beyond = canary_value > stable_value * (1.0 + settings.tolerance_percent / 100.0)
+        significant = test.p_greater < settings.alpha
+        verdict, reason = _comparison_outcome(
+            worse=test.rank_biserial > 0,
+            significant=significant,
+            beyond=beyond,
+            settings=settings,
+            worse_word="slower",
+            noun="slowdown",
+        )
+        change = (
+            f"{relative:+.1f}%"
+            if relative is not None
+            else f"{canary_value - stable_value:+.1f} ms"
+        )
+        return MetricResult(
+            metric=LATENCY,
+            check=Check.COMPARISON,
+            verdict=verdict,
+            counts_as=verdict,
+            value=canary_value - stable_value,
+            message=(
+                f"Canary {name} {canary_value:.1f} ms vs stable {stable_value:.1f} ms ({change}, "
+                f"rank-biserial r = {test.rank_biserial:+.2f}, {_format_p(test.p_greater)}, "
+                f"Mann-Whitney U): {verdict}, {reason}."
+            ),
+            inputs=inputs,
+        )
+
+    def trend(self, metric: str) -> MetricResult:
+        settings = self.policy.trend
+        label = f"Canary {_label(metric)} trend"
+        inputs: dict[str, Any] = {
+            "alpha": settings.alpha,
+            "windows": settings.windows,
+            "min_windows": settings.min_windows,
+        }
+        current = self.value(self.canary, metric)
+        if current is None:
+            why = self.why_no_data(metric, self.canary, "the canary")
+            return self.no_data(metric, Check.TREND, label, why, inputs)
+        recent = self.history[-(settings.windows - 1) :] if settings.windows > 1 else ()
+        values = [v for v in (self.value(window, metric) for window in recent) if v is not None]
+        values.append(current)
+        inputs["values"] = values
+        if len(values) < settings.min_windows:
+            # Too little history says nothing about the canary: not counted, whatever the policy
+            # says about missing data, or every young deployment would fail.
+            return MetricResult(
+                metric=metric,
+                check=Check.TREND,
+                verdict=Verdict.NO_DATA,
+                counts_as=None,
+                value=None,
+                message=(
+                    f"{label}: not judged yet, {_windows(len(values))} with data, "
+                    f"{settings.min_windows} needed."
+                ),
+                inputs=inputs,
+            )
+        test = mann_kendall(values)
+        worse_up = self.worse_when_higher(metric)
+        p_value = test.p_increasing if worse_up else test.p_decreasing
+        inputs.update(test.to_dict(), worse_when="higher" if worse_up else "lower")
+        slope = f"Sen slope {_format_change(metric, test.slope)} per window"
+        stats = f"{slope}, Mann-Kendall {_format_p(p_value)}"
+        if p_value < settings.alpha:
+            verdict = settings.severity
+            direction = "rising" if worse_up else "falling"
+            message = (
+                f"Canary {_label(metric)} {direction} over the last {len(values)} windows "
+                f"({stats}): {verdict}, a worsening trend."
+            )
+        else:
+            verdict = Verdict.PASS
+            message = (
+                f"Canary {_label(metric)} shows no worsening trend over the last {len(values)} "
+                f"windows ({stats}): pass."
+            )
+        return MetricResult(
+            metric=metric,
+            check=Check.TREND,
+            verdict=verdict,
+            counts_as=verdict,
+            value=test.slope,
+            message=message,
+            inputs=inputs,
+        )
+
+    def worse_when_higher(self, metric: str) -> bool:
+        for threshold in self.policy.thresholds:
+            if threshold.metric == metric:
+                return threshold.operator in (Operator.GT, Operator.GTE)
+        return metric not in (AVAILABILITY, THROUGHPUT)
+
+    def sample_ratio(self, stable: WindowStats, planned_share: float) -> MetricResult:
+        settings = self.policy.sample_ratio
+        canary_requests, stable_requests = self.canary.requests, stable.requests
+        total = canary_requests + stable_requests
+        label = "Canary/stable traffic split"
+        inputs: dict[str, Any] = {
+            "canary_requests": canary_requests,
+            "stable_requests": stable_requests,
+            "planned_share": planned_share,
+            "alpha": settings.alpha,
+        }
+        if total < self.policy.min_requests:
+            why = f"{total:,} requests in the window, at least {self.policy.min_requests:,} needed"
+            return self.no_data("sample_ratio", Check.SAMPLE_RATIO, label, why, inputs)
+        test = sample_ratio_test(canary_requests, stable_requests, planned_share)
+        inputs.update(test.to_dict())
+        stats = f"chi-square = {test.chi_square:.2f}, {_format_p(test.p_value)}"
+        head = (
+            f"Canary received {test.observed_share:.2f}% of {total:,} requests against a planned "
+            f"{planned_share:.2f}% ({stats})"
+        )
+        if test.p_value < settings.alpha:
+            verdict = settings.severity
+            message = f"{head}: {verdict}, a sample ratio mismatch."
+            counts_as: Verdict | None = verdict
+        else:
+            verdict = Verdict.PASS
+            message = f"{head}: pass, the split is as planned."
+            # A split as planned says nothing about the canary's health: it never votes pass.
+            counts_as = None
+        return MetricResult(
+            metric="sample_ratio",
+            check=Check.SAMPLE_RATIO,
+            verdict=verdict,
+            counts_as=counts_as,
+            value=test.observed_share,
+            message=message,
+            inputs=inputs,
+        )
+
+    def rollback(self, threshold: RollbackThreshold) -> RollbackCheck:
+        metric = threshold.metric
+        needed = threshold.consecutive_violations
+        value = self.value(self.canary, metric)
+        bound = _format_bound(metric, threshold.threshold)
+        side = _SIDE[threshold.operator]
+        label = f"Canary {_label(metric)}"
+        if value is None:
+            violations = 0
+            why = self.why_no_data(metric, self.canary, "the canary")
+            message = f"{label}: no data ({why}); missing data never triggers a rollback."
+        else:
+            violations = self.streak(metric, threshold.operator, threshold.threshold, needed)
+            shown = f"{label} {_format_value(metric, value)}"
+            if violations >= needed:
+                over = f" for {needed} consecutive windows" if needed > 1 else ""
+                message = f"{shown} {side} the {bound} rollback threshold{over}."
+            elif violations:
+                message = (
+                    f"{shown} {side} the {bound} rollback threshold in {violations} of the "
+                    f"{needed} consecutive windows needed."
+                )
+            else:
+                message = f"{shown} within the {bound} rollback threshold."
+        return RollbackCheck(
+            metric=metric,
+            operator=threshold.operator,
+            threshold=threshold.threshold,
+            value=value,
+            violations=violations,
+            needed=needed,
+            breached=value is not None and violations >= needed,
+            message=message,
+        )
+
+
+def _comparison_outcome(
+    *,
+    worse: bool,
+    significant: bool,
+    beyond: bool,
+    settings: ComparisonPolicy,
+    worse_word: str,
+    noun: str,
+) -> tuple[Verdict, str]:
+    tolerance = f"{settings.tolerance_percent:g}% tolerance"
+    if significant and beyond:
+        return settings.severity, f"{worse_word} than stable beyond the {tolerance}"
+    if not worse:
+        return Verdict.PASS, f"not {worse_word} than stable"
+    if significant:
+        return Verdict.PASS, f"the {noun} is significant but within the {tolerance}"
+    return Verdict.PASS, f"the {noun} is not significant at alpha {settings.alpha:g}"
+
+
+# --------------------------------------------------------------------------- wording
+
+_SIDE = {
+    Operator.GT: "above",
+    Operator.GTE: "at or above",
+    Operator.LT: "below",
+    Operator.LTE: "at or below",
+}
+_LABELS = {
+    AVAILABILITY: "availability",
+    ERROR_RATE: "error rate",
+    LATENCY_P50: "p50 latency",
+    LATENCY_P95: "p95 latency",
+    LATENCY_P99: "p99 latency",
+    THROUGHPUT: "throughput",
+}
+
+
+def _label(metric: str) -> str:
+    if metric.startswith(CUSTOM_PREFIX):
+        return metric[len(CUSTOM_PREFIX) :]
+    return _LABELS.get(metric, metric)
+
+
+def _format_value(metric: str, value: float) -> str:
+    if metric in _PERCENT_METRICS:
+        return f"{value:.2f}%"
+    if metric in _LATENCY_QUANTILES:
+        return f"{value:.1f} ms"
+    if metric == THROUGHPUT:
+        return f"{value:.2f} req/s"
+    return f"{value:.4g}"
+
+
+def _format_bound(metric: str, bound: float) -> str:
+    if metric in _PERCENT_METRICS:
+        return f"{bound:g}%"
+    if metric in _LATENCY_QUANTILES:
+        return f"{bound:g} ms"
+    if metric == THROUGHPUT:
+        return f"{bound:g} req/s"
+    return f"{bound:g}"
+
+
+def _format_change(metric: str, change: float) -> str:
+    if metric in _PERCENT_METRICS:
+        return f"{change:+.2f} points"
+    if metric in _LATENCY_QUANTILES:
+        return f"{change:+.1f} ms"
+    if metric == THROUGHPUT:
+        return f"{change:+.2f} req/s"
+    return f"{change:+.4g}"
+
+
+def _windows(count: int) -> str:
+    return "1 window" if count == 1 else f"{count} windows"
+
+
+def _format_p(p_value: float) -> str:
+    if p_value < 0.0001:
+        return "p < 0.0001"
+    return f"p = {p_value:.4f}"

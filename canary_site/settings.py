@@ -263,12 +263,13 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 CANARY_TICK_SECONDS = env.float("CANARY_TICK_SECONDS", default=5.0)
 # The control loop's clock. Each subsystem adds its own step here; every step is idempotent.
+_tick = {"schedule": CANARY_TICK_SECONDS, "options": {"expires": CANARY_TICK_SECONDS}}
 CELERY_BEAT_SCHEDULE = {
-    "control-heartbeat": {
-        "task": "canary_site.tasks.heartbeat_record",
-        "schedule": CANARY_TICK_SECONDS,
-        "options": {"expires": CANARY_TICK_SECONDS},
-    },
+    "control-heartbeat": {"task": "canary_site.tasks.heartbeat_record", **_tick},
+    # routing: probes and circuit breakers (step 1 of the loop)
+    # health: metric pulls, evaluations, alerts and notifications (step 2)
+    # deployments: the orchestration tick (step 3)
+    # rollback: executions, kill switch triggers and recoveries (step 4)
 }
 
 # --- Canary's own knobs -------------------------------------------------------------------

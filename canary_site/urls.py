@@ -24,6 +24,11 @@ site_patterns = (
 api_patterns = (
     [
         path("", include("canary_site.api.urls")),
+        path("", include("flags.api.urls")),
+        path("", include("routing.api.urls")),
+        path("", include("health.api.urls")),
+        path("", include("deployments.api.urls")),
+        path("", include("rollback.api.urls")),
     ],
     "api",
 )

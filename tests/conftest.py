@@ -173,6 +173,10 @@ def login(page: Any, username: str, password: str = "pw-Canary-123") -> None:
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings: Any) -> None:
+def _fast_password_hashing(request: pytest.FixtureRequest) -> None:
     # Real hashing is deliberately slow; tests create many users and check no hash strength.
+    # Pure-engine tests may run without Django at all (-p no:django).
+    if not request.config.pluginmanager.hasplugin("django"):
+        return
+    settings = request.getfixturevalue("settings")
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -20,7 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from canary_site.bucketing import bucket
-
 from routing.engine import (
     RequestContext,
     RuntimeState,

@@ -1,0 +1,65 @@
+"""Every error leaves in one body, with the status its kind promises."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+from rest_framework import serializers
+
+from canary_site.exceptions import (
+    Forbidden,
+    NotFound,
+    RateLimited,
+    TransitionNotAllowed,
+    ValidationFailed,
+    api_exception_handler,
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (ValidationFailed("Weights must sum to 100.", field="weights"), 400, "invalid"),
+        (Forbidden("Approvers only."), 403, "forbidden"),
+        (NotFound("No such flag."), 404, "not_found"),
+        (TransitionNotAllowed("A succeeded deployment cannot be paused."), 409, "conflict"),
+        (RateLimited("Slow down.", retry_after=3), 429, "rate_limited"),
+    ],
+)
+def test_handler__renders_each_kind_with_its_status_and_code(error, status, code):
+    response = api_exception_handler(error, {})
+
+    assert response.status_code == status
+    assert response.data["error"]["code"] == code
+    assert response.data["error"]["message"] == error.message
+
+
+def test_handler__rate_limited__carries_retry_after_in_whole_seconds():
+    response = api_exception_handler(RateLimited("Slow down.", retry_after=2.4), {})
+
+    assert response["Retry-After"] == "2"
+
+
+def test_handler__nested_serializer_errors__become_field_paths():
+    error = serializers.ValidationError(
+        {"rules": [{}, {"constraints": [{"operator": ["Unknown operator 'like'."]}]}]}
+    )
+
+    response = api_exception_handler(error, {})
+
+    assert response.status_code == 400
+    assert response.data["error"]["fields"] == {
+        "rules[1].constraints[0].operator": ["Unknown operator 'like'."]
+    }
+    assert response.data["error"]["message"].startswith("rules[1].constraints[0].operator")
+
+
+def test_handler__django_validation_error__names_the_field():
+    response = api_exception_handler(ValidationError({"endpoint": ["Enter a valid URL."]}), {})
+
+    assert response.status_code == 400
+    assert response.data["error"]["fields"] == {"endpoint": ["Enter a valid URL."]}
+
+
+def test_handler__unexpected_exception__is_left_to_django():
+    assert api_exception_handler(RuntimeError("bug"), {}) is None

@@ -1,0 +1,592 @@
+"""Deployment lifecycle: the transition table, and the rule that judges a phase's progress.
+
+Pure Python (no Django, no database). The one service that changes a deployment's status asks
+`transition()` first, inside its transaction with the row locked, and turns `TransitionRefused`
+into a 409; the tick asks `phase_judgement()` what a running phase should do next.
+
+The transition table (DESIGN.md, "Deployment lifecycle")::
+
+    action           from                               to
+    start            pending                            running
+    pause            running                            paused
+    resume           paused                             running
+    promote          running, paused                    running
+    promote_full     running, paused                    succeeded
+    succeed          running                            succeeded
+    rollback         running, paused                    rolling_back
+    finish_rollback  rolling_back                       rolled_back
+    fail             running, paused, rolling_back      failed
+    abort            pending, running, paused           aborted
+    retry            rolled_back, failed, aborted       pending
+
+Notes on the choices made:
+
+- ``promote`` moves to the next phase now. From paused it also resumes: a person who paused to
+  look and then promotes has decided to go on. On the last phase the service performs
+  ``succeed`` instead, since there is no next phase; the table knows statuses, not phases.
+- ``succeed`` is the tick's verb after the last phase passed, so only a running deployment
+  succeeds by it; a person uses ``promote_full``, which also works on a paused one.
+- ``fail`` from running or paused is the tick's verb past the maximum deployment time (issue
+  6), the service returning the canary's traffic to stable as it does; from rolling_back it
+  means the rollback itself could not be completed.
+- ``abort`` is refused while rolling back: traffic is already on its way back to stable, and
+  the rollback's own outcome (rolled_back or failed) is the truthful end.
+- ``retry`` takes an ended deployment that did not succeed (rolled_back, failed, aborted) back
+  to pending, to start again from its first phase with the same configuration; its event
+  timeline is kept. A succeeded deployment cannot be retried: its canary is now the stable
+  version, so a new deployment is the way forward.
+- Terminal statuses (succeeded, rolled_back, failed, aborted) are the ones where nothing runs:
+  no tick, no traffic to the canary, pages stop polling. Only ``retry``, a person's decision,
+  leaves one of them.
+
+The phase-progress rule (`phase_judgement`), given a phase's settings, when it started, now,
+and the observations of each metric (value None for a window without data):
+
+1. **breach** when the latest observation of a metric with a rollback threshold is on the bad
+   side of it (error rate or p95 latency above, availability below; equal is not a breach).
+   A breach outranks everything else. An empty window never breaches; a stale observation
+   still does, since acting on old bad news is safe and ignoring it is not.
+2. **advance** when the phase has run its minimum duration and every success criterion has
+   held for its own duration: an unbroken run of passing observations, from the first to the
+   latest, spanning at least the criterion's ``durationMs`` (0 needs one passing observation).
+   A run is broken by a failing value, by a window without data, or by a gap longer than
+   ``max_gap`` between observations; a latest observation older than ``max_gap`` is no data.
+   So no phase advances without the data its criteria need.
+3. **wait** otherwise, with the time left of the minimum duration and, for each criterion not
+   yet held, whether it is holding (and how long it still needs), failing, or without data.
+
+Only observations from the phase's start to now count: earlier ones measured another traffic
+share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from deployments.config import ROLLBACK_RULES, Criterion, PhaseConfig, format_duration
+
+# --------------------------------------------------------------------------- statuses, actions
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+class Action(StrEnum):
+    START = "start"
+    PAUSE = "pause"
+    RESUME = "resume"
+    PROMOTE = "promote"
+    PROMOTE_FULL = "promote_full"
+    SUCCEED = "succeed"
+    ROLLBACK = "rollback"
+    FINISH_ROLLBACK = "finish_rollback"
+    FAIL = "fail"
+    ABORT = "abort"
+    RETRY = "retry"
+
+
+TERMINAL_STATUSES = frozenset({Status.SUCCEEDED, Status.ROLLED_BACK, Status.FAILED, Status.ABORTED})
+"""Statuses in which nothing runs; only `Action.RETRY` leaves one (not succeeded)."""
+
+ACTIVE_STATUSES = frozenset({Status.RUNNING, Status.PAUSED, Status.ROLLING_BACK})
+"""Statuses in which the canary may hold traffic."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    action: Action
+    sources: frozenset[Status]
+    target: Status
+    meaning: str
+
+
+def _row(action: Action, sources: Sequence[Status], target: Status, meaning: str) -> Transition:
+    return Transition(action, frozenset(sources), target, meaning)
+
+
+TRANSITIONS: Mapping[Action, Transition] = MappingProxyType(
+    {
+        row.action: row
+        for row in (
+            _row(Action.START, [Status.PENDING], Status.RUNNING, "begin the first phase"),
+            _row(Action.PAUSE, [Status.RUNNING], Status.PAUSED, "hold the current phase"),
+            _row(Action.RESUME, [Status.PAUSED], Status.RUNNING, "go on with the current phase"),
+            _row(
+                Action.PROMOTE,
+                [Status.RUNNING, Status.PAUSED],
+                Status.RUNNING,
+                "move to the next phase now",
+            ),
+            _row(
+                Action.PROMOTE_FULL,
+                [Status.RUNNING, Status.PAUSED],
+                Status.SUCCEEDED,
+                "give the canary all traffic and make it the stable version",
+            ),
+            _row(
+                Action.SUCCEED,
+                [Status.RUNNING],
+                Status.SUCCEEDED,
+                "the last phase passed: the canary becomes the stable version",
+            ),
+            _row(
+                Action.ROLLBACK,
+                [Status.RUNNING, Status.PAUSED],
+                Status.ROLLING_BACK,
+                "take the canary out of traffic",
+            ),
+            _row(
+                Action.FINISH_ROLLBACK,
+                [Status.ROLLING_BACK],
+                Status.ROLLED_BACK,
+                "the canary is out of traffic",
+            ),
+            _row(
+                Action.FAIL,
+                [Status.RUNNING, Status.PAUSED, Status.ROLLING_BACK],
+                Status.FAILED,
+                "past the maximum deployment time, or the rollback could not complete",
+            ),
+            _row(
+                Action.ABORT,
+                [Status.PENDING, Status.RUNNING, Status.PAUSED],
+                Status.ABORTED,
+                "stop by hand; traffic returns to stable at once",
+            ),
+            _row(
+                Action.RETRY,
+                [Status.ROLLED_BACK, Status.FAILED, Status.ABORTED],
+                Status.PENDING,
+                "start again from the first phase with the same configuration",
+            ),
+        )
+    }
+)
+
+
+class TransitionRefused(Exception):
+    """An action the table does not allow from the current status; ``reason`` says why."""
+
+    code = "transition_refused"
+
+    def __init__(self, action: Action, current: Status, reason: str) -> None:
+        self.action = action
+        self.current = current
+        self.reason = reason
+        super().__init__(reason)
+
+
+def transition(current: Status | str, action: Action | str) -> Status:
+    """The status ``action`` leads to from ``current``; raises `TransitionRefused` if none.
+
+    An unknown status or action is a programming error (ValueError), not a refusal.
+    """
+    status = _status(current)
+    verb = _action(action)
+    row = TRANSITIONS[verb]
+    if status not in row.sources:
+        raise TransitionRefused(verb, status, refusal_reason(status, verb))
+    return row.target
+
+
+def can(current: Status | str, action: Action | str) -> bool:
+    return _status(current) in TRANSITIONS[_action(action)].sources
+
+
+def allowed_actions(current: Status | str) -> list[Action]:
+    """The actions allowed from ``current``, in the order of `Action`."""
+    status = _status(current)
+    return [action for action in Action if status in TRANSITIONS[action].sources]
+
+
+def is_terminal(status: Status | str) -> bool:
+    return _status(status) in TERMINAL_STATUSES
+
+
+def _status(value: Status | str) -> Status:
+    try:
+        return Status(value)
+    except ValueError:
+        raise ValueError(
+            f"unknown deployment status {value!r}; one of {', '.join(Status)}"
+        ) from None
+
+
+def _action(value: Action | str) -> Action:
+    try:
+        return Action(value)
+    except ValueError:
+        raise ValueError(
+            f"unknown deployment action {value!r}; one of {', '.join(Action)}"
+        ) from None
+
+
+_SUBJECT = {
+    Status.PENDING: "A pending deployment",
+    Status.RUNNING: "A running deployment",
+    Status.PAUSED: "A paused deployment",
+    Status.SUCCEEDED: "A succeeded deployment",
+    Status.ROLLING_BACK: "A deployment that is rolling back",
+    Status.ROLLED_BACK: "A rolled-back deployment",
+    Status.FAILED: "A failed deployment",
+    Status.ABORTED: "An aborted deployment",
+}
+
+_CANNOT = {
+    Action.START: "be started",
+    Action.PAUSE: "be paused",
+    Action.RESUME: "be resumed",
+    Action.PROMOTE: "be promoted",
+    Action.PROMOTE_FULL: "be promoted fully",
+    Action.SUCCEED: "be marked succeeded",
+    Action.ROLLBACK: "be rolled back",
+    Action.FINISH_ROLLBACK: "finish a rollback",
+    Action.FAIL: "be marked failed",
+    Action.ABORT: "be aborted",
+    Action.RETRY: "be retried",
+}
+
+_ENDED = {Status.ROLLED_BACK, Status.FAILED, Status.ABORTED}
+
+
+def refusal_reason(current: Status, action: Action) -> str:
+    """The sentence that explains a refused transition, e.g. "A succeeded deployment cannot be
+    paused: it has finished."."""
+    return f"{_SUBJECT[current]} cannot {_CANNOT[action]}: {_because(current, action)}."
+
+
+def _because(current: Status, action: Action) -> str:
+    # Said from the point of view of someone who pressed the button: what state blocks it and,
+    # where there is one, what to do instead.
+    if current == Status.SUCCEEDED:
+        if action == Action.RETRY:
+            return (
+                "it has finished and its canary is now the stable version; create a new deployment"
+            )
+        return "it has finished"
+    if current in _ENDED:
+        if action == Action.START:
+            return "it has ended; retry it to begin again"
+        return "it has ended"
+    if current == Status.PENDING:
+        if action == Action.RETRY:
+            return "it has not run yet; start it"
+        return "it has not started"
+    if current == Status.ROLLING_BACK:
+        if action == Action.ROLLBACK:
+            return "it is already rolling back"
+        return "a rollback is under way; wait until it finishes or fails"
+    if action == Action.FINISH_ROLLBACK:
+        return "it is not rolling back"
+    if action == Action.RETRY:
+        return "it has not ended"
+    if current == Status.RUNNING:
+        if action == Action.START:
+            return "it is already running"
+        if action == Action.RESUME:
+            return "it is not paused"
+    if current == Status.PAUSED:
+        if action == Action.START:
+            return "it has already started; resume it"
+        if action == Action.PAUSE:
+            return "it is already paused"
+        if action == Action.SUCCEED:
+            return "it is paused; resume it, or promote it fully"
+    return f"the lifecycle allows it only from {_listing(TRANSITIONS[action].sources)}"
+
+
+def _listing(statuses: frozenset[Status]) -> str:
+    names = [str(status).replace("_", " ") for status in Status if status in statuses]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+# --------------------------------------------------------------------------- phase progress
+
+
+DEFAULT_MAX_GAP = timedelta(seconds=60)
+"""How far apart observations may be before the run of a criterion counts as broken."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One measurement of a metric: a value, or None when its window had no data."""
+
+    at: datetime
+    value: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "value": self.value}
+
+
+class Outcome(StrEnum):
+    ADVANCE = "advance"
+    WAIT = "wait"
+    BREACH = "breach"
+
+
+class CriterionState(StrEnum):
+    HELD = "held"
+    HOLDING = "holding"
+    FAILING = "failing"
+    NO_DATA = "no_data"
+
+
+@dataclass(frozen=True)
+class CriterionProgress:
+    """Where one success criterion stands: its state, how long it has held, what it still needs.
+
+    ``remaining_ms`` is the hold still needed if every observation from now on passes; for a
+    failing criterion, or one without data, that is its whole duration.
+    """
+
+    criterion: Criterion
+    state: CriterionState
+    held_ms: int
+    remaining_ms: int
+    latest: Observation | None
+    detail: str
+
+    @property
+    def held(self) -> bool:
+        return self.state == CriterionState.HELD
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.criterion.to_dict(),
+            "state": str(self.state),
+            "heldMs": self.held_ms,
+            "remainingMs": self.remaining_ms,
+            "latest": self.latest.to_dict() if self.latest else None,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class Breach:
+    """A rollback threshold breached: which one, by what value, when; the evidence to record."""
+
+    threshold: str
+    metric: str
+    limit: float
+    observed: float
+    at: datetime
+
+    @property
+    def sentence(self) -> str:
+        side = "above" if ROLLBACK_RULES[self.threshold].breached_above else "below"
+        return (
+            f"{self.metric} {_number(self.observed)} is {side} the {self.threshold} rollback "
+            f"threshold {_number(self.limit)} (at {self.at.isoformat()})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "metric": self.metric,
+            "limit": self.limit,
+            "observed": self.observed,
+            "at": self.at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class PhaseJudgement:
+    """What a phase should do now, why (``reason``, a sentence), and the evidence behind it.
+
+    ``time_left_ms`` is what remains of the phase's minimum duration; ``earliest_advance_ms`` is
+    the soonest it could advance if every criterion held from now on.
+    """
+
+    outcome: Outcome
+    reason: str
+    elapsed_ms: int
+    time_left_ms: int
+    earliest_advance_ms: int
+    criteria: tuple[CriterionProgress, ...]
+    breaches: tuple[Breach, ...]
+
+    @property
+    def not_held(self) -> tuple[CriterionProgress, ...]:
+        return tuple(progress for progress in self.criteria if not progress.held)
+
+    @property
+    def without_data(self) -> tuple[CriterionProgress, ...]:
+        return tuple(p for p in self.criteria if p.state == CriterionState.NO_DATA)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The evidence as camelCase JSON, for the deployment's event timeline."""
+        return {
+            "outcome": str(self.outcome),
+            "reason": self.reason,
+            "elapsedMs": self.elapsed_ms,
+            "timeLeftMs": self.time_left_ms,
+            "earliestAdvanceMs": self.earliest_advance_ms,
+            "criteria": [progress.to_dict() for progress in self.criteria],
+            "breaches": [breach.to_dict() for breach in self.breaches],
+        }
+
+
+def phase_judgement(
+    phase: PhaseConfig,
+    *,
+    started_at: datetime,
+    now: datetime,
+    observations: Mapping[str, Sequence[Observation]],
+    max_gap: timedelta | None = DEFAULT_MAX_GAP,
+) -> PhaseJudgement:
+    """Judge a running phase: advance, wait or breach, with the sentence that says why.
+
+    ``observations`` maps a metric's name to its observations in any order: each metric a
+    success criterion names, as written in the configuration, and ``error_rate``,
+    ``latency_p95`` and ``availability`` for the rollback thresholds. ``max_gap`` None accepts
+    any gap (for replaying history whose spacing is known).
+    """
+    series = {
+        metric: sorted(
+            (obs for obs in values if started_at <= obs.at <= now), key=lambda obs: obs.at
+        )
+        for metric, values in observations.items()
+    }
+    elapsed_ms = max(0, _ms(now - started_at))
+    time_left_ms = max(0, phase.duration_ms - elapsed_ms)
+
+    breaches = tuple(_breaches(phase, series))
+    criteria = tuple(
+        _progress(criterion, series.get(criterion.metric, []), now, max_gap)
+        for criterion in phase.success_criteria
+    )
+    earliest = max([time_left_ms, *(progress.remaining_ms for progress in criteria)])
+
+    if breaches:
+        outcome = Outcome.BREACH
+        reason = "Roll back: " + "; ".join(breach.sentence for breach in breaches) + "."
+    elif time_left_ms == 0 and all(progress.held for progress in criteria):
+        outcome = Outcome.ADVANCE
+        reason = _advance_reason(phase, criteria)
+    else:
+        outcome = Outcome.WAIT
+        reason = _wait_reason(phase, time_left_ms, criteria)
+    return PhaseJudgement(
+        outcome=outcome,
+        reason=reason,
+        elapsed_ms=elapsed_ms,
+        time_left_ms=time_left_ms,
+        earliest_advance_ms=earliest,
+        criteria=criteria,
+        breaches=breaches,
+    )
+
+
+def _breaches(phase: PhaseConfig, series: Mapping[str, list[Observation]]) -> list[Breach]:
+    found = []
+    for name, limit in phase.rollback_thresholds.items():
+        rule = ROLLBACK_RULES[name]
+        values = series.get(rule.metric)
+        if not values:
+            continue
+        latest = values[-1]
+        if latest.value is not None and rule.breached(latest.value, limit):
+            found.append(Breach(name, rule.metric, limit, latest.value, latest.at))
+    return found
+
+
+def _progress(
+    criterion: Criterion,
+    values: list[Observation],
+    now: datetime,
+    max_gap: timedelta | None,
+) -> CriterionProgress:
+    needed = criterion.duration_ms
+    label = criterion.describe()
+
+    def no_data(latest: Observation | None, why: str) -> CriterionProgress:
+        return CriterionProgress(
+            criterion, CriterionState.NO_DATA, 0, needed, latest, f"{label} has no data {why}"
+        )
+
+    if not values:
+        return no_data(None, "yet in this phase")
+    latest = values[-1]
+    if max_gap is not None and now - latest.at > max_gap:
+        return no_data(latest, f"(its latest is {format_duration(_ms(now - latest.at))} old)")
+    if latest.value is None:
+        return no_data(latest, "(the latest window was empty)")
+    if not criterion.passes(latest.value):
+        return CriterionProgress(
+            criterion,
+            CriterionState.FAILING,
+            0,
+            needed,
+            latest,
+            f"{label} is not met (latest {_number(latest.value)})",
+        )
+
+    start = latest
+    for earlier in reversed(values[:-1]):
+        if earlier.value is None or not criterion.passes(earlier.value):
+            break
+        if max_gap is not None and start.at - earlier.at > max_gap:
+            break
+        start = earlier
+    held = _ms(latest.at - start.at)
+    if held >= needed:
+        return CriterionProgress(
+            criterion,
+            CriterionState.HELD,
+            held,
+            0,
+            latest,
+            f"{label} held for {format_duration(held)} (needs {format_duration(needed)})",
+        )
+    return CriterionProgress(
+        criterion,
+        CriterionState.HOLDING,
+        held,
+        needed - held,
+        latest,
+        f"{label} has held for {format_duration(held)} of {format_duration(needed)} "
+        f"({format_duration(needed - held)} to go)",
+    )
+
+
+def _advance_reason(phase: PhaseConfig, criteria: Sequence[CriterionProgress]) -> str:
+    minimum = f"Advance: the phase has run its minimum {format_duration(phase.duration_ms)}"
+    if not criteria:
+        return f"{minimum}, and it has no success criteria."
+    held = "; ".join(progress.detail for progress in criteria)
+    return f"{minimum} and every success criterion held: {held}."
+
+
+def _wait_reason(
+    phase: PhaseConfig, time_left_ms: int, criteria: Sequence[CriterionProgress]
+) -> str:
+    minimum = format_duration(phase.duration_ms)
+    pending = "; ".join(progress.detail for progress in criteria if not progress.held)
+    if time_left_ms:
+        head = f"Wait: {format_duration(time_left_ms)} left of the phase's minimum {minimum}"
+        return f"{head}; {pending}." if pending else f"{head}."
+    return f"Wait: the phase's minimum {minimum} has passed, but {pending}."
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _ms(delta: timedelta) -> int:
+    return int(delta.total_seconds() * 1000)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"

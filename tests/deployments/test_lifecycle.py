@@ -1,0 +1,566 @@
+"""Tests of the deployment lifecycle: the transition table and the phase-progress rule."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import deque
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deployments.config import Criterion, Operator, PhaseConfig, RollbackThresholds
+from deployments.lifecycle import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    TRANSITIONS,
+    Action,
+    CriterionState,
+    Observation,
+    Outcome,
+    Status,
+    TransitionRefused,
+    allowed_actions,
+    can,
+    is_terminal,
+    phase_judgement,
+    transition,
+)
+
+S = Status
+A = Action
+
+# The table of DESIGN.md ("Deployment lifecycle") and issue 6, written out independently of
+# the code so that a change to either shows here.
+EXPECTED: dict[Action, tuple[set[Status], Status]] = {
+    A.START: ({S.PENDING}, S.RUNNING),
+    A.PAUSE: ({S.RUNNING}, S.PAUSED),
+    A.RESUME: ({S.PAUSED}, S.RUNNING),
+    A.PROMOTE: ({S.RUNNING, S.PAUSED}, S.RUNNING),
+    A.PROMOTE_FULL: ({S.RUNNING, S.PAUSED}, S.SUCCEEDED),
+    A.SUCCEED: ({S.RUNNING}, S.SUCCEEDED),
+    A.ROLLBACK: ({S.RUNNING, S.PAUSED}, S.ROLLING_BACK),
+    A.FINISH_ROLLBACK: ({S.ROLLING_BACK}, S.ROLLED_BACK),
+    A.FAIL: ({S.RUNNING, S.PAUSED, S.ROLLING_BACK}, S.FAILED),
+    A.ABORT: ({S.PENDING, S.RUNNING, S.PAUSED}, S.ABORTED),
+    A.RETRY: ({S.ROLLED_BACK, S.FAILED, S.ABORTED}, S.PENDING),
+}
+
+PAIRS = list(itertools.product(Status, Action))
+ALLOWED = [(status, action) for status, action in PAIRS if status in EXPECTED[action][0]]
+REFUSED = [(status, action) for status, action in PAIRS if status not in EXPECTED[action][0]]
+
+
+def pair_id(pair: tuple[Status, Action]) -> str:
+    status, action = pair
+    return f"{action}-when-{status}"
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def test_table__covers_every_action_once() -> None:
+    assert set(TRANSITIONS) == set(Action)
+    assert {a: (set(t.sources), t.target) for a, t in TRANSITIONS.items()} == EXPECTED
+
+
+def test_table__has_every_pair_either_allowed_or_refused() -> None:
+    assert len(ALLOWED) + len(REFUSED) == len(Status) * len(Action) == 88
+    assert len(ALLOWED) == 20
+
+
+@pytest.mark.parametrize(("status", "action"), ALLOWED, ids=[pair_id(p) for p in ALLOWED])
+def test_action__when_allowed__moves_to_its_target(status: Status, action: Action) -> None:
+    assert transition(status, action) == EXPECTED[action][1]
+    assert can(status, action)
+    assert action in allowed_actions(status)
+
+
+@pytest.mark.parametrize(("status", "action"), REFUSED, ids=[pair_id(p) for p in REFUSED])
+def test_action__when_not_allowed__is_refused_with_a_sentence(
+    status: Status, action: Action
+) -> None:
+    with pytest.raises(TransitionRefused) as refused:
+        transition(status, action)
+    error = refused.value
+    assert (error.action, error.current) == (action, status)
+    assert str(error) == error.reason
+    assert error.reason.startswith(("A ", "An "))
+    assert " cannot " in error.reason
+    assert ": " in error.reason
+    assert error.reason.endswith(".")
+    assert not can(status, action)
+    assert action not in allowed_actions(status)
+
+
+def reason_for(status: Status | str, action: Action | str) -> str:
+    with pytest.raises(TransitionRefused) as refused:
+        transition(status, action)
+    return refused.value.reason
+
+
+def test_pause__when_succeeded__is_refused_because_it_has_finished() -> None:
+    assert reason_for("succeeded", "pause") == (
+        "A succeeded deployment cannot be paused: it has finished."
+    )
+
+
+def test_start__when_running__is_refused_because_it_is_already_running() -> None:
+    assert reason_for(S.RUNNING, A.START) == (
+        "A running deployment cannot be started: it is already running."
+    )
+
+
+def test_resume__when_running__is_refused_because_it_is_not_paused() -> None:
+    assert reason_for(S.RUNNING, A.RESUME) == (
+        "A running deployment cannot be resumed: it is not paused."
+    )
+
+
+def test_abort__when_rolling_back__is_refused_because_a_rollback_is_under_way() -> None:
+    assert reason_for(S.ROLLING_BACK, A.ABORT) == (
+        "A deployment that is rolling back cannot be aborted: a rollback is under way; "
+        "wait until it finishes or fails."
+    )
+
+
+def test_retry__when_succeeded__is_refused_and_points_to_a_new_deployment() -> None:
+    assert reason_for(S.SUCCEEDED, A.RETRY) == (
+        "A succeeded deployment cannot be retried: it has finished and its canary is now the "
+        "stable version; create a new deployment."
+    )
+
+
+def test_start__when_failed__is_refused_and_points_to_retry() -> None:
+    assert reason_for(S.FAILED, A.START) == (
+        "A failed deployment cannot be started: it has ended; retry it to begin again."
+    )
+
+
+def test_pause__when_pending__is_refused_because_it_has_not_started() -> None:
+    assert reason_for(S.PENDING, A.PAUSE) == (
+        "A pending deployment cannot be paused: it has not started."
+    )
+
+
+def test_finish_rollback__when_running__is_refused_because_it_is_not_rolling_back() -> None:
+    assert reason_for(S.RUNNING, A.FINISH_ROLLBACK) == (
+        "A running deployment cannot finish a rollback: it is not rolling back."
+    )
+
+
+def test_succeed__when_paused__is_refused_and_points_to_resume_or_promote_fully() -> None:
+    assert reason_for(S.PAUSED, A.SUCCEED) == (
+        "A paused deployment cannot be marked succeeded: it is paused; resume it, or promote "
+        "it fully."
+    )
+
+
+@pytest.mark.parametrize("status", [S.ROLLED_BACK, S.FAILED, S.ABORTED])
+def test_retry__when_ended_without_success__returns_to_pending(status: Status) -> None:
+    assert transition(status, A.RETRY) == S.PENDING
+
+
+def test_promote__when_paused__resumes_at_the_next_phase() -> None:
+    assert transition(S.PAUSED, A.PROMOTE) == S.RUNNING
+
+
+def test_promote_full__when_paused__succeeds() -> None:
+    assert transition(S.PAUSED, A.PROMOTE_FULL) == S.SUCCEEDED
+
+
+def test_unknown_status__is_a_programming_error_not_a_refusal() -> None:
+    with pytest.raises(ValueError, match="unknown deployment status 'done'"):
+        transition("done", "start")
+    with pytest.raises(ValueError, match="unknown deployment action 'explode'"):
+        transition("running", "explode")
+
+
+def test_allowed_actions__follow_the_order_of_the_action_enum() -> None:
+    assert allowed_actions(S.RUNNING) == [
+        A.PAUSE,
+        A.PROMOTE,
+        A.PROMOTE_FULL,
+        A.SUCCEED,
+        A.ROLLBACK,
+        A.FAIL,
+        A.ABORT,
+    ]
+    assert allowed_actions(S.SUCCEEDED) == []
+
+
+@pytest.mark.parametrize("status", list(Status))
+def test_is_terminal__only_for_finished_statuses(status: Status) -> None:
+    expected = status in {S.SUCCEEDED, S.ROLLED_BACK, S.FAILED, S.ABORTED}
+    assert is_terminal(status) is expected
+    assert is_terminal(str(status)) is expected
+
+
+def test_terminal_statuses__are_left_only_by_retry() -> None:
+    for status in TERMINAL_STATUSES:
+        assert set(allowed_actions(status)) <= {A.RETRY}
+    assert allowed_actions(S.SUCCEEDED) == []
+
+
+def test_active_statuses__are_neither_pending_nor_terminal() -> None:
+    assert ACTIVE_STATUSES.isdisjoint(TERMINAL_STATUSES)
+    assert S.PENDING not in ACTIVE_STATUSES
+    assert ACTIVE_STATUSES | TERMINAL_STATUSES | {S.PENDING} == set(Status)
+
+
+def test_every_status__is_reachable_from_pending() -> None:
+    seen = {S.PENDING}
+    queue = deque([S.PENDING])
+    while queue:
+        status = queue.popleft()
+        for action in allowed_actions(status):
+            target = transition(status, action)
+            if target not in seen:
+                seen.add(target)
+                queue.append(target)
+    assert seen == set(Status)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.sampled_from(list(Action)), max_size=30))
+def test_any_sequence_of_actions__moves_only_along_the_table(actions: list[Action]) -> None:
+    status = S.PENDING
+    for action in actions:
+        try:
+            after = transition(status, action)
+        except TransitionRefused:
+            assert action not in allowed_actions(status)
+            continue
+        assert (status, after) == (status, EXPECTED[action][1])
+        # A succeeded deployment is the end of the road: its canary is the stable version.
+        assert status != S.SUCCEEDED
+        status = after
+
+
+# --------------------------------------------------------------------------- phase progress
+
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def series(values: dict[float, float | None]) -> list[Observation]:
+    return [Observation(at(second), value) for second, value in values.items()]
+
+
+def every(step: float, start: float, end: float, value: float | None) -> dict[float, float | None]:
+    """Observations every ``step`` seconds from ``start`` to ``end`` inclusive."""
+    count = int((end - start) // step) + 1
+    return {start + i * step: value for i in range(count)}
+
+
+AVAILABILITY_HELD_3_MIN = Criterion("availability", Operator.GREATER_THAN, 99, 180_000)
+
+PHASE = PhaseConfig(
+    id="phase-1",
+    name="5% traffic",
+    traffic_percentage=5,
+    duration_ms=300_000,
+    success_criteria=(AVAILABILITY_HELD_3_MIN,),
+    rollback_thresholds=RollbackThresholds(error_rate=5, latency_p95=1000, availability=95),
+)
+
+
+def healthy(until: float, start: float = 0) -> dict[str, list[Observation]]:
+    return {
+        "availability": series(every(5, start, until, 99.9)),
+        "error_rate": series(every(5, start, until, 0.1)),
+        "latency_p95": series(every(5, start, until, 120.0)),
+    }
+
+
+def test_phase__before_its_minimum_duration__waits_with_the_time_left() -> None:
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(240), observations=healthy(until=240))
+    assert judgement.outcome == Outcome.WAIT
+    assert judgement.time_left_ms == 60_000
+    assert judgement.criteria[0].state == CriterionState.HELD
+    assert judgement.reason == "Wait: 1m left of the phase's minimum 5m."
+
+
+def test_phase__after_its_duration_with_every_criterion_held__advances() -> None:
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(300), observations=healthy(until=300))
+    assert judgement.outcome == Outcome.ADVANCE
+    assert judgement.time_left_ms == 0
+    assert judgement.breaches == ()
+    assert judgement.reason == (
+        "Advance: the phase has run its minimum 5m and every success criterion held: "
+        "availability > 99 held for 5m (needs 3m)."
+    )
+
+
+def test_phase__with_a_criterion_holding_too_briefly__waits_and_says_how_long_to_go() -> None:
+    observations = healthy(until=300)
+    observations["availability"] = series(
+        {**every(5, 0, 200, 99.9), 205: 98.0, **every(5, 210, 300, 99.9)}
+    )
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(300), observations=observations)
+    assert judgement.outcome == Outcome.WAIT
+    progress = judgement.criteria[0]
+    assert progress.state == CriterionState.HOLDING
+    assert progress.held_ms == 90_000
+    assert progress.remaining_ms == 90_000
+    assert judgement.earliest_advance_ms == 90_000
+    assert judgement.reason == (
+        "Wait: the phase's minimum 5m has passed, but availability > 99 has held for 1m 30s "
+        "of 3m (1m 30s to go)."
+    )
+
+
+def test_phase__without_any_observation__waits_for_data_even_after_its_duration() -> None:
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(3600), observations={})
+    assert judgement.outcome == Outcome.WAIT
+    assert judgement.criteria[0].state == CriterionState.NO_DATA
+    assert judgement.without_data == judgement.criteria
+    assert "availability > 99 has no data yet in this phase" in judgement.reason
+
+
+def test_phase__whose_latest_window_was_empty__waits_for_data() -> None:
+    observations = healthy(until=300)
+    observations["availability"].append(Observation(at(305), None))
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(305), observations=observations)
+    assert judgement.outcome == Outcome.WAIT
+    assert judgement.criteria[0].state == CriterionState.NO_DATA
+    assert "the latest window was empty" in judgement.criteria[0].detail
+
+
+def test_phase__whose_data_stopped_arriving__does_not_advance_on_stale_data() -> None:
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(600), observations=healthy(until=300))
+    assert judgement.outcome == Outcome.WAIT
+    assert judgement.criteria[0].state == CriterionState.NO_DATA
+    assert "its latest is 5m old" in judgement.reason
+
+
+def test_criterion__with_an_empty_window_in_its_run__restarts_its_hold() -> None:
+    observations = healthy(until=300)
+    observations["availability"] = series(
+        {**every(5, 0, 200, 99.9), 205: None, **every(5, 210, 300, 99.9)}
+    )
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(300), observations=observations)
+    assert judgement.outcome == Outcome.WAIT
+    assert judgement.criteria[0].held_ms == 90_000
+
+
+def test_criterion__with_a_gap_longer_than_max_gap__restarts_its_hold() -> None:
+    observations = healthy(until=300)
+    observations["availability"] = series({**every(5, 0, 100, 99.9), **every(5, 200, 300, 99.9)})
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(300), observations=observations)
+    assert judgement.criteria[0].held_ms == 100_000
+    relaxed = phase_judgement(
+        PHASE, started_at=T0, now=at(300), observations=observations, max_gap=None
+    )
+    assert relaxed.outcome == Outcome.ADVANCE
+
+
+def test_criterion__failing_now__says_so_with_its_latest_value() -> None:
+    observations = healthy(until=300)
+    observations["availability"][-1] = Observation(at(300), 97.5)
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(300), observations=observations)
+    assert judgement.outcome == Outcome.WAIT
+    assert judgement.criteria[0].state == CriterionState.FAILING
+    assert "availability > 99 is not met (latest 97.5)" in judgement.reason
+
+
+def test_criterion__with_no_hold__needs_one_passing_observation() -> None:
+    phase = PhaseConfig(
+        "p",
+        "p",
+        5,
+        60_000,
+        success_criteria=(Criterion("error_rate", Operator.LESS_THAN, 1, 0),),
+    )
+    judgement = phase_judgement(
+        phase,
+        started_at=T0,
+        now=at(60),
+        observations={"error_rate": [Observation(at(60), 0.2)]},
+    )
+    assert judgement.outcome == Outcome.ADVANCE
+
+
+def test_criterion__on_response_time__reads_observations_under_that_name() -> None:
+    phase = PhaseConfig(
+        "p",
+        "p",
+        5,
+        0,
+        success_criteria=(Criterion("response_time", Operator.LESS_THAN, 200, 10_000),),
+    )
+    judgement = phase_judgement(
+        phase,
+        started_at=T0,
+        now=at(10),
+        observations={"response_time": series(every(5, 0, 10, 150.0))},
+    )
+    assert judgement.outcome == Outcome.ADVANCE
+
+
+def test_criterion__equals__passes_only_at_its_threshold() -> None:
+    phase = PhaseConfig(
+        "p", "p", 5, 0, success_criteria=(Criterion("error_rate", Operator.EQUALS, 0, 0),)
+    )
+    zero = phase_judgement(
+        phase, started_at=T0, now=at(1), observations={"error_rate": series({1: 0.0})}
+    )
+    some = phase_judgement(
+        phase, started_at=T0, now=at(1), observations={"error_rate": series({1: 0.01})}
+    )
+    assert (zero.outcome, some.outcome) == (Outcome.ADVANCE, Outcome.WAIT)
+
+
+def test_phase__without_success_criteria__advances_on_time_alone() -> None:
+    phase = PhaseConfig("p", "p", 5, 60_000)
+    judgement = phase_judgement(phase, started_at=T0, now=at(60), observations={})
+    assert judgement.outcome == Outcome.ADVANCE
+    assert judgement.reason == (
+        "Advance: the phase has run its minimum 1m, and it has no success criteria."
+    )
+
+
+@pytest.mark.parametrize(
+    ("metric", "value", "threshold"),
+    [
+        ("error_rate", 7.5, "errorRate"),
+        ("latency_p95", 1500.0, "latencyP95"),
+        ("availability", 90.0, "availability"),
+    ],
+)
+def test_breach__of_any_rollback_threshold__rolls_back_with_its_evidence(
+    metric: str, value: float, threshold: str
+) -> None:
+    observations = healthy(until=120)
+    observations[metric].append(Observation(at(125), value))
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(125), observations=observations)
+    assert judgement.outcome == Outcome.BREACH
+    (breach,) = judgement.breaches
+    assert (breach.threshold, breach.metric, breach.observed, breach.at) == (
+        threshold,
+        metric,
+        value,
+        at(125),
+    )
+    side = "below" if metric == "availability" else "above"
+    assert judgement.reason.startswith(f"Roll back: {metric} {value:g} is {side} the {threshold}")
+
+
+def test_breach__outranks_a_phase_ready_to_advance() -> None:
+    observations = healthy(until=300)
+    observations["error_rate"][-1] = Observation(at(300), 50.0)
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(300), observations=observations)
+    assert judgement.outcome == Outcome.BREACH
+    assert judgement.criteria[0].state == CriterionState.HELD
+
+
+def test_value_equal_to_a_rollback_threshold__is_not_a_breach() -> None:
+    observations = healthy(until=120)
+    observations["error_rate"].append(Observation(at(125), 5.0))
+    observations["availability"].append(Observation(at(125), 95.0))
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(125), observations=observations)
+    assert judgement.outcome == Outcome.WAIT
+
+
+def test_empty_window__never_breaches() -> None:
+    observations = {"error_rate": series({100: 50.0, 105: None})}
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(105), observations=observations)
+    assert judgement.breaches == ()
+
+
+def test_stale_bad_news__still_breaches() -> None:
+    observations = {"error_rate": series({100: 50.0})}
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(1000), observations=observations)
+    assert judgement.outcome == Outcome.BREACH
+
+
+def test_observations_outside_the_phase__are_ignored() -> None:
+    observations = healthy(until=300, start=-600)
+    observations["error_rate"].append(Observation(at(-10), 90.0))
+    observations["error_rate"].append(Observation(at(400), 90.0))
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(300), observations=observations)
+    assert judgement.outcome == Outcome.ADVANCE
+    assert judgement.criteria[0].held_ms == 300_000
+
+
+def test_observations__may_arrive_in_any_order() -> None:
+    observations = {name: list(reversed(values)) for name, values in healthy(until=300).items()}
+    judgement = phase_judgement(PHASE, started_at=T0, now=at(300), observations=observations)
+    assert judgement.outcome == Outcome.ADVANCE
+
+
+def test_judgement__is_evidence_that_serialises_to_json() -> None:
+    observations = healthy(until=120)
+    observations["error_rate"].append(Observation(at(125), 7.5))
+    data = json.loads(
+        json.dumps(
+            phase_judgement(PHASE, started_at=T0, now=at(125), observations=observations).to_dict()
+        )
+    )
+    assert data["outcome"] == "breach"
+    assert data["breaches"][0] == {
+        "threshold": "errorRate",
+        "metric": "error_rate",
+        "limit": 5,
+        "observed": 7.5,
+        "at": "2025-01-01T12:02:05+00:00",
+    }
+    assert data["criteria"][0]["state"] == "holding"
+    assert set(data) == {
+        "outcome",
+        "reason",
+        "elapsedMs",
+        "timeLeftMs",
+        "earliestAdvanceMs",
+        "criteria",
+        "breaches",
+    }
+
+
+observation_values = st.one_of(st.none(), st.floats(min_value=90, max_value=100))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(
+        st.tuples(st.integers(min_value=-60, max_value=700), observation_values),
+        max_size=60,
+        unique_by=lambda item: item[0],
+    ),
+    now=st.integers(min_value=0, max_value=700),
+)
+def test_no_phase__advances_without_the_data_its_criteria_need(
+    values: list[tuple[int, float | None]], now: int
+) -> None:
+    phase = PhaseConfig(
+        "p",
+        "p",
+        5,
+        300_000,
+        success_criteria=(AVAILABILITY_HELD_3_MIN,),
+        rollback_thresholds=RollbackThresholds(error_rate=5),
+    )
+    observations = {"availability": [Observation(at(s), v) for s, v in values]}
+    judgement = phase_judgement(phase, started_at=T0, now=at(now), observations=observations)
+    if judgement.outcome != Outcome.ADVANCE:
+        return
+    # Advancing needs passing data in the phase, fresh within the maximum gap (a minute), and
+    # an unbroken run of passing observations spanning at least the three-minute hold.
+    inside = sorted(((s, v) for s, v in values if 0 <= s <= now), key=lambda item: item[0])
+    assert now >= 300
+    assert inside
+    last = inside[-1][0]
+    assert now - last <= 60
+
+    def passes(value: float | None) -> bool:
+        return value is not None and value > 99
+
+    assert any(
+        start <= last - 180 and all(passes(v) for s, v in inside if start <= s <= last)
+        for start, _ in inside
+    )

@@ -38,8 +38,9 @@ def audit_context(
         with set_extra_data(context_data=data):
             yield
     finally:
-        if outer is not None:
-            auditlog_value.set(outer)
+        # auditlog leaves its context variable set after the block; restoring it keeps this
+        # actor from being attributed to later writes in the same thread.
+        auditlog_value.set(outer)
 
 
 def register(model: type, **options: Any) -> type:

@@ -25,7 +25,9 @@ BUCKET_COUNT = 10_000
 def bucket(salt: str, value: str) -> int:
     """Return the bucket in ``[0, 9999]`` of ``value`` under ``salt``."""
     # Positional arguments: mmh3 parses keywords noticeably slower, and this is the hot path.
-    return _murmur3_32(f"{salt}:{value}", 0, False) % BUCKET_COUNT
+    # Encoding here (surrogatepass) gives the same hash as mmh3's own UTF-8 for valid text, and
+    # keeps a lone surrogate from a client's JSON from crashing mmh3's str path.
+    return _murmur3_32(f"{salt}:{value}".encode("utf-8", "surrogatepass"), 0, False) % BUCKET_COUNT
 
 
 def bucket_with_prefix(prefix: str, value: str) -> int:
@@ -34,7 +36,7 @@ def bucket_with_prefix(prefix: str, value: str) -> int:
     Engines that bucket many subjects under one salt precompute the prefix so the hot path does
     a single concatenation.
     """
-    return _murmur3_32(prefix + value, 0, False) % BUCKET_COUNT
+    return _murmur3_32((prefix + value).encode("utf-8", "surrogatepass"), 0, False) % BUCKET_COUNT
 
 
 def percentage_to_buckets(percentage: float) -> int:

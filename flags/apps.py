@@ -1,8 +1,22 @@
 """App config of the flags app."""
 
+import atexit
+
 from django.apps import AppConfig
+from django.core.signals import request_finished
 
 
 class FlagsConfig(AppConfig):
     name = "flags"
     verbose_name = "Flags"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from flags.exposures import recorder
+
+        # Exposure counts go out after a response has been sent, never in its way, and once more
+        # when the process exits.
+        request_finished.connect(
+            recorder.flush_if_due, weak=False, dispatch_uid="flags_exposure_flush"
+        )
+        atexit.register(recorder.flush)

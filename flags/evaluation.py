@@ -887,7 +887,10 @@ class RolloutServe:
         percentage = self.percentage
         if type(percentage) is bool or not isinstance(percentage, int | float | Decimal):
             _invalid("percentage", f"must be a number from 0 to 100, got {percentage!r}")
-        percentage = float(percentage)
+        try:
+            percentage = float(percentage)
+        except OverflowError:  # an integer beyond the float range
+            _invalid("percentage", f"must be from 0 to 100, got {percentage!r}")
         if not 0 <= percentage <= 100:
             _invalid("percentage", f"must be from 0 to 100, got {percentage!r}")
         if abs(percentage * 100 - round(percentage * 100)) > 1e-6:
@@ -918,6 +921,10 @@ class SplitServe:
                 _invalid(
                     f"split[{index}].weight",
                     f"must be a whole number of basis points from 0 to 10000, got {weight!r}",
+                )
+            if not isinstance(weighted.variant, str):
+                _invalid(
+                    f"split[{index}].variant", f"must be a variant name, got {weighted.variant!r}"
                 )
             if weighted.variant in seen:
                 _invalid(f"split[{index}].variant", f"{weighted.variant!r} appears twice")
@@ -1138,8 +1145,10 @@ class FlagSnapshot:
             )
         if not isinstance(self.stickiness, str) or not self.stickiness:
             _invalid("stickiness", "must be the name of a context attribute")
-        if not isinstance(self.salt, str):
-            _invalid("salt", "must be a string")
+        if not isinstance(self.salt, str) or not _encodable(self.salt):
+            _invalid("salt", "must be a string of valid text")
+        if not _encodable(self.key):
+            _invalid("key", "must be valid text")
         if type(self.version) is not int or self.version < 0:
             _invalid("version", f"must be a whole number, got {self.version!r}")
         if not isinstance(self.variants, Mapping) or not self.variants:
@@ -1377,11 +1386,27 @@ def _check_value_type(value: Any, value_type: ValueType, field: str) -> None:
     elif value_type is ValueType.STRING:
         valid = isinstance(value, str)
     elif value_type is ValueType.NUMBER:
-        valid = type(value) is not bool and isinstance(value, int | float) and math.isfinite(value)
+        valid = type(value) is not bool and isinstance(value, int | float) and _finite(value)
     else:
         valid = isinstance(value, dict)
     if not valid:
         _invalid(field, f"must be a {value_type.value} value, got {value!r}")
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (no lone surrogates), as bucketing needs."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer beyond the float range: finite, but no flag value
+        return False
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -1399,7 +1424,12 @@ def _all_hold(checks: tuple[_Check, ...], get: Callable[[str], Any]) -> bool:
 
 
 def _stickiness_text(value: Any) -> str | None:
-    return value if type(value) is str else _as_text(value)
+    text = value if type(value) is str else _as_text(value)
+    if text is not None and not text.isascii():
+        # mmh3 crashes the whole process on a lone surrogate ("\ud800" is valid JSON); encoding
+        # raises instead, which evaluate() turns into a GENERAL error.
+        text.encode()
+    return text
 
 
 def evaluate(

@@ -1,1 +1,705 @@
-"""Writes of the flags app: plain keyword-only functions named <entity>_<action>."""
+"""Writes of the flags app: plain keyword-only functions named <entity>_<action>.
+
+Every write validates the definition with the engine (errors name the engine's field, e.g.
+``rules[0].constraints[1].operator``), runs ``full_clean()``, saves inside
+:func:`canary_site.audit.audit_context` so the audit trail records who, from where, why and the
+diff, bumps the flag's own ``version``, and replaces the shared flags version so that every
+process reloads its snapshot (:mod:`flags.snapshot`). The shared version is replaced at once and
+again when the transaction commits: a process that reloads in between reads the old rows, and the
+second replacement makes it read again. Callers may wrap these functions in their own
+transaction (the deployments app sets a flag's rollout in the same transaction as its phase).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from datetime import date, timedelta
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from canary_site import tokens
+from canary_site.audit import audit_context
+from canary_site.choices import Source
+from canary_site.exceptions import NotFound, TransitionNotAllowed, ValidationFailed, to_canary_error
+from flags import conf, snapshot
+from flags.choices import FlagStatus, FlagType, ValueType
+from flags.definition import (
+    FULL,
+    engine_flag,
+    percent_to_basis_points,
+    rollout_percentage,
+    rollout_variant,
+)
+from flags.evaluation import (
+    DEFAULT_STICKINESS,
+    InvalidFlagDefinition,
+    build_flag_snapshot,
+    build_segment_snapshot,
+)
+from flags.exposures import recorder
+from flags.models import KEY_PATTERN, EvaluationKey, Flag, FlagExposure, Segment
+
+EVALUATION_KEY_PREFIX = "cnrye"
+BOOLEAN_VARIANTS = [{"name": "on", "value": True}, {"name": "off", "value": False}]
+# Fields flag_update changes; the key, the status and the bookkeeping have their own verbs.
+FLAG_EDITABLE_FIELDS = frozenset(
+    {
+        "name",
+        "description",
+        "flag_type",
+        "value_type",
+        "variants",
+        "off_variant",
+        "rules",
+        "default_rule",
+        "targets",
+        "stickiness",
+        "salt",
+        "expires_on",
+        "owner",
+        "tags",
+        "kill_switch_enabled",
+    }
+)
+SEGMENT_EDITABLE_FIELDS = frozenset({"name", "description", "constraints"})
+TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,49}\Z")
+# Deeper JSON than this is refused before it reaches recursive code (engine, encoder, database).
+MAX_JSON_DEPTH = 32
+_KEY_RE = re.compile(KEY_PATTERN)
+
+
+# --- flags --------------------------------------------------------------------------------------
+
+
+def flag_create(
+    *,
+    key: str,
+    name: str = "",
+    description: str = "",
+    flag_type: str = FlagType.RELEASE,
+    value_type: str = ValueType.BOOLEAN,
+    variants: list[Any] | None = None,
+    off_variant: str | None = None,
+    rules: list[Any] | None = None,
+    default_rule: Mapping[str, Any] | None = None,
+    targets: list[Any] | None = None,
+    stickiness: str = DEFAULT_STICKINESS,
+    salt: str = "",
+    expires_on: date | None = None,
+    owner: Any = None,
+    tags: Iterable[str] | None = None,
+    kill_switch_enabled: bool = False,
+    status: str = FlagStatus.DISABLED,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> Flag:
+    """Create a flag. A boolean flag without variants gets ``on``/``off``, off when disabled and
+    on for everyone when enabled; other types must name their variants."""
+    key = _clean_key(key)
+    if Flag.objects.filter(key=key).exists():
+        raise ValidationFailed(f"A flag with key '{key}' already exists.", field="key")
+    if status not in (FlagStatus.ENABLED, FlagStatus.DISABLED):
+        raise ValidationFailed(
+            "A new flag is enabled or disabled; kill it afterwards if you must.", field="status"
+        )
+    if variants is None and value_type == ValueType.BOOLEAN:
+        variants = [dict(variant) for variant in BOOLEAN_VARIANTS]
+        off_variant = off_variant or "off"
+        if default_rule is None:
+            default_rule = {"variant": "on"}
+    variants = [] if variants is None else variants
+    if (
+        off_variant is None
+        and isinstance(variants, list)
+        and variants
+        and isinstance(variants[0], Mapping)
+    ):
+        off_variant = variants[0].get("name")
+    if owner is None and getattr(actor, "is_authenticated", False):
+        owner = actor
+    now = timezone.now()
+    flag = Flag(
+        key=key,
+        name=name or "",
+        description=description or "",
+        flag_type=flag_type,
+        value_type=value_type,
+        status=status,
+        variants=variants,
+        off_variant=off_variant if isinstance(off_variant, str) else "",
+        rules=[] if rules is None else rules,
+        default_rule={} if default_rule is None else default_rule,
+        targets=[] if targets is None else targets,
+        stickiness=stickiness,
+        salt=salt or key,
+        expires_on=expires_on,
+        owner=owner,
+        tags=_clean_tags(tags),
+        kill_switch_enabled=kill_switch_enabled,
+        created_at=now,
+        updated_at=now,
+    )
+    if not isinstance(off_variant, str | None):
+        raise ValidationFailed("must be the name of a variant", field="off_variant")
+    _validate_flag(flag)
+    _track_full_rollout(flag, now)
+    with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
+        _save(flag)
+        _flags_changed()
+    return flag
+
+
+def flag_update(
+    *,
+    flag: Flag,
+    changes: Mapping[str, Any],
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> Flag:
+    """Change the editable fields named in ``changes``; nothing else moves. Returns the flag as
+    saved (the same row re-read under a lock, so concurrent edits cannot lose one another)."""
+    changes = dict(changes)
+    if "key" in changes and changes.pop("key") != flag.key:
+        raise ValidationFailed(
+            "A flag's key cannot change: SDKs ask for it by key. Create a new flag.",
+            field="key",
+        )
+    if "status" in changes:
+        raise ValidationFailed("Change the status with enable, disable or kill.", field="status")
+    unknown = sorted(set(changes) - FLAG_EDITABLE_FIELDS)
+    if unknown:
+        raise ValidationFailed(
+            f"Unknown field: {unknown[0]}.", fields={name: ["Unknown field."] for name in unknown}
+        )
+    if "tags" in changes:
+        changes["tags"] = _clean_tags(changes["tags"])
+    for name in ("rules", "targets", "variants"):
+        if name in changes and changes[name] is None:
+            changes[name] = []
+    if "default_rule" in changes and changes["default_rule"] is None:
+        changes["default_rule"] = {}
+    for name in ("name", "description", "salt"):
+        if name in changes and changes[name] is None:
+            changes[name] = ""
+
+    with transaction.atomic():
+        current = _locked(Flag, flag)
+        before = {name: getattr(current, name) for name in changes}
+        for name, value in changes.items():
+            setattr(current, name, value)
+        if all(_same(before[name], getattr(current, name)) for name in changes):
+            return current
+        if not current.salt:
+            current.salt = current.key
+        _validate_flag(current)
+        now = timezone.now()
+        _track_full_rollout(current, now)
+        current.version += 1
+        current.updated_at = now
+        with audit_context(actor=actor, source=source, reason=reason):
+            _save(current)
+        _flags_changed()
+    return current
+
+
+def flag_delete(
+    *, flag: Flag, actor: Any = None, source: str = Source.SYSTEM, reason: str = ""
+) -> None:
+    with transaction.atomic():
+        current = _locked(Flag, flag)
+        if current.controlled_by:
+            raise TransitionNotAllowed(
+                f"Flag '{current.key}' is driven by {current.controlled_by}; "
+                "release it from there before deleting it."
+            )
+        with audit_context(actor=actor, source=source, reason=reason, verb="delete"):
+            current.delete()
+        _flags_changed()
+
+
+def flag_enable(
+    *, flag: Flag, actor: Any = None, source: str = Source.SYSTEM, reason: str = ""
+) -> Flag:
+    """Serve the flag's targeting again; also how a killed flag recovers. Enabling an enabled
+    flag changes nothing."""
+    with transaction.atomic():
+        current = _locked(Flag, flag)
+        if current.status == FlagStatus.ENABLED:
+            return current
+        current.status = FlagStatus.ENABLED
+        current.killed_reason = ""
+        current.killed_at = None
+        return _save_status(current, actor=actor, source=source, reason=reason, verb="enable")
+
+
+def flag_disable(
+    *, flag: Flag, actor: Any = None, source: str = Source.SYSTEM, reason: str = ""
+) -> Flag:
+    """Serve the off variant to everyone. A killed flag stays killed (enable it to recover)."""
+    with transaction.atomic():
+        current = _locked(Flag, flag)
+        if current.status == FlagStatus.DISABLED:
+            return current
+        if current.status == FlagStatus.KILLED:
+            raise TransitionNotAllowed(
+                f"Flag '{current.key}' is killed; enable it to recover, or leave it killed."
+            )
+        current.status = FlagStatus.DISABLED
+        return _save_status(current, actor=actor, source=source, reason=reason, verb="disable")
+
+
+def flag_kill(*, flag: Flag, reason: str, actor: Any = None, source: str = Source.SYSTEM) -> Flag:
+    """The emergency disable: serve the off variant to everyone at once, whatever else says.
+
+    The reason is required and kept with the flag. Killing a killed flag changes nothing, so a
+    kill switch may fire twice.
+    """
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationFailed("Say why the flag is being killed.", field="reason")
+    with transaction.atomic():
+        current = _locked(Flag, flag)
+        if current.status == FlagStatus.KILLED:
+            return current
+        current.status = FlagStatus.KILLED
+        current.killed_reason = reason
+        current.killed_at = timezone.now()
+        return _save_status(current, actor=actor, source=source, reason=reason, verb="kill")
+
+
+def flag_set_rollout(
+    *,
+    flag: Flag,
+    percentage: float | int | Any,
+    variant: str | None = None,
+    controlled_by: str | None = None,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> Flag:
+    """Serve ``variant`` to ``percentage`` (0 to 100, two decimals) of subjects by default.
+
+    The default rule becomes a rollout; rules and individual targets still come first, and a
+    disabled or killed flag keeps serving its off variant. ``variant`` defaults to the variant
+    the flag rolls out now, else its first variant that is not the off variant. Raising the
+    percentage only adds subjects (monotonic bucketing).
+
+    ``controlled_by`` names who drives the percentage (the deployments app passes
+    ``"deployment 12"``): the first call with it takes control, and from then on a call with
+    another controller, or none (a person with the slider), is refused with 409 until
+    :func:`flag_release_control`.
+    """
+    try:
+        points = percent_to_basis_points(percentage, "percentage")
+    except InvalidFlagDefinition as error:
+        raise ValidationFailed(error.message, field="percentage") from None
+    with transaction.atomic():
+        current = _locked(Flag, flag)
+        if current.controlled_by and controlled_by != current.controlled_by:
+            raise TransitionNotAllowed(
+                f"The rollout of flag '{current.key}' is driven by {current.controlled_by}; "
+                "release it there first."
+            )
+        chosen = variant or rollout_variant(
+            current.default_rule, current.variants, current.off_variant
+        )
+        if chosen is None:
+            raise ValidationFailed(
+                "The flag has no variant besides its off variant to roll out.", field="variant"
+            )
+        default_rule = {"rollout": {"percentage": points / 100, "variant": chosen}}
+        if current.default_rule == default_rule and current.controlled_by == (controlled_by or ""):
+            return current
+        current.default_rule = default_rule
+        current.controlled_by = controlled_by or ""
+        try:
+            _validate_flag(current)
+        except ValidationFailed as error:
+            # The only part of the definition this call changes is the variant it names.
+            raise ValidationFailed(error.message, field="variant") from None
+        now = timezone.now()
+        _track_full_rollout(current, now)
+        current.version += 1
+        current.updated_at = now
+        with audit_context(actor=actor, source=source, reason=reason, verb="set_rollout"):
+            _save(current)
+        _flags_changed()
+    return current
+
+
+def flag_release_control(
+    *,
+    flag: Flag,
+    controlled_by: str | None = None,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> Flag:
+    """Hand the rollout back to people. With ``controlled_by``, only if that one holds it (a
+    deployment releasing what it took); without, whoever holds it (an engineer taking over)."""
+    with transaction.atomic():
+        current = _locked(Flag, flag)
+        if not current.controlled_by:
+            return current
+        if controlled_by is not None and controlled_by != current.controlled_by:
+            raise TransitionNotAllowed(
+                f"The rollout of flag '{current.key}' is driven by {current.controlled_by}, "
+                f"not {controlled_by}."
+            )
+        current.controlled_by = ""
+        current.version += 1
+        current.updated_at = timezone.now()
+        with audit_context(actor=actor, source=source, reason=reason, verb="release_control"):
+            _save(current)
+        _flags_changed()
+    return current
+
+
+def flag_validate(*, flag: Flag) -> None:
+    """Raise ValidationFailed if ``flag`` (saved or not) could not be saved as it stands: for
+    forms that validate before they call a write (the admin)."""
+    flag.tags = _clean_tags(flag.tags)
+    if not flag.salt:
+        flag.salt = flag.key
+    if flag.pk is None:
+        flag.key = _clean_key(flag.key)
+    _validate_flag(flag)
+
+
+# --- segments -----------------------------------------------------------------------------------
+
+
+def segment_create(
+    *,
+    key: str,
+    name: str = "",
+    description: str = "",
+    constraints: list[Any] | None = None,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> Segment:
+    key = _clean_key(key)
+    if Segment.objects.filter(key=key).exists():
+        raise ValidationFailed(f"A segment with key '{key}' already exists.", field="key")
+    now = timezone.now()
+    segment = Segment(
+        key=key,
+        name=name or "",
+        description=description or "",
+        constraints=[] if constraints is None else constraints,
+        created_at=now,
+        updated_at=now,
+    )
+    _validate_segment(segment)
+    with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
+        _save(segment)
+        _flags_changed()
+    return segment
+
+
+def segment_update(
+    *,
+    segment: Segment,
+    changes: Mapping[str, Any],
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> Segment:
+    changes = dict(changes)
+    if "key" in changes and changes.pop("key") != segment.key:
+        raise ValidationFailed(
+            "A segment's key cannot change: flag rules name it by key.", field="key"
+        )
+    unknown = sorted(set(changes) - SEGMENT_EDITABLE_FIELDS)
+    if unknown:
+        raise ValidationFailed(
+            f"Unknown field: {unknown[0]}.", fields={name: ["Unknown field."] for name in unknown}
+        )
+    if "constraints" in changes and changes["constraints"] is None:
+        changes["constraints"] = []
+    for name in ("name", "description"):
+        if name in changes and changes[name] is None:
+            changes[name] = ""
+    with transaction.atomic():
+        current = _locked(Segment, segment)
+        before = {name: getattr(current, name) for name in changes}
+        for name, value in changes.items():
+            setattr(current, name, value)
+        if all(_same(before[name], getattr(current, name)) for name in changes):
+            return current
+        _validate_segment(current)
+        current.version += 1
+        current.updated_at = timezone.now()
+        with audit_context(actor=actor, source=source, reason=reason):
+            _save(current)
+        _flags_changed()
+    return current
+
+
+def segment_delete(
+    *, segment: Segment, actor: Any = None, source: str = Source.SYSTEM, reason: str = ""
+) -> None:
+    """Delete a segment that no flag's rule names (a rule naming a missing segment would never
+    match, which would silently change who gets what)."""
+    from flags.selectors import flags_using_segment
+
+    with transaction.atomic():
+        current = _locked(Segment, segment)
+        users = [flag.key for flag in flags_using_segment(key=current.key)]
+        if users:
+            raise TransitionNotAllowed(
+                f"Segment '{current.key}' is used by flag(s) {', '.join(users)}; "
+                "remove it from their rules first."
+            )
+        with audit_context(actor=actor, source=source, reason=reason, verb="delete"):
+            current.delete()
+        _flags_changed()
+
+
+def segment_validate(*, segment: Segment) -> None:
+    """Raise ValidationFailed if ``segment`` could not be saved as it stands."""
+    if segment.pk is None:
+        segment.key = _clean_key(segment.key)
+    _validate_segment(segment)
+
+
+# --- evaluation keys ----------------------------------------------------------------------------
+
+
+def evaluation_key_create(
+    *,
+    name: str,
+    rate_limit: int | None = None,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+) -> tuple[EvaluationKey, str]:
+    """Create an OFREP evaluation key; returns the row and the secret, which is never stored."""
+    name = (name or "").strip()
+    if not name:
+        raise ValidationFailed("An evaluation key needs a name.", field="name")
+    if rate_limit is not None and (type(rate_limit) is not int or rate_limit < 1):
+        raise ValidationFailed(
+            "The rate limit is a whole number of evaluations per second, at least 1.",
+            field="rate_limit",
+        )
+    if EvaluationKey.objects.filter(name=name, revoked_at__isnull=True).exists():
+        raise ValidationFailed(f"An active key named '{name}' already exists.", field="name")
+    secret = tokens.new_secret(EVALUATION_KEY_PREFIX)
+    key = EvaluationKey(
+        name=name,
+        prefix=secret[: len(EVALUATION_KEY_PREFIX) + 6],
+        digest=tokens.digest(secret),
+        rate_limit=rate_limit,
+        created_by=actor if getattr(actor, "is_authenticated", False) else None,
+    )
+    _full_clean(key)
+    with transaction.atomic(), audit_context(actor=actor, source=source, verb="create"):
+        _save(key)
+        _flags_changed()
+    return key, secret
+
+
+def evaluation_key_revoke(
+    *, key_id: int, actor: Any = None, source: str = Source.SYSTEM
+) -> EvaluationKey:
+    """Revoke a key: every process refuses it (403) once it has reloaded its snapshot."""
+    with transaction.atomic():
+        key = EvaluationKey.objects.filter(pk=key_id, revoked_at__isnull=True).first()
+        if key is None:
+            raise NotFound("No active evaluation key with that id.")
+        key.revoked_at = timezone.now()
+        with audit_context(actor=actor, source=source, verb="revoke"):
+            key.save(update_fields=["revoked_at"])
+        _flags_changed()
+    return key
+
+
+# --- exposures ----------------------------------------------------------------------------------
+
+
+def flag_exposures_flush() -> int:
+    """Write this process's waiting exposure counts now; returns the rows written."""
+    return recorder.flush()
+
+
+def flag_exposures_prune(*, older_than_days: int | None = None) -> int:
+    """Delete exposure counts older than the retention (CANARY_FLAGS_EXPOSURE_RETENTION_DAYS)."""
+    days = conf.exposure_retention_days() if older_than_days is None else older_than_days
+    cutoff = timezone.now() - timedelta(days=days)
+    deleted, _ = FlagExposure.objects.filter(bucket_start__lt=cutoff).delete()
+    return deleted
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _flags_changed() -> None:
+    snapshot.bump_version()
+    if connection.in_atomic_block:
+        transaction.on_commit(snapshot.bump_version)
+
+
+def _same(before: Any, after: Any) -> bool:
+    # JSON-aware equality: in Python True == 1 and 1 == 1.0, which are different flag values.
+    return json.dumps(before, sort_keys=True, default=str) == json.dumps(
+        after, sort_keys=True, default=str
+    )
+
+
+def _locked(model: type[Any], instance: Any) -> Any:
+    current = model.objects.select_for_update().filter(pk=instance.pk).first()
+    if current is None:
+        raise NotFound(f"{model._meta.verbose_name.capitalize()} '{instance}' no longer exists.")
+    return current
+
+
+def _save(instance: Any) -> None:
+    try:
+        instance.save()
+    except IntegrityError as error:
+        # Two creates of one key racing past the existence check.
+        raise ValidationFailed("That key is already taken.", field="key") from error
+
+
+def _save_status(current: Flag, *, actor: Any, source: str, reason: str, verb: str) -> Flag:
+    now = timezone.now()
+    _track_full_rollout(current, now)
+    current.version += 1
+    current.updated_at = now
+    _full_clean(current)
+    with audit_context(actor=actor, source=source, reason=reason, verb=verb):
+        _save(current)
+    _flags_changed()
+    return current
+
+
+def _clean_key(key: Any) -> str:
+    if not isinstance(key, str) or not key.strip():
+        raise ValidationFailed("A key is required.", field="key")
+    key = key.strip()
+    if len(key) > 100:
+        raise ValidationFailed("A key has at most 100 characters.", field="key")
+    if not _KEY_RE.match(key):
+        raise ValidationFailed(
+            "Use letters, digits, '-', '_' and '.', starting with a letter or digit.",
+            field="key",
+        )
+    return key
+
+
+def _clean_tags(tags: Any) -> list[str]:
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        tags = [part for part in re.split(r"[,\s]+", tags) if part]
+    if not isinstance(tags, list | tuple | set | frozenset):
+        raise ValidationFailed("Tags are a list of words.", field="tags")
+    cleaned: list[str] = []
+    for index, tag in enumerate(tags):
+        text = tag.strip().lower() if isinstance(tag, str) else ""
+        if not TAG_PATTERN.match(text):
+            raise ValidationFailed(
+                "A tag is up to 50 lower-case letters, digits, '-', '_', '.' or ':'.",
+                field=f"tags[{index}]",
+            )
+        if text not in cleaned:
+            cleaned.append(text)
+    return cleaned
+
+
+def _check_depth(value: Any, field: str) -> None:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValidationFailed(f"is nested more than {MAX_JSON_DEPTH} levels deep", field=field)
+        if isinstance(item, Mapping):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+
+
+def _full_clean(instance: Any) -> None:
+    try:
+        instance.full_clean()
+    except DjangoValidationError as error:
+        raise to_canary_error(error) from None
+
+
+def _validate_flag(flag: Flag) -> None:
+    """The engine's checks (naming its field), the segments the rules name, then the model's."""
+    for name in ("variants", "rules", "default_rule", "targets"):
+        _check_depth(getattr(flag, name), name)
+    if flag.flag_type not in FlagType.values:
+        raise ValidationFailed(f"Must be one of {', '.join(FlagType.values)}.", field="flag_type")
+    data = {
+        "key": flag.key,
+        "status": flag.status,
+        "value_type": flag.value_type,
+        "variants": flag.variants,
+        "off_variant": flag.off_variant,
+        "rules": flag.rules,
+        "default_rule": flag.default_rule,
+        "targets": flag.targets,
+        "stickiness": flag.stickiness,
+        "salt": flag.salt,
+        "version": flag.version,
+    }
+    if not isinstance(flag.default_rule, Mapping):
+        raise ValidationFailed("must be an object", field="default_rule")
+    try:
+        build_flag_snapshot(engine_flag(data))
+    except InvalidFlagDefinition as error:
+        raise ValidationFailed(error.message, field=error.field or "definition") from None
+    except (TypeError, ValueError, ArithmeticError, RecursionError) as error:
+        # The engine names the field of everything it foresees; this is for what it did not.
+        raise ValidationFailed(f"is not a valid definition: {error}", field="definition") from None
+    _check_segments_exist(flag.rules)
+    _full_clean(flag)
+
+
+def _check_segments_exist(rules: list[Any]) -> None:
+    named = {
+        (index, position): key
+        for index, rule in enumerate(rules)
+        for position, key in enumerate(rule.get("segments") or [])
+    }
+    if not named:
+        return
+    known = set(Segment.objects.filter(key__in=set(named.values())).values_list("key", flat=True))
+    for (index, position), key in named.items():
+        if key not in known:
+            raise ValidationFailed(
+                f"There is no segment '{key}'.", field=f"rules[{index}].segments[{position}]"
+            )
+
+
+def _validate_segment(segment: Segment) -> None:
+    _check_depth(segment.constraints, "constraints")
+    try:
+        build_segment_snapshot(
+            {"key": segment.key, "name": segment.name, "constraints": segment.constraints}
+        )
+    except InvalidFlagDefinition as error:
+        raise ValidationFailed(error.message, field=error.field or "constraints") from None
+    _full_clean(segment)
+
+
+def _track_full_rollout(flag: Flag, now: Any) -> None:
+    """Remember when the flag started serving its "on" side to everyone (for staleness)."""
+    serving_everyone = (
+        flag.status == FlagStatus.ENABLED
+        and rollout_percentage(flag.default_rule, flag.off_variant) == FULL
+    )
+    if not serving_everyone:
+        flag.full_rollout_since = None
+    elif flag.full_rollout_since is None:
+        flag.full_rollout_since = now

@@ -1,3 +1,18 @@
 """REST routes of the health app, mounted under /api/v1/ in the "api" namespace."""
 
-urlpatterns: list = []
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from health.api import views
+
+router = SimpleRouter()
+router.register("health/policies", views.HealthPolicyViewSet, basename="health-policy")
+router.register("health/checks", views.HealthCheckViewSet, basename="health-check")
+router.register("health/alerts", views.AlertViewSet, basename="health-alert")
+
+urlpatterns = [
+    path("health/metrics", views.MetricsPushView.as_view(), name="health-metrics"),
+    path("health/metrics/", views.MetricsPushSlashView.as_view()),
+    path("health/series/", views.SeriesView.as_view(), name="health-series"),
+    *router.urls,
+]

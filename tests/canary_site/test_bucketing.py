@@ -116,3 +116,12 @@ def test_bucket__in_other_processes_with_other_hash_seeds__gives_the_same_bucket
             check=True,
         )
         assert json.loads(completed.stdout) == expected
+
+
+def test_bucket__lone_surrogate_from_client_json__is_hashed_not_crashed():
+    import json
+
+    value = json.loads('"\\ud800"')
+
+    assert 0 <= bucket("salt", value) < 10_000
+    assert bucket("salt", "héllo") == bucket("salt", "héllo")

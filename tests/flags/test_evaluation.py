@@ -477,6 +477,25 @@ def test_evaluate__when_the_context_misbehaves__returns_a_general_error() -> Non
     assert "boom" in result.explain()
 
 
+@pytest.mark.parametrize("subject", ["\ud800", "user-\udfff", "caf\u00e9\ud83d"])
+def test_evaluate__with_a_lone_surrogate_to_bucket__is_a_general_error_not_a_crash(
+    subject: str,
+) -> None:
+    # The hash library crashes the process on such strings; the engine must never pass one on.
+    rollout = make_flag(default_rule={"rollout": {"percentage": 50, "variant": "on"}})
+    split = make_flag(default_rule={"split": [{"variant": "on", "weight": 10000}]})
+
+    for flag in (rollout, split):
+        result = evaluate(flag, {"targetingKey": subject})
+        assert (result.reason, result.error_code) == (Reason.ERROR, ErrorCode.GENERAL)
+
+
+def test_evaluate__with_valid_non_ascii_subjects__buckets_them() -> None:
+    flag = make_flag(default_rule={"rollout": {"percentage": 100, "variant": "on"}})
+
+    assert evaluate(flag, {"targetingKey": "caf\u00e9 \U0001f600"}).variant == "on"
+
+
 def test_flag_not_found__is_an_error_without_a_value() -> None:
     result = flag_not_found("nope")
 
@@ -800,6 +819,9 @@ def test_regex__on_an_input_longer_than_the_cap__does_not_match() -> None:
          "rules[0].serve.rollout.percentage"),
         (serving({"rollout": {"percentage": 10, "variant": "maybe"}}),
          "rules[0].serve.rollout.variant"),
+        (serving({"rollout": {"percentage": 10**400, "variant": "on"}}),
+         "rules[0].serve.rollout.percentage"),
+        ({"default_rule": split((["on"], 10000))}, "default_rule.split[0].variant"),
         (serving(split(("on", 50), ("off", 50))), "rules[0].serve.split"),
         ({"default_rule": split(("on", 5000), ("off", 50.5))}, "default_rule.split[1].weight"),
         ({"default_rule": split(("on", 5000), ("on", 5000))}, "default_rule.split[1].variant"),
@@ -809,6 +831,7 @@ def test_regex__on_an_input_longer_than_the_cap__does_not_match() -> None:
         ({"targets": [{"variant": "on", "values": ["a"]}, {"variant": "off", "values": ["a"]}]},
          "targets[1].values[0]"),
         ({"targets": [{"variant": "on", "values": [7]}]}, "targets[0].values[0]"),
+        ({"salt": "s\ud800"}, "salt"),
     ],
 )  # fmt: skip
 def test_validate_flag__with_a_bad_definition__names_the_field(
@@ -847,7 +870,14 @@ def test_validate_flag__accepts_values_of_the_flags_type(
 
 @pytest.mark.parametrize(
     ("value_type", "value"),
-    [("boolean", 1), ("string", 3), ("number", True), ("number", float("inf")), ("object", [])],
+    [
+        ("boolean", 1),
+        ("string", 3),
+        ("number", True),
+        ("number", float("inf")),
+        ("number", 10**400),
+        ("object", []),
+    ],
 )
 def test_validate_flag__with_a_value_of_the_wrong_type__names_the_variant(
     value_type: str, value: Any

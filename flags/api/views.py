@@ -1,0 +1,221 @@
+"""REST views of the flags app: flags and segments by key, and the flag verbs.
+
+Every write calls ``flags.services``; the dashboard's buttons call the same functions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from canary_site.choices import Source
+from canary_site.exceptions import ValidationFailed
+from flags import selectors, services
+from flags.api.serializers import (
+    EvaluateSerializer,
+    EvaluationResultSerializer,
+    FlagSerializer,
+    FlagWriteSerializer,
+    KillSerializer,
+    ReasonSerializer,
+    RolloutSerializer,
+    SegmentSerializer,
+    SegmentWriteSerializer,
+)
+from flags.filtersets import FlagFilterSet, SegmentFilterSet
+from flags.models import Flag, Segment
+
+F = TypeVar("F", bound=Callable[..., Any])
+KEY_IN_PATH = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+
+
+def requires(permission: str) -> Callable[[F], F]:
+    """The model permission an action needs (read by ``HasRolePermissions``)."""
+
+    def mark(function: F) -> F:
+        function.required_permission = permission  # type: ignore[attr-defined]
+        return function
+
+    return mark
+
+
+class SafeJSONParser(JSONParser):
+    """JSON the database could not store is bad input (400), not a crash: nesting deeper than
+    the parser can follow, and text with lone surrogates (valid JSON, invalid UTF-8)."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            data = super().parse(stream, media_type, parser_context)
+            json.dumps(data, ensure_ascii=False).encode()
+        except RecursionError:
+            raise ParseError("JSON nested too deeply.") from None
+        except UnicodeEncodeError:
+            raise ParseError("The body holds text that is not valid Unicode.") from None
+        return data
+
+
+def _validated(serializer_class: type, data: Any, **kwargs: Any) -> dict[str, Any]:
+    serializer = serializer_class(data=data, **kwargs)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def evaluation_body(flag: Flag, context: dict[str, Any]) -> dict[str, Any]:
+    result = selectors.flag_evaluate(flag=flag, context=context)
+    return {
+        "key": flag.key,
+        "value": result.value,
+        "variant": result.variant,
+        "reason": str(result.reason),
+        "error_code": str(result.error_code) if result.error_code else None,
+        "error_message": result.error_message,
+        "metadata": dict(result.metadata),
+        "explanation": result.explain(),
+    }
+
+
+class FlagViewSet(viewsets.ModelViewSet):
+    """Feature flags by key. Viewers and approvers read; engineers write.
+
+    Verbs: ``enable``, ``disable``, ``kill`` (a reason is required), ``rollout`` (the default
+    rule's percentage) and ``evaluate`` (a context in, the result and why out; read-only).
+    """
+
+    queryset = Flag.objects.all()
+    serializer_class = FlagSerializer
+    filterset_class = FlagFilterSet
+    parser_classes = [SafeJSONParser]
+    lookup_field = "key"
+    lookup_value_regex = KEY_IN_PATH
+    ordering_fields = ["key", "updated_at", "created_at"]
+
+    def get_queryset(self) -> Any:
+        return selectors.flags()
+
+    @extend_schema(request=FlagWriteSerializer, responses={201: FlagSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data = _validated(FlagWriteSerializer, request.data)
+        if "key" not in data:
+            raise ValidationFailed("A key is required.", field="key")
+        flag = services.flag_create(**data, actor=request.user, source=Source.API)
+        return Response(self._read(flag.key), status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=FlagWriteSerializer, responses=FlagSerializer)
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        flag = self.get_object()
+        data = _validated(FlagWriteSerializer, request.data)
+        services.flag_update(flag=flag, changes=data, actor=request.user, source=Source.API)
+        return Response(self._read(flag.key))
+
+    @extend_schema(request=FlagWriteSerializer, responses=FlagSerializer)
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self.update(request, *args, **kwargs)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        services.flag_delete(flag=self.get_object(), actor=request.user, source=Source.API)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=ReasonSerializer, responses=FlagSerializer)
+    @action(detail=True, methods=["post"])
+    @requires("flags.change_flag")
+    def enable(self, request: Request, key: str | None = None) -> Response:
+        data = _validated(ReasonSerializer, request.data)
+        flag = services.flag_enable(
+            flag=self.get_object(), actor=request.user, source=Source.API, **data
+        )
+        return Response(self._read(flag.key))
+
+    @extend_schema(request=ReasonSerializer, responses=FlagSerializer)
+    @action(detail=True, methods=["post"])
+    @requires("flags.change_flag")
+    def disable(self, request: Request, key: str | None = None) -> Response:
+        data = _validated(ReasonSerializer, request.data)
+        flag = services.flag_disable(
+            flag=self.get_object(), actor=request.user, source=Source.API, **data
+        )
+        return Response(self._read(flag.key))
+
+    @extend_schema(request=KillSerializer, responses=FlagSerializer)
+    @action(detail=True, methods=["post"])
+    @requires("flags.change_flag")
+    def kill(self, request: Request, key: str | None = None) -> Response:
+        data = _validated(KillSerializer, request.data)
+        flag = services.flag_kill(
+            flag=self.get_object(), actor=request.user, source=Source.API, **data
+        )
+        return Response(self._read(flag.key))
+
+    @extend_schema(request=RolloutSerializer, responses=FlagSerializer)
+    @action(detail=True, methods=["post"])
+    @requires("flags.change_flag")
+    def rollout(self, request: Request, key: str | None = None) -> Response:
+        data = _validated(RolloutSerializer, request.data)
+        flag = services.flag_set_rollout(
+            flag=self.get_object(), actor=request.user, source=Source.API, **data
+        )
+        return Response(self._read(flag.key))
+
+    @extend_schema(request=EvaluateSerializer, responses=EvaluationResultSerializer)
+    @action(detail=True, methods=["post"])
+    @requires("flags.view_flag")
+    def evaluate(self, request: Request, key: str | None = None) -> Response:
+        data = _validated(EvaluateSerializer, request.data)
+        return Response(evaluation_body(self.get_object(), data["context"]))
+
+    def _read(self, key: str) -> dict[str, Any]:
+        flag = selectors.flag_get(key=key)
+        return FlagSerializer(flag, context=self.get_serializer_context()).data
+
+
+class SegmentViewSet(viewsets.ModelViewSet):
+    """Segments (cohorts) by key: reusable constraints that flag rules name."""
+
+    queryset = Segment.objects.all()
+    serializer_class = SegmentSerializer
+    filterset_class = SegmentFilterSet
+    parser_classes = [SafeJSONParser]
+    lookup_field = "key"
+    lookup_value_regex = KEY_IN_PATH
+    ordering_fields = ["key", "updated_at"]
+
+    def get_queryset(self) -> Any:
+        return selectors.segments()
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {**super().get_serializer_context(), "segment_usage": selectors.segment_usage()}
+
+    @extend_schema(request=SegmentWriteSerializer, responses={201: SegmentSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data = _validated(SegmentWriteSerializer, request.data)
+        segment = services.segment_create(
+            key=data.pop("key", ""), **data, actor=request.user, source=Source.API
+        )
+        return Response(
+            SegmentSerializer(segment, context=self.get_serializer_context()).data,
+            status=status.HTTP_201_CREATED,
+        )
+
+    @extend_schema(request=SegmentWriteSerializer, responses=SegmentSerializer)
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        data = _validated(SegmentWriteSerializer, request.data)
+        segment = services.segment_update(
+            segment=self.get_object(), changes=data, actor=request.user, source=Source.API
+        )
+        return Response(SegmentSerializer(segment, context=self.get_serializer_context()).data)
+
+    @extend_schema(request=SegmentWriteSerializer, responses=SegmentSerializer)
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return self.update(request, *args, **kwargs)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        services.segment_delete(segment=self.get_object(), actor=request.user, source=Source.API)
+        return Response(status=status.HTTP_204_NO_CONTENT)

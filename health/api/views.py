@@ -1,0 +1,204 @@
+"""REST views of the health app: policies, checks, alerts, the metrics push and series."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from canary_site.choices import Source
+from canary_site.exceptions import ValidationFailed
+from health import conf, selectors, services
+from health.api.serializers import (
+    AlertActionSerializer,
+    AlertSerializer,
+    HealthCheckCreateSerializer,
+    HealthCheckSerializer,
+    HealthPolicySerializer,
+    HealthPolicyWriteSerializer,
+    MetricsPushSerializer,
+    PushResultSerializer,
+    SeriesQuerySerializer,
+    SeriesSerializer,
+)
+from health.filtersets import AlertFilterSet, HealthCheckFilterSet, HealthPolicyFilterSet
+from health.models import HealthPolicy
+
+
+class HealthPolicyViewSet(viewsets.ModelViewSet):
+    """Reusable health policies: thresholds, comparison with stable, trends, sample ratio,
+    auto-rollback thresholds and alerting. Engineers write; every role reads."""
+
+    queryset = HealthPolicy.objects.all()
+    serializer_class = HealthPolicySerializer
+    filterset_class = HealthPolicyFilterSet
+    search_fields = ["name", "description"]
+    ordering_fields = ["name", "created_at", "updated_at"]
+
+    @extend_schema(request=HealthPolicyWriteSerializer, responses={201: HealthPolicySerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = HealthPolicyWriteSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        policy = services.health_policy_create(
+            actor=request.user, source=Source.API, **serializer.validated_data
+        )
+        return Response(HealthPolicySerializer(policy).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=HealthPolicyWriteSerializer, responses=HealthPolicySerializer)
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        partial = kwargs.pop("partial", False)
+        policy = self.get_object()
+        serializer = HealthPolicyWriteSerializer(data=request.data, partial=partial)
+        serializer.is_valid(raise_exception=True)
+        policy = services.health_policy_update(
+            policy=policy, actor=request.user, source=Source.API, **serializer.validated_data
+        )
+        return Response(HealthPolicySerializer(policy).data)
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        services.health_policy_delete(
+            policy=self.get_object(), actor=request.user, source=Source.API
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class HealthCheckViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+    """Stored evaluations with their verdicts, statistics and the sentence that says why.
+    POST evaluates a canary now (engineers)."""
+
+    queryset = selectors.checks()
+    serializer_class = HealthCheckSerializer
+    filterset_class = HealthCheckFilterSet
+    search_fields = ["service", "canary_version", "message"]
+    ordering_fields = ["window_end", "created_at"]
+
+    @extend_schema(request=HealthCheckCreateSerializer, responses={201: HealthCheckSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = HealthCheckCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        check = services.health_evaluate(
+            service=data["service"],
+            canary_version=data["canary_version"],
+            stable_version=data.get("stable_version") or None,
+            policy=data["policy"],
+            window_seconds=data.get("window_seconds"),
+            planned_canary_share=data.get("planned_canary_share"),
+        )
+        return Response(HealthCheckSerializer(check).data, status=status.HTTP_201_CREATED)
+
+
+class AlertViewSet(viewsets.ReadOnlyModelViewSet):
+    """Alerts raised by checks; engineers acknowledge (stops escalation) and resolve them."""
+
+    queryset = selectors.alerts()
+    serializer_class = AlertSerializer
+    filterset_class = AlertFilterSet
+    search_fields = ["service", "canary_version", "title"]
+    ordering_fields = ["raised_at", "last_seen_at", "severity"]
+
+    @extend_schema(request=AlertActionSerializer, responses=AlertSerializer)
+    @action(detail=True, methods=["post"])
+    def acknowledge(self, request: Request, pk: str | None = None) -> Response:
+        serializer = AlertActionSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        alert = services.alert_acknowledge(
+            alert=self.get_object(),
+            actor=request.user,
+            source=Source.API,
+            note=serializer.validated_data.get("note", ""),
+        )
+        return Response(AlertSerializer(selectors.alert_by_id(alert_id=alert.pk)).data)
+
+    acknowledge.required_permission = "health.change_alert"  # type: ignore[attr-defined]
+
+    @extend_schema(request=AlertActionSerializer, responses=AlertSerializer)
+    @action(detail=True, methods=["post"])
+    def resolve(self, request: Request, pk: str | None = None) -> Response:
+        serializer = AlertActionSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        alert = services.alert_resolve(
+            alert=self.get_object(),
+            actor=request.user,
+            source=Source.API,
+            note=serializer.validated_data.get("note", ""),
+        )
+        return Response(AlertSerializer(selectors.alert_by_id(alert_id=alert.pk)).data)
+
+    resolve.required_permission = "health.change_alert"  # type: ignore[attr-defined]
+
+
+class MetricsPushView(APIView):
+    """Push samples from anywhere. A retried batch with the same idempotency key (body field
+    or ``Idempotency-Key`` header) counts once; too big a batch is refused with 413."""
+
+    required_permission = "health.add_metricbucket"
+
+    @extend_schema(
+        request=MetricsPushSerializer,
+        responses={202: PushResultSerializer, 200: PushResultSerializer},
+        parameters=[OpenApiParameter("Idempotency-Key", location="header", required=False)],
+    )
+    def post(self, request: Request) -> Response:
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        limit = conf.push_max_bytes()
+        if length > limit:
+            # Refused before the body is read or parsed.
+            raise services.PayloadTooLarge(
+                f"The body is {length:,} bytes; at most {limit:,} are accepted per push.",
+                field="samples",
+            )
+        serializer = MetricsPushSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        key = serializer.validated_data.get("idempotency_key")
+        header = request.headers.get("Idempotency-Key")
+        if header and key and header != key:
+            raise ValidationFailed(
+                "The Idempotency-Key header and the body's idempotency_key differ.",
+                field="idempotency_key",
+            )
+        result = services.metrics_push(
+            samples=serializer.validated_data["samples"],
+            idempotency_key=key or header,
+            user=request.user,
+            source=Source.API,
+        )
+        code = status.HTTP_200_OK if result.duplicate else status.HTTP_202_ACCEPTED
+        return Response(result.to_dict(), status=code)
+
+
+class MetricsPushSlashView(MetricsPushView):
+    """``/health/metrics/`` as well, so a client adding the slash is not redirected."""
+
+    @extend_schema(exclude=True)
+    def post(self, request: Request) -> Response:
+        return super().post(request)
+
+
+class SeriesView(APIView):
+    """One metric of one version over a window, as plain lists for charts and scripts."""
+
+    required_permission = "health.view_metricbucket"
+
+    @extend_schema(parameters=[SeriesQuerySerializer], responses=SeriesSerializer)
+    def get(self, request: Request) -> Response:
+        params = {key: value for key, value in request.query_params.items() if key != "format"}
+        query = SeriesQuerySerializer(data=params)
+        query.is_valid(raise_exception=True)
+        data = query.validated_data
+        found = selectors.series(
+            service=data["service"],
+            version=data["version"],
+            metric=data["metric"],
+            window_seconds=data["window"],
+            step_seconds=data.get("step"),
+        )
+        return Response(found.to_dict())

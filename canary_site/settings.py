@@ -267,7 +267,17 @@ _tick = {"schedule": CANARY_TICK_SECONDS, "options": {"expires": CANARY_TICK_SEC
 CELERY_BEAT_SCHEDULE = {
     "control-heartbeat": {"task": "canary_site.tasks.heartbeat_record", **_tick},
     # routing: probes and circuit breakers (step 1 of the loop)
-    # health: metric pulls, evaluations, alerts and notifications (step 2)
+    # health: metric pulls, alerts and notifications (step 2); evaluations run in the
+    # deployments tick, which alone knows which canaries are running.
+    "health-prometheus-pull": {
+        "task": "health.tasks.prometheus_pull",
+        "schedule": env.float("CANARY_PROMETHEUS_PULL_SECONDS", default=30.0),
+    },
+    "health-alerts-escalate": {"task": "health.tasks.alerts_escalate", **_tick},
+    "health-notifications": {"task": "health.tasks.notifications_deliver_due", **_tick},
+    "health-metrics-compact": {"task": "health.tasks.metrics_compact", "schedule": 300.0},
+    # flags: exposure counts past their retention
+    "flags-exposures-prune": {"task": "flags.tasks.flag_exposures_prune", "schedule": 86400.0},
     # deployments: the orchestration tick (step 3)
     # rollback: executions, kill switch triggers and recoveries (step 4)
 }

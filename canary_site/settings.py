@@ -266,7 +266,8 @@ CANARY_TICK_SECONDS = env.float("CANARY_TICK_SECONDS", default=5.0)
 _tick = {"schedule": CANARY_TICK_SECONDS, "options": {"expires": CANARY_TICK_SECONDS}}
 CELERY_BEAT_SCHEDULE = {
     "control-heartbeat": {"task": "canary_site.tasks.heartbeat_record", **_tick},
-    # routing: probes and circuit breakers (step 1 of the loop)
+    # routing: active health checks of targets (step 1 of the loop)
+    "routing-probe-targets": {"task": "routing.tasks.targets_probe_due", **_tick},
     # health: metric pulls, alerts and notifications (step 2); evaluations run in the
     # deployments tick, which alone knows which canaries are running.
     "health-prometheus-pull": {

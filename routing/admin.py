@@ -1,1 +1,165 @@
-"""Admin of the routing app."""
+"""Admin of the routing app. Saves and deletes go through the services, so the admin refuses
+what the API refuses, bumps the routing version and writes the same audit entries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from canary_site.choices import Source
+from canary_site.exceptions import CanaryError
+from routing import services
+from routing.forms import RULE_FIELDS, RuleAdminForm, TargetAdminForm
+from routing.models import RoutingRule, RuleTarget, Service, Target
+
+
+def _writer(request: HttpRequest) -> dict[str, Any]:
+    return {"actor": request.user, "source": Source.UI, "reason": "admin"}
+
+
+class ServiceActionsMixin:
+    """Deletes one by one through the services; a refused delete is reported, not raised."""
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for obj in queryset:
+            self.delete_model(request, obj)  # type: ignore[attr-defined]
+
+
+class TargetInline(admin.TabularInline):
+    model = Target
+    fields = ["name", "endpoint", "version", "weight", "healthy"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Service)
+class ServiceAdmin(ServiceActionsMixin, admin.ModelAdmin):
+    list_display = ["name", "stable_version", "routing_version", "updated_at"]
+    search_fields = ["name", "description"]
+    fields = ["name", "stable_version", "description", "routing_version"]
+    readonly_fields = ["routing_version"]
+    inlines = [TargetInline]
+
+    def save_model(self, request: HttpRequest, obj: Service, form: Any, change: bool) -> None:
+        data = {name: form.cleaned_data[name] for name in ("name", "stable_version", "description")}
+        if change:
+            saved = services.service_update(service=obj, **data, **_writer(request))
+        else:
+            saved = services.service_create(**data, **_writer(request))
+        obj.pk = saved.pk
+        obj.routing_version = saved.routing_version
+
+    def delete_model(self, request: HttpRequest, obj: Service) -> None:
+        services.service_delete(service=obj, **_writer(request))
+
+
+@admin.register(Target)
+class TargetAdmin(ServiceActionsMixin, admin.ModelAdmin):
+    form = TargetAdminForm
+    list_display = [
+        "name",
+        "service",
+        "version",
+        "endpoint",
+        "weight",
+        "healthy",
+        "consecutive_failures",
+        "last_checked_at",
+    ]
+    list_filter = ["healthy", "service"]
+    search_fields = ["name", "endpoint", "version", "service__name"]
+    readonly_fields = [
+        "consecutive_successes",
+        "consecutive_failures",
+        "last_checked_at",
+        "last_check_result",
+    ]
+
+    def save_model(self, request: HttpRequest, obj: Target, form: Any, change: bool) -> None:
+        data = {name: form.cleaned_data[name] for name in TargetAdminForm.Meta.fields}
+        if change:
+            data.pop("service")
+            services.target_update(target=obj, **data, **_writer(request))
+        else:
+            obj.pk = services.target_create(**data, **_writer(request)).pk
+
+    def delete_model(self, request: HttpRequest, obj: Target) -> None:
+        try:
+            services.target_delete(target=obj, **_writer(request))
+        except CanaryError as error:
+            messages.error(request, error.message)
+
+
+class RuleTargetInline(admin.TabularInline):
+    """Shown for reference; weights are edited in the Targets field, validated as a whole."""
+
+    model = RuleTarget
+    fields = ["target", "weight", "position"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(RoutingRule)
+class RoutingRuleAdmin(ServiceActionsMixin, admin.ModelAdmin):
+    form = RuleAdminForm
+    list_display = ["__str__", "service", "priority", "enabled", "strategy", "updated_at"]
+    list_filter = ["enabled", "strategy", "service"]
+    search_fields = ["name", "service__name"]
+    inlines = [RuleTargetInline]
+    fieldsets = [
+        (None, {"fields": ["service", "name", "priority", "enabled", "strategy", "strategy_key"]}),
+        ("Targets", {"fields": ["targets_text"]}),
+        ("Matching", {"fields": ["conditions"]}),
+        (
+            "Behaviour",
+            {"fields": ["affinity", "failover", "circuit_breaker", "rate_limit", "health_check"]},
+        ),
+    ]
+
+    def save_model(self, request: HttpRequest, obj: RoutingRule, form: Any, change: bool) -> None:
+        data = {name: form.cleaned_data[name] for name in RULE_FIELDS}
+        targets = form.cleaned_data["targets_text"]
+        if change:
+            services.rule_update(rule=obj, targets=targets, **data, **_writer(request))
+        else:
+            rule = services.rule_create(
+                service=form.cleaned_data["service"], targets=targets, **data, **_writer(request)
+            )
+            obj.pk = rule.pk
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        # The rule's targets were written by the service with the rule itself.
+        return None
+
+    def delete_model(self, request: HttpRequest, obj: RoutingRule) -> None:
+        services.rule_delete(rule=obj, **_writer(request))
+
+
+@admin.register(RuleTarget)
+class RuleTargetAdmin(admin.ModelAdmin):
+    """Read-only: a rule's weights change only as a whole (the rule's Targets field, the weights
+    endpoint or the slider), so that they always add up."""
+
+    list_display = ["rule", "target", "weight", "position"]
+    list_filter = ["rule__service"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

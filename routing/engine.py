@@ -11,7 +11,8 @@ Semantics
 * Rules are tried by ascending ``priority`` (ties keep the given order); the first enabled rule
   whose conditions all match wins. A rule without conditions matches every request.
 * When no rule matches, the request takes the default route: a healthy target of the service's
-  stable version, picked at random (reason ``no_rule``; no target when none is healthy).
+  stable version, picked at random in proportion to the targets' service-level ``weight`` (evenly
+  when they are all 0; reason ``no_rule``; no target when none is healthy).
 * Weights are integer basis points, 0 to 10,000 (10,000 = 100%), the unit of the shared bucketing
   (``canary_site.bucketing.bucket``). In ``weighted``, ``header``, ``cookie`` and ``query`` rules
   they must sum to exactly 10,000; ``round_robin`` and ``least_connections`` ignore them except
@@ -127,6 +128,7 @@ __all__ = [
     "TargetSnapshot",
     "TokenBucket",
     "build_service_snapshot",
+    "check_endpoint",
     "decide",
 ]
 
@@ -239,7 +241,7 @@ class TargetSnapshot:
             raise InvalidRoutingDefinition("id", "must be a non-empty string")
         if not isinstance(self.version, str) or not self.version:
             raise InvalidRoutingDefinition("version", "must be a non-empty string")
-        _check_endpoint(self.endpoint)
+        check_endpoint(self.endpoint)
         if isinstance(self.weight, bool) or not isinstance(self.weight, int):
             raise InvalidRoutingDefinition("weight", "must be an integer number of basis points")
         if not 0 <= self.weight <= BUCKETS:
@@ -251,7 +253,8 @@ class TargetSnapshot:
         return (self.name, self.endpoint, self.version, self.healthy)
 
 
-def _check_endpoint(endpoint: object) -> None:
+def check_endpoint(endpoint: object) -> None:
+    """Raise :class:`InvalidRoutingDefinition` unless ``endpoint`` is an http(s) URL with a host."""
     if not isinstance(endpoint, str):
         raise InvalidRoutingDefinition("endpoint", "must be an http or https URL")
     try:
@@ -479,6 +482,10 @@ def _regex_hazard(items: Iterable[tuple[Any, Any]], *, inside_repeat: bool) -> s
     return None
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_COOKIE_PATH = re.compile(r"/[\x21-\x3a\x3c-\x7e]*")
+
+
 @dataclass(frozen=True, slots=True)
 class Affinity:
     """Session affinity: where the sticky key comes from, and the cookie that carries it."""
@@ -493,14 +500,21 @@ class Affinity:
     def __post_init__(self) -> None:
         if self.type not in ("cookie", "header"):
             raise InvalidRoutingDefinition("type", "must be cookie or header")
-        if not isinstance(self.name, str) or not self.name:
-            raise InvalidRoutingDefinition("name", "must be a non-empty string")
+        if not isinstance(self.name, str) or not _TOKEN.fullmatch(self.name):
+            # The name goes into a Set-Cookie or names a header: anything but an HTTP token
+            # would corrupt (or inject into) the response's headers.
+            raise InvalidRoutingDefinition(
+                "name",
+                "must be a non-empty cookie or header name (letters, digits, !#$%&'*+-.^_`|~)",
+            )
         if self.ttl_s is not None and (
             isinstance(self.ttl_s, bool) or not isinstance(self.ttl_s, int) or self.ttl_s <= 0
         ):
             raise InvalidRoutingDefinition("ttl_s", "must be a positive number of seconds")
-        if not isinstance(self.path, str) or not self.path.startswith("/"):
-            raise InvalidRoutingDefinition("path", "must start with /")
+        if not isinstance(self.path, str) or not _COOKIE_PATH.fullmatch(self.path):
+            raise InvalidRoutingDefinition(
+                "path", "must start with / and hold no spaces, semicolons or control characters"
+            )
         if self.type == "header":
             object.__setattr__(self, "name", self.name.lower())
 
@@ -1394,7 +1408,8 @@ def _default_route(
     if not candidates:
         return Decision(None, Reason.NO_RULE, service)
     rng = state.rng if state is not None else _RANDOM
-    target = candidates[int(rng.random() * len(candidates))]
+    # Service-level target weights spread the default route; all zero means an even spread.
+    target = _spread(candidates, int(rng.random() * BUCKETS))
     if state is not None:
         state.allow(target.id, now)
     return Decision(target, Reason.NO_RULE, service)

@@ -1,1 +1,728 @@
-"""Writes of the routing app: plain keyword-only functions named <entity>_<action>."""
+"""Writes of the routing app: plain keyword-only functions named <entity>_<action>.
+
+Every write is validated by compiling the service's whole routing definition with the proposed
+change through ``routing.engine.build_service_snapshot`` (a bad rule never saves), is recorded on
+the audit trail with its actor, source and reason, and bumps the routing version: the service's
+``routing_version`` column inside the transaction and the shared cache key after commit, which is
+what the proxies poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from canary_site.audit import audit_context
+from canary_site.choices import Source
+from canary_site.exceptions import TransitionNotAllowed, ValidationFailed
+from routing import probes, selectors
+from routing.choices import Strategy
+from routing.engine import InvalidRoutingDefinition, build_service_snapshot
+from routing.models import RoutingRule, RuleTarget, Service, Target
+
+logger = logging.getLogger(__name__)
+
+_UNSET: Any = object()
+_RULE_PATH = re.compile(r"^rules\[(\d+)\]")
+_TARGET_PATH = re.compile(r"^targets\[(\d+)\]")
+_HUNDRED = Decimal("100")
+_SERVICE_FIELDS = frozenset({"name", "stable_version", "description"})
+_TARGET_FIELDS = frozenset(
+    {"name", "endpoint", "version", "weight", "healthy", "metadata", "health_check"}
+)
+_RULE_FIELDS = frozenset(
+    {
+        "name",
+        "priority",
+        "enabled",
+        "strategy",
+        "strategy_key",
+        "conditions",
+        "affinity",
+        "failover",
+        "circuit_breaker",
+        "rate_limit",
+        "health_check",
+    }
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Routing version
+
+
+def routing_version_bump(*, service_ids: Iterable[int]) -> None:
+    """Mark the services' routing as changed: their column now, the shared key after commit.
+
+    The cache key moves only once the transaction has committed, so a proxy that sees the new
+    value and reloads always reads the committed rows.
+    """
+    ids = list(service_ids)
+    if ids:
+        Service.objects.filter(pk__in=ids).update(routing_version=F("routing_version") + 1)
+    transaction.on_commit(_bump_cache_version)
+
+
+def _bump_cache_version() -> None:
+    key = selectors.ROUTING_VERSION_KEY
+    try:
+        try:
+            cache.incr(key)
+        except ValueError:  # no counter yet (a fresh or flushed cache): start one
+            cache.add(key, 1, timeout=None)
+            return
+        # Some backends re-set the key with the default timeout on incr; the counter must not
+        # expire, or every proxy would see it vanish and reload for nothing.
+        cache.touch(key, None)
+    except Exception:
+        # The write has committed; a cache outage delays proxies' reloads but must not turn a
+        # saved change into an error.
+        logger.warning("Could not bump the routing version in the cache", exc_info=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation through the engine
+
+
+def _full_clean(instance: Any, *, exclude: list[str] | None = None) -> None:
+    try:
+        instance.full_clean(exclude=exclude, validate_unique=True)
+    except ValidationError as error:
+        fields = {
+            name: [str(message) for message in messages]
+            for name, messages in error.message_dict.items()
+        }
+        name, messages = next(iter(fields.items()))
+        label = messages[0] if name == "__all__" else f"{name}: {messages[0]}"
+        raise ValidationFailed(label, fields=fields) from None
+
+
+def _check_definition(
+    data: dict[str, Any], *, rule_index: int | None = None, target_index: int | None = None
+) -> None:
+    """Compile ``data``; an error in the element being written names its own field
+    (``targets[1].weight``, ``affinity.ttl_s``), an error elsewhere names the rule or target it
+    broke."""
+    try:
+        build_service_snapshot(data)
+    except InvalidRoutingDefinition as error:
+        raise _as_validation_failed(error, data, rule_index, target_index) from None
+
+
+def _as_validation_failed(
+    error: InvalidRoutingDefinition,
+    data: dict[str, Any],
+    rule_index: int | None,
+    target_index: int | None,
+) -> ValidationFailed:
+    path = error.field
+    rule_match = _RULE_PATH.match(path)
+    target_match = _TARGET_PATH.match(path)
+    if rule_match and rule_index is not None and int(rule_match.group(1)) == rule_index:
+        field = path[rule_match.end() :].lstrip(".") or "non_field_errors"
+    elif target_match and target_index is not None and int(target_match.group(1)) == target_index:
+        field = path[target_match.end() :].lstrip(".") or "non_field_errors"
+    elif rule_match:
+        rule = data["rules"][int(rule_match.group(1))]
+        inner = path[rule_match.end() :].lstrip(".")
+        message = f"This change would break rule {rule['id']}: {inner or 'rule'} {error.message}."
+        return ValidationFailed(message, field="non_field_errors")
+    else:
+        field = path or "non_field_errors"
+    if field == "non_field_errors":
+        return ValidationFailed(error.message[:1].upper() + error.message[1:] + ".", field=field)
+    return ValidationFailed(f"{field}: {error.message}.", field=field)
+
+
+def _definition(service: Service) -> dict[str, Any]:
+    # By primary key: a service being renamed is still stored under its old name.
+    data = selectors.service_snapshot_data(service_id=service.pk) if service.pk else None
+    if data is None:  # a service being created has no rows yet
+        data = {"name": service.name, "stable_version": service.stable_version, "targets": []}
+    data["name"] = service.name
+    data["stable_version"] = service.stable_version
+    data.setdefault("rules", [])
+    return data
+
+
+def _percent(value: Any, field: str) -> Decimal:
+    """A percentage of 0 to 100 with at most two decimals."""
+    if isinstance(value, bool):
+        raise ValidationFailed(f"{field}: must be a number from 0 to 100.", field=field)
+    try:
+        number = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise ValidationFailed(f"{field}: must be a number from 0 to 100.", field=field) from None
+    if not number.is_finite() or not 0 <= number <= _HUNDRED:
+        raise ValidationFailed(f"{field}: must be a number from 0 to 100.", field=field)
+    if number != number.quantize(Decimal("0.01")):
+        raise ValidationFailed(f"{field}: has at most two decimals.", field=field)
+    return number.quantize(Decimal("0.01"))
+
+
+def _json_section(value: Any, field: str, *, kind: type) -> Any:
+    if value is None and kind is dict:
+        return None
+    if not isinstance(value, kind):
+        shape = "an object or null" if kind is dict else "a list"
+        raise ValidationFailed(f"{field}: must be {shape}.", field=field)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Services
+
+
+def service_create(
+    *,
+    name: str,
+    stable_version: str,
+    description: str = "",
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> Service:
+    service = Service(name=name, stable_version=stable_version, description=description or "")
+    _full_clean(service, exclude=["routing_version"])
+    with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
+        service.save()
+        routing_version_bump(service_ids=[service.pk])
+    service.refresh_from_db(fields=["routing_version"])
+    return service
+
+
+def service_update(
+    *,
+    service: Service,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+    **changes: Any,
+) -> Service:
+    """Change ``name``, ``stable_version`` or ``description``."""
+    _check_names(changes, _SERVICE_FIELDS)
+    with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
+        service = Service.objects.select_for_update().get(pk=service.pk)
+        for field, value in changes.items():
+            setattr(service, field, value)
+        _full_clean(service, exclude=["routing_version"])
+        # The stable version decides the canary-first layout and the default route.
+        _check_definition(_definition(service))
+        service.save()
+        routing_version_bump(service_ids=[service.pk])
+    service.refresh_from_db(fields=["routing_version"])
+    return service
+
+
+def service_delete(
+    *, service: Service, actor: Any = None, source: str = Source.SYSTEM, reason: str = ""
+) -> None:
+    with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
+        # Rules go first: their target links protect the targets from deletion.
+        for rule in RoutingRule.objects.filter(service=service):
+            rule.delete()
+        service.delete()
+        routing_version_bump(service_ids=[])
+
+
+def _check_names(changes: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(changes) - allowed)
+    if unknown:
+        raise ValidationFailed(f"{unknown[0]}: cannot be changed here.", field=unknown[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+
+
+def target_create(
+    *,
+    service: Service,
+    name: str,
+    endpoint: str,
+    version: str,
+    weight: Decimal | int | float | str = Decimal("0"),
+    healthy: bool = True,
+    metadata: dict[str, Any] | None = None,
+    health_check: dict[str, Any] | None = None,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> Target:
+    target = Target(
+        service=service,
+        name=name,
+        endpoint=endpoint,
+        version=version,
+        weight=_percent(weight, "weight"),
+        healthy=healthy,
+        metadata=_json_section(metadata if metadata is not None else {}, "metadata", kind=dict),
+        health_check=_health_check(health_check),
+    )
+    _check_target_name(target)
+    _full_clean(target)
+    with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
+        data = _definition(service)
+        data["targets"].append(selectors.target_data(target))
+        _check_definition(data, target_index=len(data["targets"]) - 1)
+        target.save()
+        routing_version_bump(service_ids=[service.pk])
+    return target
+
+
+def _check_target_name(target: Target) -> None:
+    # The model's constraint would report this against no field; the name is the one at fault.
+    taken = Target.objects.filter(service_id=target.service_id, name=target.name)
+    if target.pk is not None:
+        taken = taken.exclude(pk=target.pk)
+    if taken.exists():
+        raise ValidationFailed(
+            f"name: service {target.service.name} already has a target named {target.name!r}.",
+            field="name",
+        )
+
+
+def _health_check(value: Any, field: str = "health_check") -> dict[str, Any] | None:
+    try:
+        settings = probes.parse_health_check(value, field=field)
+    except InvalidRoutingDefinition as error:
+        raise ValidationFailed(f"{error.field}: {error.message}.", field=error.field) from None
+    return None if settings is None else settings.to_dict()
+
+
+def target_update(
+    *,
+    target: Target,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+    **changes: Any,
+) -> Target:
+    """Change any of ``name``, ``endpoint``, ``version``, ``weight``, ``healthy``, ``metadata``,
+    ``health_check``; the change is refused when it would break a rule of the service."""
+    _check_names(changes, _TARGET_FIELDS)
+    if "weight" in changes:
+        changes["weight"] = _percent(changes["weight"], "weight")
+    if "health_check" in changes:
+        changes["health_check"] = _health_check(changes["health_check"])
+    if "metadata" in changes:
+        changes["metadata"] = _json_section(changes["metadata"], "metadata", kind=dict) or {}
+    with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
+        target = Target.objects.select_for_update().select_related("service").get(pk=target.pk)
+        old_name = target.name
+        for field, value in changes.items():
+            setattr(target, field, value)
+        _check_target_name(target)
+        _full_clean(target)
+        data = _definition(target.service)
+        index = next(i for i, item in enumerate(data["targets"]) if item["id"] == old_name)
+        data["targets"][index] = selectors.target_data(target)
+        if target.name != old_name:
+            _rename_references(data, old_name, target.name)
+        _check_definition(data, target_index=index)
+        target.save()
+        routing_version_bump(service_ids=[target.service_id])
+    return target
+
+
+def _rename_references(data: dict[str, Any], old: str, new: str) -> None:
+    """Rule links follow a renamed target by key; fallback lists name it and must be fixed."""
+    for rule in data["rules"]:
+        for item in rule["targets"]:
+            if item["id"] == old:
+                item["id"] = new
+
+
+def target_delete(
+    *, target: Target, actor: Any = None, source: str = Source.SYSTEM, reason: str = ""
+) -> None:
+    used_by = list(
+        RoutingRule.objects.filter(rule_targets__target=target).values_list("pk", flat=True)
+    )
+    if used_by:
+        listed = ", ".join(str(pk) for pk in used_by)
+        raise TransitionNotAllowed(
+            f"Target {target.name} is used by rule {listed}; remove it from the rule first.",
+            field="target",
+        )
+    with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
+        data = _definition(target.service)
+        data["targets"] = [item for item in data["targets"] if item["id"] != target.name]
+        _check_definition(data)
+        service_id = target.service_id
+        target.delete()
+        routing_version_bump(service_ids=[service_id])
+
+
+def target_set_health(
+    *,
+    target: Target,
+    healthy: bool,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> Target:
+    """Mark a target healthy or unhealthy by hand (probes do the same through their counters)."""
+    with (
+        transaction.atomic(),
+        audit_context(
+            actor=actor,
+            source=source,
+            reason=reason,
+            verb="mark_healthy" if healthy else "mark_unhealthy",
+        ),
+    ):
+        target = Target.objects.select_for_update().get(pk=target.pk)
+        if target.healthy == healthy:
+            return target
+        target.healthy = healthy
+        target.consecutive_failures = 0
+        target.consecutive_successes = 0
+        target.save(update_fields=["healthy", "consecutive_failures", "consecutive_successes"])
+        routing_version_bump(service_ids=[target.service_id])
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules
+
+
+def rule_create(
+    *,
+    service: Service,
+    targets: Mapping[str, Decimal | int | float | str],
+    name: str = "",
+    priority: int = 100,
+    enabled: bool = True,
+    strategy: str = Strategy.WEIGHTED,
+    strategy_key: str = "",
+    conditions: list[dict[str, Any]] | None = None,
+    affinity: dict[str, Any] | None = None,
+    failover: dict[str, Any] | None = None,
+    circuit_breaker: dict[str, Any] | None = None,
+    rate_limit: dict[str, Any] | None = None,
+    health_check: dict[str, Any] | None = None,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> RoutingRule:
+    """Create a rule. ``targets`` maps target names of the service to percentages, in layout
+    order; weighted, header, cookie and query rules need them to sum to 100."""
+    rule = RoutingRule(service=service)
+    fields = {
+        "name": name,
+        "priority": priority,
+        "enabled": enabled,
+        "strategy": strategy,
+        "strategy_key": strategy_key,
+        "conditions": conditions if conditions is not None else [],
+        "affinity": affinity,
+        "failover": failover,
+        "circuit_breaker": circuit_breaker,
+        "rate_limit": rate_limit,
+        "health_check": health_check,
+    }
+    with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
+        _assign_rule_fields(rule, fields)
+        links = _resolve_targets(service, targets)
+        _check_rule(rule, links)
+        rule.save()
+        _write_links(rule, links)
+        routing_version_bump(service_ids=[service.pk])
+    return rule
+
+
+def rule_update(
+    *,
+    rule: RoutingRule,
+    targets: Mapping[str, Decimal | int | float | str] | None = None,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+    **changes: Any,
+) -> RoutingRule:
+    """Change any field of a rule; ``targets`` (names to percentages) replaces its targets."""
+    _check_names(changes, _RULE_FIELDS)
+    with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
+        rule = RoutingRule.objects.select_for_update().select_related("service").get(pk=rule.pk)
+        _assign_rule_fields(rule, changes)
+        if targets is None:
+            links = [
+                (item.target, item.weight) for item in rule.rule_targets.select_related("target")
+            ]
+        else:
+            links = _resolve_targets(rule.service, targets)
+        _check_rule(rule, links)
+        rule.save()
+        _write_links(rule, links)
+        routing_version_bump(service_ids=[rule.service_id])
+    return rule
+
+
+def rule_set_weights(
+    *,
+    rule: RoutingRule,
+    weights: Mapping[str, Decimal | int | float | str],
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> RoutingRule:
+    """Set the split of a rule in one write: ``weights`` maps target names of the rule to
+    percentages; targets left out keep theirs. The result must still compile (weights of a
+    weighted rule sum to 100)."""
+    if not isinstance(weights, Mapping) or not weights:
+        raise ValidationFailed("weights: name at least one target of the rule.", field="weights")
+    with (
+        transaction.atomic(),
+        audit_context(actor=actor, source=source, reason=reason, verb="set_weights"),
+    ):
+        rule = RoutingRule.objects.select_for_update().select_related("service").get(pk=rule.pk)
+        current = list(rule.rule_targets.select_related("target"))
+        by_name = {item.target.name: item for item in current}
+        new_weights: dict[str, Decimal] = {}
+        for name, value in weights.items():
+            field = f"weights.{name}"
+            if name not in by_name:
+                raise ValidationFailed(f"{field}: is not a target of this rule.", field=field)
+            new_weights[name] = _percent(value, field)
+        links = [(item.target, new_weights.get(item.target.name, item.weight)) for item in current]
+        try:
+            _check_rule(rule, links)
+        except ValidationFailed as error:
+            # The caller sent weights, not targets: say so in the field it knows.
+            if "targets" in error.fields:
+                raise ValidationFailed(
+                    error.message.replace("targets:", "weights:", 1),
+                    fields={"weights": error.fields["targets"]},
+                ) from None
+            raise
+        for item in current:
+            weight = new_weights.get(item.target.name)
+            if weight is not None and weight != item.weight:
+                item.weight = weight
+                item.save(update_fields=["weight"])
+        rule.save(update_fields=["updated_at"])
+        routing_version_bump(service_ids=[rule.service_id])
+    return rule
+
+
+def rule_delete(
+    *, rule: RoutingRule, actor: Any = None, source: str = Source.SYSTEM, reason: str = ""
+) -> None:
+    with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
+        data = _definition(rule.service)
+        data["rules"] = [item for item in data["rules"] if item["id"] != rule.pk]
+        _check_definition(data)
+        service_id = rule.service_id
+        rule.delete()
+        routing_version_bump(service_ids=[service_id])
+
+
+def _assign_rule_fields(rule: RoutingRule, fields: Mapping[str, Any]) -> None:
+    for field, value in fields.items():
+        if field == "conditions":
+            value = _json_section(value, field, kind=list)
+        elif field in ("affinity", "failover", "circuit_breaker", "rate_limit"):
+            value = _json_section(value, field, kind=dict)
+        elif field == "health_check":
+            value = _health_check(value)
+        elif field in ("name", "strategy_key") and value is None:
+            value = ""
+        setattr(rule, field, value)
+    _full_clean(rule, exclude=["service"])
+
+
+def _resolve_targets(service: Service, targets: Mapping[str, Any]) -> list[tuple[Target, Decimal]]:
+    if not isinstance(targets, Mapping):
+        raise ValidationFailed("targets: must map target names to percentages.", field="targets")
+    known = {target.name: target for target in Target.objects.filter(service=service)}
+    links: list[tuple[Target, Decimal]] = []
+    for position, (name, weight) in enumerate(targets.items()):
+        target = known.get(name)
+        if target is None:
+            field = f"targets[{position}].target"
+            raise ValidationFailed(
+                f"{field}: service {service.name} has no target named {name!r}.", field=field
+            )
+        links.append((target, _percent(weight, f"targets[{position}].weight")))
+    return links
+
+
+def _check_rule(rule: RoutingRule, links: list[tuple[Target, Decimal]]) -> None:
+    data = _definition(rule.service)
+    names = {target.pk: target.name for target, _weight in links}
+    rule_targets = [
+        RuleTarget(target_id=target.pk, weight=weight, position=index)
+        for index, (target, weight) in enumerate(links)
+    ]
+    proposed = selectors.rule_data(rule, rule_targets, names)
+    index = next((i for i, item in enumerate(data["rules"]) if item["id"] == rule.pk), None)
+    if index is None:
+        data["rules"].append(proposed)
+        index = len(data["rules"]) - 1
+    else:
+        data["rules"][index] = proposed
+    _check_definition(data, rule_index=index)
+
+
+def _write_links(rule: RoutingRule, links: list[tuple[Target, Decimal]]) -> None:
+    """Update the rule's target rows in place, so the audit trail shows weight diffs rather than
+    a delete and a create for every save."""
+    existing = {item.target_id: item for item in rule.rule_targets.all()}
+    wanted = set()
+    for position, (target, weight) in enumerate(links):
+        wanted.add(target.pk)
+        item = existing.get(target.pk)
+        if item is None:
+            RuleTarget.objects.create(rule=rule, target=target, weight=weight, position=position)
+        elif (item.weight, item.position) != (weight, position):
+            item.weight = weight
+            item.position = position
+            item.save(update_fields=["weight", "position"])
+    for target_id, item in existing.items():
+        if target_id not in wanted:
+            item.delete()
+
+
+def rule_check(
+    *,
+    rule: RoutingRule,
+    targets: Mapping[str, Decimal | int | float | str] | None = None,
+) -> None:
+    """Raise ValidationFailed if saving ``rule`` (its fields as assigned, unsaved) with
+    ``targets`` (its current ones when None) would not compile. Writes nothing; for forms that
+    must show errors before they save."""
+    if targets is None and rule.pk is not None:
+        links = [(item.target, item.weight) for item in rule.rule_targets.select_related("target")]
+    else:
+        links = _resolve_targets(rule.service, targets or {})
+    _assign_rule_fields(rule, {})
+    _check_rule(rule, links)
+
+
+def target_check(*, target: Target) -> None:
+    """Raise ValidationFailed if saving ``target`` as assigned would break its service's
+    routing. Writes nothing."""
+    _check_target_name(target)
+    _full_clean(target)
+    data = _definition(target.service)
+    old_name = (
+        Target.objects.filter(pk=target.pk).values_list("name", flat=True).first()
+        if target.pk
+        else None
+    )
+    if old_name is None:
+        data["targets"].append(selectors.target_data(target))
+        index = len(data["targets"]) - 1
+    else:
+        index = next(i for i, item in enumerate(data["targets"]) if item["id"] == old_name)
+        data["targets"][index] = selectors.target_data(target)
+        if target.name != old_name:
+            _rename_references(data, old_name, target.name)
+    _check_definition(data, target_index=index)
+
+
+# ---------------------------------------------------------------------------------------------
+# Active health checks
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSummary:
+    probed: int
+    failed: int
+    marked_healthy: list[str]
+    marked_unhealthy: list[str]
+
+
+def targets_probe_due(*, now: datetime | None = None) -> ProbeSummary:
+    """Probe every target whose check is due, with real HTTP, and record each outcome.
+
+    Running it twice in a row is harmless: the second run finds nothing due.
+    """
+    due = selectors.targets_due_for_probe(now=now)
+    requests = [
+        probes.ProbeRequest(
+            key=target.pk, url=probes.probe_url(target.endpoint, settings.path), settings=settings
+        )
+        for target, settings in due
+    ]
+    settings_by_pk = {target.pk: settings for target, settings in due}
+    results = probes.run_probes(requests)
+    healthy: list[str] = []
+    unhealthy: list[str] = []
+    for result in results:
+        change = target_record_probe(
+            target_id=result.key,
+            ok=result.ok,
+            detail=result.detail,
+            settings=settings_by_pk[result.key],
+        )
+        if change is True:
+            healthy.append(str(result.key))
+        elif change is False:
+            unhealthy.append(str(result.key))
+    return ProbeSummary(
+        probed=len(results),
+        failed=sum(1 for result in results if not result.ok),
+        marked_healthy=healthy,
+        marked_unhealthy=unhealthy,
+    )
+
+
+def target_record_probe(
+    *,
+    target_id: int,
+    ok: bool,
+    detail: str,
+    settings: probes.HealthCheckSettings,
+    now: datetime | None = None,
+) -> bool | None:
+    """Count one probe outcome; flip the target's health when a threshold is reached.
+
+    Returns the new health when it changed, else None. Counters are bookkeeping and written
+    without an audit entry; a change of health is audited and bumps the routing version.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        target = Target.objects.select_for_update().filter(pk=target_id).first()
+        if target is None:  # deleted while it was being probed
+            return None
+        if ok:
+            successes, failures = target.consecutive_successes + 1, 0
+        else:
+            successes, failures = 0, target.consecutive_failures + 1
+        Target.objects.filter(pk=target.pk).update(
+            consecutive_successes=successes,
+            consecutive_failures=failures,
+            last_checked_at=now,
+            last_check_result=detail[:200],
+        )
+        flip: bool | None = None
+        if target.healthy and failures >= settings.unhealthy_threshold:
+            flip = False
+        elif not target.healthy and successes >= settings.healthy_threshold:
+            flip = True
+        if flip is None:
+            return None
+        count = successes if flip else failures
+        outcome = "successful" if flip else "failed"
+        with audit_context(
+            source=Source.SYSTEM,
+            verb="mark_healthy" if flip else "mark_unhealthy",
+            reason=f"{count} consecutive {outcome} health checks; last: {detail}",
+        ):
+            target.healthy = flip
+            target.save(update_fields=["healthy", "updated_at"])
+        routing_version_bump(service_ids=[target.service_id])
+    return flip

@@ -1,3 +1,22 @@
 """REST routes of the routing app, mounted under /api/v1/ in the "api" namespace."""
 
-urlpatterns: list = []
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from routing.api import views
+
+router = SimpleRouter()
+router.register("routing/services", views.ServiceViewSet, basename="routing-service")
+router.register("routing/targets", views.TargetViewSet, basename="routing-target")
+router.register("routing/rules", views.RuleViewSet, basename="routing-rule")
+
+urlpatterns = [
+    path("routing/decide", views.DecideView.as_view(), name="routing-decide"),
+    path("routing/decide/", views.DecideSlashView.as_view(), name="routing-decide-slash"),
+    path(
+        "routing/services/<slug:name>/nginx.conf",
+        views.NginxConfigView.as_view(),
+        name="routing-service-nginx",
+    ),
+    *router.urls,
+]

@@ -1,0 +1,227 @@
+"""REST endpoints of the routing app: services, targets and rules (CRUD), a rule's split in one
+call, the decision for a described request, and the nginx export. Each write calls one service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from canary_site.choices import Source
+from canary_site.exceptions import NotFound, ValidationFailed
+from routing import exporters, selectors, services
+from routing.api.serializers import (
+    DecideRequestSerializer,
+    DecisionSerializer,
+    RuleSerializer,
+    RuleWriteSerializer,
+    ServiceSerializer,
+    ServiceWriteSerializer,
+    TargetSerializer,
+    TargetWriteSerializer,
+    WeightsSerializer,
+)
+from routing.filtersets import RuleFilterSet, ServiceFilterSet, TargetFilterSet
+from routing.models import Service
+
+
+def _writer(request: Request) -> dict[str, Any]:
+    return {"actor": request.user, "source": Source.API}
+
+
+def _service_named(name: str) -> Service:
+    service = selectors.service_get(name=name)
+    if service is None:
+        raise ValidationFailed(f"service: no service named {name!r}.", field="service")
+    return service
+
+
+def _partial_data(serializer_class: type, data: Any, *, omit: tuple[str, ...] = ()) -> Any:
+    """Validate only the fields sent (a PATCH, or a PUT that leaves some out)."""
+    serializer = serializer_class(data=data, partial=True)
+    serializer.is_valid(raise_exception=True)
+    for name in omit:
+        if name in serializer.validated_data:
+            raise ValidationFailed(f"{name}: cannot be changed.", field=name)
+    return serializer.validated_data
+
+
+class ServiceViewSet(viewsets.ModelViewSet):
+    """Services: a name, the stable version and the targets that serve it."""
+
+    queryset = selectors.service_list()
+    serializer_class = ServiceSerializer
+    filterset_class = ServiceFilterSet
+    search_fields = ["name", "description"]
+    ordering_fields = ["name", "created_at"]
+    lookup_field = "name"
+    lookup_value_regex = "[-a-zA-Z0-9_]+"
+
+    @extend_schema(request=ServiceWriteSerializer, responses={201: ServiceSerializer})
+    def create(self, request: Request) -> Response:
+        serializer = ServiceWriteSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        service = services.service_create(**serializer.validated_data, **_writer(request))
+        return Response(ServiceSerializer(service).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=ServiceWriteSerializer, responses=ServiceSerializer)
+    def update(self, request: Request, name: str | None = None, partial: bool = False) -> Response:
+        service = self.get_object()
+        changes = dict(_partial_data(ServiceWriteSerializer, request.data))
+        service = services.service_update(
+            service=service, reason=changes.pop("reason", ""), **changes, **_writer(request)
+        )
+        return Response(ServiceSerializer(selectors.service_list().get(pk=service.pk)).data)
+
+    def partial_update(self, request: Request, name: str | None = None) -> Response:
+        return self.update(request, name=name, partial=True)
+
+    def destroy(self, request: Request, name: str | None = None) -> Response:
+        services.service_delete(service=self.get_object(), **_writer(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TargetViewSet(viewsets.ModelViewSet):
+    """Targets: one endpoint running one version of a service, with its health."""
+
+    queryset = selectors.target_list()
+    serializer_class = TargetSerializer
+    filterset_class = TargetFilterSet
+    search_fields = ["name", "endpoint", "version"]
+    ordering_fields = ["name", "version", "created_at"]
+
+    @extend_schema(request=TargetWriteSerializer, responses={201: TargetSerializer})
+    def create(self, request: Request) -> Response:
+        serializer = TargetWriteSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        service = _service_named(data.pop("service"))
+        target = services.target_create(service=service, **data, **_writer(request))
+        return Response(TargetSerializer(target).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=TargetWriteSerializer, responses=TargetSerializer)
+    def update(self, request: Request, pk: str | None = None, partial: bool = False) -> Response:
+        target = self.get_object()
+        changes = dict(_partial_data(TargetWriteSerializer, request.data, omit=("service",)))
+        target = services.target_update(
+            target=target, reason=changes.pop("reason", ""), **changes, **_writer(request)
+        )
+        return Response(TargetSerializer(target).data)
+
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        return self.update(request, pk=pk, partial=True)
+
+    def destroy(self, request: Request, pk: str | None = None) -> Response:
+        services.target_delete(target=self.get_object(), **_writer(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class RuleViewSet(viewsets.ModelViewSet):
+    """Routing rules: which requests, which targets with which weights, affinity, failover,
+    circuit breaker, rate limit and active health check."""
+
+    queryset = selectors.rule_list()
+    serializer_class = RuleSerializer
+    filterset_class = RuleFilterSet
+    search_fields = ["name"]
+    ordering_fields = ["priority", "created_at"]
+
+    @extend_schema(request=RuleWriteSerializer, responses={201: RuleSerializer})
+    def create(self, request: Request) -> Response:
+        serializer = RuleWriteSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        service = _service_named(data.pop("service"))
+        rule = services.rule_create(service=service, **data, **_writer(request))
+        return Response(
+            RuleSerializer(selectors.rule_list().get(pk=rule.pk)).data,
+            status=status.HTTP_201_CREATED,
+        )
+
+    @extend_schema(request=RuleWriteSerializer, responses=RuleSerializer)
+    def update(self, request: Request, pk: str | None = None, partial: bool = False) -> Response:
+        rule = self.get_object()
+        changes = dict(_partial_data(RuleWriteSerializer, request.data, omit=("service",)))
+        services.rule_update(
+            rule=rule, reason=changes.pop("reason", ""), **changes, **_writer(request)
+        )
+        return Response(RuleSerializer(selectors.rule_list().get(pk=rule.pk)).data)
+
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        return self.update(request, pk=pk, partial=True)
+
+    def destroy(self, request: Request, pk: str | None = None) -> Response:
+        services.rule_delete(rule=self.get_object(), **_writer(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=WeightsSerializer, responses=RuleSerializer)
+    @action(detail=True, methods=["post"])
+    def weights(self, request: Request, pk: str | None = None) -> Response:
+        """Set the rule's split in one call: target names to percentages (summing to 100 for
+        a weighted rule); targets left out keep their weight."""
+        rule = self.get_object()
+        serializer = WeightsSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.rule_set_weights(
+            rule=rule,
+            weights=serializer.validated_data["weights"],
+            reason=serializer.validated_data["reason"],
+            **_writer(request),
+        )
+        return Response(RuleSerializer(selectors.rule_list().get(pk=rule.pk)).data)
+
+    weights.required_permission = "routing.change_routingrule"  # type: ignore[attr-defined]
+
+
+class DecideView(APIView):
+    """Where a described request would go, and why (stateless: no proxy's breakers or rate
+    limits apply, health flags do)."""
+
+    required_permission = "routing.view_routingrule"
+
+    @extend_schema(request=DecideRequestSerializer, responses=DecisionSerializer)
+    def post(self, request: Request) -> Response:
+        serializer = DecideRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        decision = selectors.decision_for(**serializer.validated_data)
+        return Response(selectors.decision_summary(decision))
+
+
+@extend_schema_view(post=extend_schema(exclude=True))
+class DecideSlashView(DecideView):
+    """``decide/`` with a trailing slash, as the router's other paths have."""
+
+
+class NginxConfigView(APIView):
+    """The service's routing as an nginx configuration to include inside ``http {}``."""
+
+    required_permission = "routing.view_service"
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("listen", str, description="Port or address:port (default 8080)."),
+            OpenApiParameter("server_name", str, description="Server name (default _)."),
+        ],
+        responses={(200, "text/plain"): OpenApiTypes.STR},
+    )
+    def get(self, request: Request, name: str) -> HttpResponse:
+        snapshot = selectors.service_snapshot(name=name)
+        if snapshot is None:
+            raise NotFound(f"No service named {name!r}.")
+        listen = request.query_params.get("listen", "8080")
+        server_name = request.query_params.get("server_name", "_")
+        try:
+            text = exporters.nginx_config(snapshot, listen=listen, server_name=server_name)
+        except ValueError as error:
+            field = "listen" if "listen" in str(error) else "server_name"
+            raise ValidationFailed(f"{field}: {error}.", field=field) from None
+        response = HttpResponse(text, content_type="text/plain; charset=utf-8")
+        response["Content-Disposition"] = f'inline; filename="canary-{name}.conf"'
+        return response

@@ -58,6 +58,8 @@ def test_browser__narrow_screen_keeps_navigation_reachable_by_keyboard(page, mak
     make_user("bea", roles=["viewer"])
     page.set_viewport_size({"width": 360, "height": 740})
     login(page, "bea")
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    page.wait_for_load_state("load")
 
     page.keyboard.press("Tab")
     expect(page.locator(".skip-link")).to_be_focused()

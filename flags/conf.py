@@ -7,11 +7,11 @@ read on first use and read again after Django's ``setting_changed`` (``override_
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from django.conf import settings
 from django.core.signals import setting_changed
+
+from canary_site.conf import setting
 
 # Read once per process (some are read on every OFREP request) and forgotten when a setting
 # changes, which is how tests override them.
@@ -24,7 +24,7 @@ def _get(name: str, default: Any) -> Any:
     except KeyError:
         pass
     # Settings first; the environment next, so a knob works before settings.py names it.
-    value = getattr(settings, name) if hasattr(settings, name) else os.environ.get(name, default)
+    value = setting(name, default)
     _values[name] = value
     return value
 

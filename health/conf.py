@@ -5,17 +5,11 @@ Each is a ``CANARY_*`` setting with the default shown; none is required.
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 from django.conf import settings
 
+from canary_site.conf import setting
 
-def _get(name: str, default: Any) -> Any:
-    # Settings first; the environment next, so a knob works before settings.py names it.
-    if hasattr(settings, name):
-        return getattr(settings, name)
-    return os.environ.get(name, default)
+_get = setting
 
 
 def bucket_seconds() -> int:

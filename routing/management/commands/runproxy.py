@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
+
+from canary_site.conf import setting
 
 
 class Command(BaseCommand):
@@ -15,48 +16,46 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default=getattr(settings, "CANARY_PROXY_HOST", "127.0.0.1"))
-        parser.add_argument(
-            "--port", type=int, default=getattr(settings, "CANARY_PROXY_PORT", 8080)
-        )
+        parser.add_argument("--host", default=setting("CANARY_PROXY_HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=setting("CANARY_PROXY_PORT", 8080))
         parser.add_argument(
             "--service",
-            default=getattr(settings, "CANARY_PROXY_DEFAULT_SERVICE", "") or None,
+            default=setting("CANARY_PROXY_DEFAULT_SERVICE", "") or None,
             help="Service for requests that name none.",
         )
         parser.add_argument(
             "--poll-interval",
             type=float,
-            default=getattr(settings, "CANARY_PROXY_POLL_SECONDS", 0.25),
+            default=setting("CANARY_PROXY_POLL_SECONDS", 0.25),
             help="Seconds between reads of the routing version key.",
         )
         parser.add_argument(
             "--flush-interval",
             type=float,
-            default=getattr(settings, "CANARY_PROXY_FLUSH_SECONDS", 1.0),
+            default=setting("CANARY_PROXY_FLUSH_SECONDS", 1.0),
             help="Seconds between flushes of outcomes to the metric store.",
         )
         parser.add_argument(
             "--connect-timeout",
             type=float,
-            default=getattr(settings, "CANARY_PROXY_CONNECT_TIMEOUT", 5.0),
+            default=setting("CANARY_PROXY_CONNECT_TIMEOUT", 5.0),
         )
         parser.add_argument(
             "--read-timeout",
             type=float,
-            default=getattr(settings, "CANARY_PROXY_READ_TIMEOUT", 60.0),
+            default=setting("CANARY_PROXY_READ_TIMEOUT", 60.0),
             help="Seconds a target may stay silent while answering.",
         )
         parser.add_argument(
             "--pool-size",
             type=int,
-            default=getattr(settings, "CANARY_PROXY_POOL_SIZE", 512),
+            default=setting("CANARY_PROXY_POOL_SIZE", 512),
             help="Most connections to targets kept open at once.",
         )
         parser.add_argument(
             "--upstream-client",
             choices=["fast", "aiohttp"],
-            default=getattr(settings, "CANARY_PROXY_UPSTREAM_CLIENT", "fast"),
+            default=setting("CANARY_PROXY_UPSTREAM_CLIENT", "fast"),
             help="fast: keep-alive pool on httptools (default); aiohttp: aiohttp's ClientSession.",
         )
         parser.add_argument("--log-level", default="warning")

@@ -55,6 +55,8 @@ def overview_counts() -> dict[str, Any]:
     """
     from django.db.models import Count, Q
 
+    from deployments.choices import DeploymentStatus
+    from deployments.models import Deployment
     from flags.choices import FlagStatus
     from flags.models import Flag
     from health.choices import AlertSeverity, AlertStatus
@@ -72,7 +74,15 @@ def overview_counts() -> dict[str, Any]:
     targets = Target.objects.aggregate(
         total=Count("pk"), unhealthy=Count("pk", filter=Q(healthy=False))
     )
+    deployments = Deployment.objects.aggregate(
+        running=Count("pk", filter=Q(status=DeploymentStatus.RUNNING)),
+        paused=Count("pk", filter=Q(status=DeploymentStatus.PAUSED)),
+        rolling_back=Count("pk", filter=Q(status=DeploymentStatus.ROLLING_BACK)),
+    )
     return {
+        "deployments_running": deployments["running"],
+        "deployments_paused": deployments["paused"],
+        "deployments_rolling_back": deployments["rolling_back"],
         "audit_today": AuditEntry.objects.filter(timestamp__gte=since).count(),
         "beat_age": heartbeat_age_seconds(name="beat"),
         "flags_enabled": flags["enabled"],

@@ -279,7 +279,8 @@ CELERY_BEAT_SCHEDULE = {
     "health-metrics-compact": {"task": "health.tasks.metrics_compact", "schedule": 300.0},
     # flags: exposure counts past their retention
     "flags-exposures-prune": {"task": "flags.tasks.flag_exposures_prune", "schedule": 86400.0},
-    # deployments: the orchestration tick (step 3)
+    # deployments: the orchestration tick, which also asks health to judge each canary (step 3)
+    "deployments-tick": {"task": "deployments.tasks.deployments_tick", **_tick},
     # rollback: executions, kill switch triggers and recoveries (step 4)
 }
 

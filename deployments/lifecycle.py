@@ -320,7 +320,7 @@ DEFAULT_MAX_GAP = timedelta(seconds=60)
 """How far apart observations may be before the run of a criterion counts as broken."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observation:
     """One measurement of a metric: a value, or None when its window had no data."""
 

@@ -1,1 +1,453 @@
-"""Reads of the deployments app."""
+"""Reads of the deployments app: lists, the tick's batch, readiness, the pages' panels and the
+statistics."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Count, OuterRef, Prefetch, QuerySet, Subquery
+from django.utils import timezone
+
+from canary_site.exceptions import NotFound
+from deployments import conf
+from deployments.choices import DeploymentStatus, EventKind, PhaseStatus
+from deployments.config import format_duration
+from deployments.lifecycle import ACTIVE_STATUSES, TERMINAL_STATUSES, allowed_actions
+from deployments.models import Deployment, DeploymentEvent, Phase
+from health import selectors as health_selectors
+from health.models import HealthPolicy
+
+
+def deployments() -> QuerySet[Deployment]:
+    """Every deployment, newest first, with what lists show."""
+    return Deployment.objects.select_related(
+        "service", "health_policy", "created_by"
+    ).prefetch_related(Prefetch("phases", queryset=Phase.objects.order_by("order")))
+
+
+def deployment_get(*, deployment_id: int) -> Deployment:
+    deployment = deployments().filter(pk=deployment_id).first()
+    if deployment is None:
+        raise NotFound(f"There is no deployment {deployment_id}.")
+    return deployment
+
+
+def deployments_for_tick(*, ids: Sequence[int] | None = None) -> QuerySet[Deployment]:
+    """The deployments the tick looks at (running, paused, rolling back), in two queries: the
+    rows with their service and their number of phases, and the phase each is running (as
+    ``running_phases``). The stored configuration and the validation report, which the tick
+    does not read, stay in the database."""
+    phase_total = (
+        Phase.objects.filter(deployment=OuterRef("pk"))
+        .order_by()
+        .values("deployment")
+        .annotate(total=Count("pk"))
+        .values("total")
+    )
+    rows = (
+        Deployment.objects.filter(status__in=[str(status) for status in ACTIVE_STATUSES])
+        .select_related("service")
+        .defer("config", "validation", "notifications", "description")
+        .annotate(phase_total=Subquery(phase_total))
+    )
+    if ids is not None:
+        rows = rows.filter(pk__in=list(ids))
+    return rows.order_by("pk").prefetch_related(
+        Prefetch(
+            "phases",
+            queryset=Phase.objects.filter(status=PhaseStatus.RUNNING),
+            to_attr="running_phases",
+        )
+    )
+
+
+def health_policies(*, ids: Iterable[int]) -> dict[int, HealthPolicy]:
+    """Policies by id, in one query (many deployments share a few policies)."""
+    return health_selectors.policies_by_id(ids=ids)
+
+
+def events(*, deployment: Deployment) -> QuerySet[DeploymentEvent]:
+    """A deployment's timeline, newest first."""
+    return deployment.events.select_related("actor").order_by("-at", "-id")
+
+
+def health_policy_named(name: str) -> HealthPolicy | None:
+    return health_selectors.policies().filter(name=name).first()
+
+
+def active_deployment_of(*, service_id: int, exclude: int | None = None) -> Deployment | None:
+    rows = Deployment.objects.filter(
+        service_id=service_id, status__in=[str(status) for status in ACTIVE_STATUSES]
+    )
+    if exclude is not None:
+        rows = rows.exclude(pk=exclude)
+    return rows.first()
+
+
+def start_problems(deployment: Deployment) -> list[dict[str, str]]:
+    """Why a deployment cannot start now, as ``{field, code, message}``; empty when it can.
+
+    The configuration is validated again (settings or context may have changed since it was
+    stored), and the service must be ready for it.
+    """
+    from deployments.services import configuration_report  # the validator with our timing
+
+    report = configuration_report(deployment.config, context=deployment.validation.get("context"))
+    problems = [issue.to_dict() for issue in report.errors]
+    service = deployment.service
+    if service.stable_version != deployment.stable_version:
+        problems.append(
+            {
+                "field": "stableVersion",
+                "code": "stable_version_mismatch",
+                "message": f"stableVersion is {deployment.stable_version}, but service "
+                f"{service.name} runs {service.stable_version} as its stable version.",
+            }
+        )
+    for field_name, target, version, endpoint_key in (
+        ("stableVersion", deployment.stable_target, deployment.stable_version, "stableEndpoint"),
+        ("canaryVersion", deployment.canary_target, deployment.canary_version, "canaryEndpoint"),
+    ):
+        if target is None:
+            endpoint = deployment.config.get(endpoint_key)
+            where = f"at {endpoint}" if endpoint else f"running version {version}"
+            problems.append(
+                {
+                    "field": endpoint_key if endpoint else field_name,
+                    "code": "no_target",
+                    "message": f"Service {service.name} has no target {where}; add it in "
+                    "routing first.",
+                }
+            )
+        elif target.version != version:
+            problems.append(
+                {
+                    "field": endpoint_key,
+                    "code": "target_version_mismatch",
+                    "message": f"Target {target.name} runs {target.version}, not {version}.",
+                }
+            )
+    other = active_deployment_of(service_id=service.pk, exclude=deployment.pk)
+    if other is not None:
+        problems.append(
+            {
+                "field": "serviceName",
+                "code": "service_already_deploying",
+                "message": f"Service {service.name} has a deployment under way "
+                f"({other.name}, {other.get_status_display().lower()}); one at a time.",
+            }
+        )
+    return problems
+
+
+# ---------------------------------------------------------------------------- page panels
+
+
+@dataclass
+class CriterionView:
+    describe: str
+    state: str
+    detail: str
+    held_ms: int
+    remaining_ms: int
+    latest: float | None
+
+
+@dataclass
+class PhaseView:
+    phase: Phase
+    is_current: bool
+    elapsed_ms: int = 0
+    time_left_ms: int = 0
+    earliest_ms: int = 0
+    progress_percent: int = 0
+    outcome: str = ""
+    reason: str = ""
+    criteria: list[CriterionView] = field(default_factory=list)
+    thresholds: list[tuple[str, Any]] = field(default_factory=list)
+
+    @property
+    def time_left(self) -> str:
+        return format_duration(self.time_left_ms)
+
+    @property
+    def earliest(self) -> str:
+        return format_duration(self.earliest_ms)
+
+    @property
+    def duration(self) -> str:
+        return format_duration(int(self.phase.duration_ms))
+
+
+def phase_views(deployment: Deployment, *, now: datetime | None = None) -> list[PhaseView]:
+    """Every phase with, for the one running, its progress and each criterion's state."""
+    now = now or timezone.now()
+    views: list[PhaseView] = []
+    for phase in deployment.phases.all():
+        is_current = phase.order == deployment.current_phase and deployment.is_active
+        view = PhaseView(phase=phase, is_current=is_current)
+        view.thresholds = list((phase.rollback_thresholds or {}).items())
+        judgement = phase.judgement or {}
+        if phase.started_at is not None:
+            end = phase.ended_at or now
+            view.elapsed_ms = max(0, int((end - phase.started_at).total_seconds() * 1000))
+            duration = max(1, int(phase.duration_ms))
+            view.time_left_ms = max(0, int(phase.duration_ms) - view.elapsed_ms)
+            view.progress_percent = min(100, int(100 * view.elapsed_ms / duration))
+        if phase.status in (PhaseStatus.PASSED, PhaseStatus.SKIPPED):
+            view.progress_percent = 100
+        if judgement:
+            view.outcome = judgement.get("outcome", "")
+            view.reason = judgement.get("reason", "")
+            view.earliest_ms = int(judgement.get("earliestAdvanceMs") or 0)
+            if is_current and phase.judged_at is not None:
+                # The judgement is a few seconds old; its clocks have run on since.
+                since = int((now - phase.judged_at).total_seconds() * 1000)
+                view.earliest_ms = max(0, view.earliest_ms - since)
+        for item in judgement.get("criteria", []):
+            latest = item.get("latest") or {}
+            view.criteria.append(
+                CriterionView(
+                    describe=_describe(item),
+                    state=item.get("state", ""),
+                    detail=item.get("detail", ""),
+                    held_ms=int(item.get("heldMs") or 0),
+                    remaining_ms=int(item.get("remainingMs") or 0),
+                    latest=latest.get("value"),
+                )
+            )
+        if not view.criteria:
+            for item in phase.success_criteria or []:
+                view.criteria.append(
+                    CriterionView(
+                        describe=_describe(item),
+                        state="pending" if phase.status == PhaseStatus.PENDING else "no_data",
+                        detail="",
+                        held_ms=0,
+                        remaining_ms=int(item.get("durationMs") or 0),
+                        latest=None,
+                    )
+                )
+        views.append(view)
+    return views
+
+
+def _describe(item: dict[str, Any]) -> str:
+    symbol = {"greater_than": ">", "less_than": "<", "equals": "="}.get(item.get("operator"), "?")
+    hold = int(item.get("durationMs") or 0)
+    text = f"{item.get('metric')} {symbol} {item.get('threshold')}"
+    return f"{text} for {format_duration(hold)}" if hold else text
+
+
+def progress_percent(deployment: Deployment) -> int:
+    """How far along the deployment is: phases done, and the share of the current one run."""
+    phases = list(deployment.phases.all())
+    if not phases:
+        return 0
+    if deployment.status == DeploymentStatus.SUCCEEDED:
+        return 100
+    done = sum(1 for phase in phases if phase.status in (PhaseStatus.PASSED, PhaseStatus.SKIPPED))
+    current = next((p for p in phases if p.status == PhaseStatus.RUNNING), None)
+    partial = 0.0
+    if current is not None and current.started_at is not None and current.duration_ms:
+        elapsed = (timezone.now() - current.started_at).total_seconds() * 1000
+        partial = min(0.99, elapsed / float(current.duration_ms))
+    return int(100 * (done + partial) / len(phases))
+
+
+def actions_for(deployment: Deployment, user: Any) -> list[str]:
+    """The lifecycle actions a person may press now: the table's, for those whose role may
+    change deployments. ``succeed``, ``rollback``, ``finish_rollback`` and ``fail`` are the
+    tick's own verbs."""
+    if not user.has_perm("deployments.change_deployment"):
+        return []
+    people = ("start", "pause", "resume", "promote", "promote_full", "abort", "retry")
+    return [str(action) for action in allowed_actions(deployment.status) if action in people]
+
+
+# ---------------------------------------------------------------------------- charts' data
+
+
+@dataclass
+class ShareSeries:
+    """The canary's planned share over time, as steps from the timeline."""
+
+    times: list[datetime]
+    shares: list[float]
+
+
+def planned_share(deployment: Deployment, *, now: datetime | None = None) -> ShareSeries:
+    now = now or timezone.now()
+    times: list[datetime] = []
+    shares: list[float] = []
+    for event in deployment.events.exclude(canary_share=None).order_by("at", "id"):
+        times.append(event.at)
+        shares.append(float(event.canary_share))
+    if times and not deployment.is_terminal:
+        times.append(now)
+        shares.append(shares[-1])
+    return ShareSeries(times, shares)
+
+
+def chart_window_seconds(deployment: Deployment, *, now: datetime | None = None) -> int:
+    """The charts' span: from a little before the start to now, at least five minutes."""
+    now = now or timezone.now()
+    start = deployment.started_at or deployment.created_at
+    end = deployment.finished_at or now
+    span = int((end - start).total_seconds()) + 120
+    return max(300, min(span, health_selectors.MAX_WINDOW_SECONDS))
+
+
+def health_series(deployment: Deployment, *, now: datetime | None = None) -> dict[Any, Any]:
+    """Canary and stable over the deployment's span, from the metric store (one query)."""
+    metrics = ["requests", "error_rate", "latency_p95"]
+    now = now or timezone.now()
+    if deployment.finished_at is not None:
+        now = min(now, deployment.finished_at + timedelta(minutes=2))
+    return health_selectors.series_many(
+        service=deployment.service.name,
+        versions=[deployment.canary_version, deployment.stable_version],
+        metrics=metrics,
+        window_seconds=chart_window_seconds(deployment, now=now),
+        now=now,
+    )
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+@dataclass
+class PhaseStat:
+    order: int
+    name: str
+    runs: int
+    average_ms: int
+    longest_ms: int
+
+    @property
+    def average(self) -> str:
+        return format_duration(self.average_ms)
+
+    @property
+    def longest(self) -> str:
+        return format_duration(self.longest_ms)
+
+
+@dataclass
+class Statistics:
+    total: int
+    by_status: dict[str, int]
+    finished: int
+    succeeded: int
+    success_rate: float | None
+    phase_times: list[PhaseStat]
+    breach_to_rollback_ms: list[int]
+    mean_breach_to_rollback_ms: int | None
+    max_breach_to_rollback_ms: int | None
+    mean_duration_ms: int | None
+
+    @property
+    def mean_breach_to_rollback(self) -> str:
+        if self.mean_breach_to_rollback_ms is None:
+            return "—"
+        return format_duration(self.mean_breach_to_rollback_ms)
+
+    @property
+    def max_breach_to_rollback(self) -> str:
+        if self.max_breach_to_rollback_ms is None:
+            return "—"
+        return format_duration(self.max_breach_to_rollback_ms)
+
+    @property
+    def mean_duration(self) -> str:
+        if self.mean_duration_ms is None:
+            return "—"
+        return format_duration(self.mean_duration_ms)
+
+
+def statistics(*, since: datetime | None = None) -> Statistics:
+    """Success rate of finished deployments, time per phase (by position) and the time from a
+    breach's observation to the canary being out of traffic, in four queries."""
+    rows = Deployment.objects.all()
+    if since is not None:
+        rows = rows.filter(created_at__gte=since)
+    statuses = list(rows.values_list("status", "started_at", "finished_at"))
+    by_status: dict[str, int] = defaultdict(int)
+    durations: list[int] = []
+    for status, started, finished in statuses:
+        by_status[status] += 1
+        if started and finished and status == DeploymentStatus.SUCCEEDED:
+            durations.append(int((finished - started).total_seconds() * 1000))
+    finished = sum(by_status.get(str(status), 0) for status in TERMINAL_STATUSES)
+    succeeded = by_status.get(DeploymentStatus.SUCCEEDED, 0)
+
+    per_phase: dict[int, list[int]] = defaultdict(list)
+    names: dict[int, str] = {}
+    phases = Phase.objects.filter(
+        deployment__in=rows, started_at__isnull=False, ended_at__isnull=False
+    ).values_list("order", "name", "started_at", "ended_at")
+    for order, name, started, ended in phases:
+        per_phase[order].append(int((ended - started).total_seconds() * 1000))
+        names.setdefault(order, name)
+    phase_times = [
+        PhaseStat(
+            order=order,
+            name=names[order],
+            runs=len(times),
+            average_ms=int(sum(times) / len(times)),
+            longest_ms=max(times),
+        )
+        for order, times in sorted(per_phase.items())
+    ]
+
+    delays: list[int] = []
+    rollbacks = DeploymentEvent.objects.filter(
+        deployment__in=rows, kind=EventKind.ROLLBACK, source="system"
+    ).values_list("deployment_id", "at", "evidence")
+    finishes = {
+        (deployment_id, at)
+        for deployment_id, at in DeploymentEvent.objects.filter(
+            deployment__in=rows, kind=EventKind.FINISH_ROLLBACK
+        ).values_list("deployment_id", "at")
+    }
+    finished_at: dict[int, list[datetime]] = defaultdict(list)
+    for deployment_id, at in finishes:
+        finished_at[deployment_id].append(at)
+    for deployment_id, at, evidence in rollbacks:
+        seen = _breach_time(evidence)
+        ends = sorted(moment for moment in finished_at.get(deployment_id, []) if moment >= at)
+        if seen is None or not ends:
+            continue
+        delays.append(max(0, int((ends[0] - seen).total_seconds() * 1000)))
+    return Statistics(
+        total=len(statuses),
+        by_status=dict(by_status),
+        finished=finished,
+        succeeded=succeeded,
+        success_rate=(100.0 * succeeded / finished) if finished else None,
+        phase_times=phase_times,
+        breach_to_rollback_ms=delays,
+        mean_breach_to_rollback_ms=int(sum(delays) / len(delays)) if delays else None,
+        max_breach_to_rollback_ms=max(delays) if delays else None,
+        mean_duration_ms=int(sum(durations) / len(durations)) if durations else None,
+    )
+
+
+def _breach_time(evidence: Any) -> datetime | None:
+    """When the breaching observation was measured (the end of its health window)."""
+    judgement = (evidence or {}).get("judgement") or {}
+    moments = [item.get("at") for item in judgement.get("breaches", []) if item.get("at")]
+    check = (evidence or {}).get("healthCheck") or {}
+    if not moments and check.get("windowEnd"):
+        moments = [check["windowEnd"]]
+    if not moments:
+        return None
+    return min(datetime.fromisoformat(moment) for moment in moments)
+
+
+def tick_interval() -> str:
+    return format_duration(int(conf.tick_seconds() * 1000))

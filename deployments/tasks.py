@@ -1,1 +1,27 @@
-"""Celery tasks of the deployments app: thin wrappers around its services."""
+"""Celery tasks of the deployments app: thin wrappers around its services.
+
+Beat runs `deployments_tick` every ``CANARY_TICK_SECONDS``; a transition that leaves a
+deployment running enqueues `deployment_tick` for it after commit, so a new phase is judged at
+once. Both re-read every row and act only on what is still under way, so running twice (or
+after a worker died half-way) is harmless.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from deployments import services
+
+
+@shared_task(ignore_result=True)
+def deployments_tick() -> dict[str, Any]:
+    """The control loop's step 3 for every deployment under way."""
+    return services.deployments_tick().to_dict()
+
+
+@shared_task(ignore_result=True)
+def deployment_tick(deployment_id: int) -> dict[str, Any]:
+    """The same step for one deployment; nothing happens if it is no longer under way."""
+    return services.deployment_tick(deployment_id=deployment_id).to_dict()

@@ -1,9 +1,295 @@
-"""Dashboard pages of the deployments app."""
+"""Dashboard pages of the deployments app: the list, the creation wizard, a deployment's page
+with its live panels and action buttons, and the statistics.
 
+Live regions are named partials of their page template; a poll of a deployment that has ended
+answers with `HttpResponseStopPolling`, so the browser stops asking. Buttons call the same
+service as the REST actions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.views import View
 from django.views.generic import TemplateView
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 
+from canary_site.choices import Source
+from canary_site.exceptions import CanaryError, NotFound
 from canary_site.roles import RoleRequiredMixin
+from deployments import charts, selectors, services
+from deployments.filtersets import DeploymentFilterSet
+from deployments.forms import ActionForm, WizardForm, attach_row_errors, editor_config, phase_rows
+from deployments.models import Deployment
+
+LIST_SIZE = 100
+TIMELINE_SIZE = 100
+DETAIL_PARTIALS = {"deployment-summary", "phase-panel", "deployment-charts", "deployment-timeline"}
+ACTION_LABELS = {
+    "start": "Start",
+    "pause": "Pause",
+    "resume": "Resume",
+    "promote": "Promote to the next phase",
+    "promote_full": "Promote fully",
+    "abort": "Abort",
+    "retry": "Retry",
+}
+
+
+def _deployment(deployment_id: int) -> Deployment:
+    try:
+        return selectors.deployment_get(deployment_id=deployment_id)
+    except NotFound as error:
+        raise Http404(error.message) from None
 
 
 class IndexView(RoleRequiredMixin, TemplateView):
+    """Every deployment with its status and progress; running ones refresh themselves."""
+
     template_name = "deployments/index.html"
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        filterset = DeploymentFilterSet(self.request.GET, queryset=selectors.deployments())
+        rows = list(filterset.qs[:LIST_SIZE]) if filterset.is_valid() else []
+        return super().get_context_data(
+            filterset=filterset,
+            rows=[_row(deployment) for deployment in rows],
+            can_create=self.request.user.has_perm("deployments.add_deployment"),
+            **kwargs,
+        )
+
+
+def _row(deployment: Deployment) -> dict[str, Any]:
+    return {
+        "deployment": deployment,
+        "progress": selectors.progress_percent(deployment),
+        "phase_total": len(deployment.phases.all()),
+    }
+
+
+class RowView(RoleRequiredMixin, View):
+    """One row of the list, for its own poll; stops the poll once the deployment has ended."""
+
+    def get(self, request: HttpRequest, deployment_id: int) -> HttpResponse:
+        deployment = _deployment(deployment_id)
+        html = render_to_string(
+            "deployments/index.html#deployment-row", {"row": _row(deployment)}, request=request
+        )
+        if deployment.is_terminal:
+            return HttpResponseStopPolling(html)
+        return HttpResponse(html)
+
+
+class DetailView(RoleRequiredMixin, View):
+    """A deployment: its phases and their criteria, live charts, the timeline, the buttons."""
+
+    template_name = "deployments/detail.html"
+
+    def get(self, request: HttpRequest, deployment_id: int) -> HttpResponse:
+        deployment = _deployment(deployment_id)
+        context = detail_context(request, deployment)
+        target = request.htmx.target if request.htmx else None
+        if target in DETAIL_PARTIALS:
+            partial = target
+            if target == "deployment-summary":
+                # The buttons come along only when what they depend on has changed.
+                context["state_changed"] = request.GET.get("seen") != context["state"]
+                partial = "summary-response"
+            html = render_to_string(f"{self.template_name}#{partial}", context, request=request)
+            if deployment.is_terminal:
+                return HttpResponseStopPolling(html)
+            return HttpResponse(html)
+        return render(request, self.template_name, context)
+
+
+def detail_context(request: HttpRequest, deployment: Deployment, **extra: Any) -> dict[str, Any]:
+    views = selectors.phase_views(deployment)
+    current = next((view for view in views if view.is_current), None)
+    series = selectors.health_series(deployment)
+    chart_list = charts.deployment_charts(
+        deployment_id=deployment.pk,
+        planned=selectors.planned_share(deployment),
+        series=series,
+        canary_version=deployment.canary_version,
+        stable_version=deployment.stable_version,
+    )
+    allowed = selectors.actions_for(deployment, request.user)
+    return {
+        "deployment": deployment,
+        "phases": views,
+        "current": current,
+        "progress": selectors.progress_percent(deployment),
+        "charts": chart_list,
+        "events": list(selectors.events(deployment=deployment)[:TIMELINE_SIZE]),
+        "actions": [(verb, ACTION_LABELS[verb]) for verb in allowed],
+        "problems": selectors.start_problems(deployment) if deployment.status == "pending" else [],
+        "tick_interval": selectors.tick_interval(),
+        "live": not deployment.is_terminal,
+        "state": f"{deployment.status}-{deployment.current_phase or 0}",
+        **extra,
+    }
+
+
+class ActionView(RoleRequiredMixin, View):
+    """A lifecycle button: the same service as the REST action. Over htmx it answers with the
+    summary and, out of band, the phase panel and the timeline."""
+
+    required_permission = "deployments.change_deployment"
+
+    def post(self, request: HttpRequest, deployment_id: int) -> HttpResponse:
+        deployment = _deployment(deployment_id)
+        form = ActionForm(request.POST)
+        error = ""
+        status = 200
+        if not form.is_valid():
+            error = "; ".join(
+                f"{name}: {' '.join(problems)}" for name, problems in form.errors.items()
+            )
+            status = 400
+        else:
+            try:
+                services.deployment_transition(
+                    deployment_id=deployment.pk,
+                    action=form.cleaned_data["action"],
+                    actor=request.user,
+                    source=Source.UI,
+                    reason=form.cleaned_data["reason"],
+                    expected_phase=form.cleaned_data["phase"],
+                )
+            except CanaryError as failure:
+                error = failure.message
+                status = failure.status_code
+        deployment = _deployment(deployment_id)
+        if request.htmx:
+            context = detail_context(
+                request, deployment, action_error=error, reason=request.POST.get("reason", "")
+            )
+            return render(
+                request, "deployments/detail.html#action-response", context, status=status
+            )
+        if error:
+            messages.error(request, error)
+        else:
+            messages.success(
+                request, f"{ACTION_LABELS.get(form.cleaned_data['action'], 'Done')}: done."
+            )
+        return redirect(reverse("deployments:deployment-detail", args=[deployment.pk]))
+
+
+class WizardView(RoleRequiredMixin, View):
+    """Create a deployment: the phase editor, or a pasted configuration, validated as you type."""
+
+    required_permission = "deployments.add_deployment"
+    template_name = "deployments/wizard.html"
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        form = WizardForm(initial={"phase_count": 3})
+        service = request.GET.get("service")
+        if service:
+            form.initial["service"] = service
+        rows = phase_rows(None)
+        return render(request, self.template_name, self._context(form, rows, None))
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        op = request.POST.get("op", "create")
+        form = WizardForm(request.POST)
+        form.is_valid()
+        rows = phase_rows(request.POST)
+        if op == "add-phase" and len(rows) < 12:
+            rows = phase_rows(request.POST, count=len(rows) + 1)
+        elif op.startswith("remove-phase-") and len(rows) > 1:
+            index = int(op.removeprefix("remove-phase-") or -1)
+            kept = [row for row in rows if row.index != index]
+            data = request.POST.copy()
+            for new, row in enumerate(kept):
+                for name, value in row.values.items():
+                    data[f"phase-{new}-{name}"] = value
+            rows = phase_rows(data, count=len(kept))
+        if op != "create":
+            return self._form(request, form, rows, None)
+        config = _wizard_config(form, rows)
+        try:
+            deployment = services.deployment_create(
+                config=config,
+                actor=request.user,
+                source=Source.UI,
+                health_policy=form.cleaned_data.get("health_policy"),
+                flags=form.cleaned_data.get("linked_flags") or [],
+            )
+        except CanaryError as error:
+            report = services.configuration_report(config)
+            return self._form(request, form, rows, report, error=error, status=error.status_code)
+        url = reverse("deployments:deployment-detail", args=[deployment.pk])
+        if request.htmx:
+            return HttpResponseClientRedirect(url)
+        messages.success(request, f"Deployment '{deployment.name}' created; start it when ready.")
+        return redirect(url)
+
+    def _form(
+        self,
+        request: HttpRequest,
+        form: WizardForm,
+        rows: list[Any],
+        report: Any,
+        *,
+        error: CanaryError | None = None,
+        status: int = 200,
+    ) -> HttpResponse:
+        template = self.template_name
+        if request.htmx:
+            template += "#wizard-form"
+        context = self._context(form, rows, report, error=error)
+        return render(request, template, context, status=status)
+
+    def _context(
+        self, form: WizardForm, rows: list[Any], report: Any, *, error: CanaryError | None = None
+    ) -> dict[str, Any]:
+        return {
+            "form": form,
+            "rows": rows,
+            "phase_count": len(rows),
+            "report": report.to_dict() if report is not None else None,
+            "create_error": error,
+        }
+
+
+class WizardValidateView(RoleRequiredMixin, View):
+    """The wizard's live validation: the report on what the form says now (nothing stored)."""
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        form = WizardForm(request.POST)
+        form.is_valid()
+        rows = phase_rows(request.POST)
+        config = _wizard_config(form, rows)
+        report = services.configuration_report(config).to_dict()
+        attach_row_errors(rows, report["errors"])
+        context = {
+            "report": report,
+            "rows": rows,
+            "source": "yaml" if isinstance(config, str) else "editor",
+        }
+        return render(request, "deployments/wizard.html#wizard-validation", context)
+
+
+def _wizard_config(form: WizardForm, rows: list[Any]) -> Any:
+    text = (form.data.get("config_text") or "").strip()
+    if text:
+        return text
+    return editor_config(form, rows)
+
+
+class StatisticsView(RoleRequiredMixin, TemplateView):
+    """Success rate, time per phase and time from a breach to the rollback."""
+
+    template_name = "deployments/statistics.html"
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        stats = selectors.statistics()
+        return super().get_context_data(
+            stats=stats, charts=charts.statistics_charts(stats), **kwargs
+        )

@@ -31,6 +31,7 @@ def test_overview_counts__reflect_flags_and_routing():
     assert counts["services"] == 1
     assert (counts["targets"], counts["targets_unhealthy"]) == (1, 1)
     assert counts["alerts_open"] == 0
+    assert counts["deployments_running"] == 0
 
 
 def test_overview_counts__take_the_same_queries_however_many_rows():

@@ -1,0 +1,314 @@
+"""REST endpoints of the deployments app.
+
+- ``/api/v1/deployments/``: list, create (the guide's configuration as JSON or YAML, or the
+  wrapper ``{config, health_policy, linked_flags, context, reason}``), read, update and delete
+  (pending only), and the lifecycle actions ``start``, ``pause``, ``resume``, ``promote``,
+  ``promote-full``, ``abort``, ``retry`` (409 with the reason when not allowed now), the
+  ``events`` timeline and ``simple-config``.
+- ``/api/v1/deployments/{id}/config.yaml``: the stored configuration as YAML.
+- ``/api/v1/validate``: the configuration validator, ``{type, config, context, strictMode}``.
+
+Each write calls one service, the same the dashboard's buttons call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from canary_site.choices import Source
+from canary_site.exceptions import ValidationFailed
+from deployments import conf, selectors, services
+from deployments.api.parsers import YAML_PARSERS
+from deployments.api.serializers import (
+    ActionSerializer,
+    DeploymentEventSerializer,
+    DeploymentSerializer,
+    DeploymentWriteSerializer,
+    SimpleConfigResultSerializer,
+    SimpleConfigSerializer,
+    ValidateRequestSerializer,
+    ValidationReportSerializer,
+    is_wrapper,
+)
+from deployments.config import dump_config, simple_canary_config
+from deployments.filtersets import DeploymentEventFilterSet, DeploymentFilterSet
+from deployments.lifecycle import Action
+from deployments.validation import validate_request
+from flags import selectors as flag_selectors
+from flags.models import Flag
+from health import selectors as health_selectors
+from health.models import HealthPolicy
+
+PARSERS = [JSONParser, *YAML_PARSERS, FormParser, MultiPartParser]
+CHANGE = "deployments.change_deployment"
+
+
+def _writer(request: Request) -> dict[str, Any]:
+    return {"actor": request.user, "source": Source.API}
+
+
+def _write_arguments(data: Any, *, creating: bool) -> dict[str, Any]:
+    """The service's keyword arguments from a body: a bare configuration, or the wrapper."""
+    if not is_wrapper(data):
+        if not isinstance(data, dict) or not data:
+            raise ValidationFailed(
+                "Send the configuration (an object, as JSON or YAML), or "
+                "{config, health_policy, linked_flags, context, reason}.",
+                field="config",
+            )
+        return {"config": data}
+    serializer = DeploymentWriteSerializer(data=data)
+    serializer.is_valid(raise_exception=True)
+    values = serializer.validated_data
+    arguments: dict[str, Any] = {}
+    if "config" in values:
+        arguments["config"] = values["config"]
+    elif creating:
+        raise ValidationFailed("config: is required.", field="config")
+    if "health_policy" in values:
+        arguments["health_policy"] = _policy(values["health_policy"])
+    if "linked_flags" in values:
+        arguments["flags"] = _flags(values["linked_flags"])
+    if "context" in values:
+        arguments["context"] = values["context"]
+    if values.get("reason"):
+        arguments["reason"] = values["reason"]
+    return arguments
+
+
+def _policy(value: str | None) -> HealthPolicy | None:
+    if value in (None, ""):
+        return None
+    policies = health_selectors.policies()
+    policy = policies.filter(pk=int(value)).first() if str(value).isdigit() else None
+    policy = policy or policies.filter(name=value).first()
+    if policy is None:
+        raise ValidationFailed(
+            f"health_policy: there is no health policy {value!r}.", field="health_policy"
+        )
+    return policy
+
+
+def _flags(keys: list[str]) -> list[Flag]:
+    found = {flag.key: flag for flag in flag_selectors.flags().filter(key__in=keys)}
+    missing = [key for key in keys if key not in found]
+    if missing:
+        raise ValidationFailed(
+            f"linked_flags: there is no flag {missing[0]!r}.", field="linked_flags"
+        )
+    return [found[key] for key in keys]
+
+
+def _lifecycle(verb: Action, doc: str) -> Any:
+    """A DRF action that performs ``verb`` through the one transition service."""
+
+    @extend_schema(request=ActionSerializer, responses=DeploymentSerializer, description=doc)
+    def handler(self: DeploymentViewSet, request: Request, pk: str | None = None) -> Response:
+        deployment = self.get_object()
+        serializer = ActionSerializer(data=request.data or {})
+        serializer.is_valid(raise_exception=True)
+        services.deployment_transition(
+            deployment_id=deployment.pk,
+            action=verb,
+            reason=serializer.validated_data.get("reason", ""),
+            expected_phase=serializer.validated_data.get("phase"),
+            **_writer(request),
+        )
+        return Response(
+            DeploymentSerializer(selectors.deployment_get(deployment_id=deployment.pk)).data
+        )
+
+    handler.__name__ = str(verb)
+    handler.__doc__ = doc
+    handler.required_permission = CHANGE  # type: ignore[attr-defined]
+    return handler
+
+
+@extend_schema_view(
+    create=extend_schema(
+        request={
+            "application/json": DeploymentWriteSerializer,
+            "application/yaml": OpenApiTypes.STR,
+        },
+        responses={201: DeploymentSerializer},
+        description="Create a pending deployment from the guide's configuration (the body "
+        "itself, as JSON or YAML) or from the wrapper. Schema errors answer 400 naming each "
+        "field; the validator's other findings are kept in `validation`, and a deployment "
+        "whose validation has errors cannot start.",
+    ),
+    update=extend_schema(request=DeploymentWriteSerializer, responses=DeploymentSerializer),
+    partial_update=extend_schema(request=DeploymentWriteSerializer, responses=DeploymentSerializer),
+)
+class DeploymentViewSet(viewsets.ModelViewSet):
+    """Canary deployments: their configuration, phases, status and timeline."""
+
+    queryset = selectors.deployments()
+    serializer_class = DeploymentSerializer
+    filterset_class = DeploymentFilterSet
+    parser_classes = PARSERS
+    search_fields = ["name", "service__name", "canary_version"]
+    ordering_fields = ["created_at", "started_at", "finished_at", "name", "status"]
+
+    def create(self, request: Request) -> Response:
+        arguments = _write_arguments(request.data, creating=True)
+        deployment = services.deployment_create(**arguments, **_writer(request))
+        body = DeploymentSerializer(selectors.deployment_get(deployment_id=deployment.pk)).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    def update(self, request: Request, pk: str | None = None, partial: bool = False) -> Response:
+        deployment = self.get_object()
+        arguments = _write_arguments(request.data, creating=False)
+        services.deployment_update(deployment_id=deployment.pk, **arguments, **_writer(request))
+        return Response(
+            DeploymentSerializer(selectors.deployment_get(deployment_id=deployment.pk)).data
+        )
+
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        return self.update(request, pk=pk, partial=True)
+
+    def destroy(self, request: Request, pk: str | None = None) -> Response:
+        services.deployment_delete(deployment_id=self.get_object().pk, **_writer(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    start = action(detail=True, methods=["post"])(
+        _lifecycle(Action.START, "Start: the first phase's share goes to the canary.")
+    )
+    pause = action(detail=True, methods=["post"])(
+        _lifecycle(Action.PAUSE, "Pause: hold the current phase; the tick leaves it alone.")
+    )
+    resume = action(detail=True, methods=["post"])(
+        _lifecycle(Action.RESUME, "Resume a paused deployment.")
+    )
+    promote = action(detail=True, methods=["post"])(
+        _lifecycle(
+            Action.PROMOTE,
+            "Promote to the next phase now (on the last phase: succeed). A reason is required "
+            "when the current phase's criteria have not held.",
+        )
+    )
+    promote_full = action(detail=True, methods=["post"], url_path="promote-full")(
+        _lifecycle(
+            Action.PROMOTE_FULL,
+            "Give the canary all traffic and make it the stable version. A reason is required "
+            "when the current phase's criteria have not held.",
+        )
+    )
+    abort = action(detail=True, methods=["post"])(
+        _lifecycle(Action.ABORT, "Abort: traffic returns to the stable version at once.")
+    )
+    retry = action(detail=True, methods=["post"])(
+        _lifecycle(
+            Action.RETRY, "Retry a rolled-back, failed or aborted deployment: back to pending."
+        )
+    )
+
+    @extend_schema(responses=DeploymentEventSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def events(self, request: Request, pk: str | None = None) -> Response:
+        """The timeline, newest first: what happened, who or what did it, why, and the
+        evidence behind every automatic decision. Filters: ``kind``, ``source``, ``phase``."""
+        deployment = self.get_object()
+        filterset = DeploymentEventFilterSet(
+            request.query_params, queryset=selectors.events(deployment=deployment)
+        )
+        if not filterset.is_valid():
+            raise ValidationFailed(
+                "Invalid filter.",
+                fields={name: list(errors) for name, errors in filterset.errors.items()},
+            )
+        page = self.paginate_queryset(filterset.qs)
+        data = DeploymentEventSerializer(page, many=True).data
+        return self.get_paginated_response(data)
+
+    @extend_schema(request=SimpleConfigSerializer, responses=SimpleConfigResultSerializer)
+    @action(detail=False, methods=["post"], url_path="simple-config")
+    def simple_config(self, request: Request) -> Response:
+        """A complete configuration from a few numbers (the guide's createSimpleCanaryConfig,
+        with the phases up to 100%), with its validation. Nothing is stored."""
+        serializer = SimpleConfigSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        values = serializer.validated_data
+        try:
+            config = simple_canary_config(
+                values["name"],
+                values["serviceName"],
+                values["stableVersion"],
+                values["canaryVersion"],
+                initial_percentage=values["initialPercentage"],
+                steps=values["steps"],
+                strategy=values["strategy"],
+                phase_duration_ms=values["phaseDurationMs"],
+                auto_promote=values["autoPromote"],
+                auto_rollback=values["autoRollback"],
+                max_deployment_time_ms=values["maxDeploymentTimeMs"],
+                description=values["description"],
+            )
+        except ValueError as error:
+            raise ValidationFailed(f"steps: {error}.", field="steps") from None
+        report = services.configuration_report(config)
+        return Response(
+            {
+                "config": config.to_dict(),
+                "yaml": dump_config(config, "yaml"),
+                "validation": _report_body(report),
+            }
+        )
+
+    simple_config.required_permission = "deployments.view_deployment"  # type: ignore[attr-defined]
+
+
+class DeploymentConfigYamlView(APIView):
+    """The deployment's configuration as YAML, in the guide's words: what ``POST
+    /api/v1/deployments/`` accepts back."""
+
+    required_permission = "deployments.view_deployment"
+
+    @extend_schema(responses={(200, "application/yaml"): OpenApiTypes.STR})
+    def get(self, request: Request, pk: int) -> HttpResponse:
+        deployment = selectors.deployment_get(deployment_id=pk)
+        text = dump_config(deployment.spec, "yaml")
+        response = HttpResponse(text, content_type="application/yaml; charset=utf-8")
+        response["Content-Disposition"] = f'inline; filename="deployment-{pk}.yaml"'
+        return response
+
+
+class ValidateView(APIView):
+    """Validate a configuration without storing anything: ``{type, config, context,
+    strictMode}`` (``config`` an object or JSON/YAML text). Always 200: the answer says what is
+    wrong, each issue as ``{field, code, message}``."""
+
+    parser_classes = [JSONParser, *YAML_PARSERS]
+    # Checking a configuration changes nothing: every role may.
+    write_roles = None
+
+    @extend_schema(
+        request=ValidateRequestSerializer,
+        responses=OpenApiResponse(ValidationReportSerializer),
+    )
+    def post(self, request: Request) -> Response:
+        report = validate_request(request.data, timing=conf.timing())
+        return Response(_report_body(report))
+
+
+@extend_schema_view(post=extend_schema(exclude=True))
+class ValidateSlashView(ValidateView):
+    """``validate/`` with a trailing slash, as the router's other paths have."""
+
+
+def _report_body(report: Any) -> dict[str, Any]:
+    body = report.to_dict()
+    body["estimates"] = {
+        "timeToFullPromotionMs": report.estimated_time_to_full_promotion_ms,
+        "worstCaseTimeToRollbackMs": report.worst_case_time_to_rollback_ms,
+    }
+    return body

@@ -1,0 +1,188 @@
+"""From health checks to the observations a phase is judged on: pure functions, no models.
+
+The tick asks the health app to evaluate every running canary (one bulk pass); each stored
+check's canary window becomes one observation per metric, stamped with the window's end. A
+phase keeps the observations it has seen (``Phase.observations``, a small JSON log) so that a
+criterion's unbroken run can be measured across ticks without reading old checks again.
+
+Log shape, columnar because every metric is observed at the same moments (a thousand phases'
+logs are read and written on every tick, so their size is the tick's cost)::
+
+    {"t0": epoch seconds, "t": [seconds after t0, ...], "m": {metric: [value or null, ...]}}
+
+oldest first, each metric's list aligned with ``t``, keyed by the health app's metric names
+(``latency_p50``, not the guide's ``response_time``). Values keep four decimals.
+
+A value is null (no data) when the window had too little behind it: fewer requests than the
+policy's ``min_requests`` for availability and error rate, fewer latency samples for the
+percentiles, no sample at all for a custom metric. A sparse window neither passes a criterion
+nor breaches a threshold, which is what "no phase advances without the data its criteria
+need" asks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from deployments.config import CUSTOM_PREFIX, ROLLBACK_RULES, PhaseConfig, health_metric
+from deployments.lifecycle import Observation
+
+Log = dict[str, Any]
+
+_REQUEST_METRICS = ("availability", "error_rate")
+_LATENCY_METRICS = ("latency_p50", "latency_p95", "latency_p99")
+MAX_POINTS = 1000
+"""The most observations a phase keeps of one metric, whatever its criteria ask for."""
+
+
+def needed_metrics(phase: PhaseConfig) -> list[str]:
+    """The health metrics a phase is judged on: its criteria's and its thresholds', in order."""
+    names: list[str] = []
+    for criterion in phase.success_criteria:
+        name = health_metric(criterion.metric)
+        if name not in names:
+            names.append(name)
+    for field, _limit in phase.rollback_thresholds.items():
+        name = ROLLBACK_RULES[field].metric
+        if name not in names:
+            names.append(str(name))
+    return names
+
+
+def canary_values(result: Mapping[str, Any], metrics: Iterable[str]) -> dict[str, float | None]:
+    """The canary's value of each metric in a stored health check's ``result``.
+
+    ``result`` is ``HealthCheck.result`` (the health engine's ``Evaluation.to_dict()``): its
+    ``inputs.canary`` summarises the canary's window, ``inputs.policy.min_requests`` says how
+    much data counts.
+    """
+    inputs = result.get("inputs") or {}
+    canary = inputs.get("canary") or {}
+    policy = inputs.get("policy") or {}
+    minimum = max(1, int(policy.get("min_requests") or 1))
+    requests = int(canary.get("requests") or 0)
+    latency_samples = int(canary.get("latency_samples") or 0)
+    values: dict[str, float | None] = {}
+    for metric in metrics:
+        value: Any = None
+        if metric in _REQUEST_METRICS:
+            value = canary.get(metric) if requests >= minimum else None
+        elif metric in _LATENCY_METRICS:
+            value = canary.get(metric) if latency_samples >= minimum else None
+        elif metric == "throughput":
+            value = canary.get("throughput")
+        elif metric.startswith(CUSTOM_PREFIX):
+            stat = (canary.get("custom") or {}).get(metric[len(CUSTOM_PREFIX) :]) or {}
+            count = stat.get("count") or 0
+            value = stat.get("sum", 0.0) / count if count else None
+        values[metric] = float(value) if isinstance(value, int | float) else None
+    return values
+
+
+def _moments(log: Mapping[str, Any] | None) -> list[float]:
+    """The log's observation times in epoch seconds."""
+    if not log:
+        return []
+    origin = log.get("t0", 0)
+    return [origin + offset for offset in log.get("t", [])]
+
+
+def _pack(moments: list[float], metrics: dict[str, list[Any]]) -> Log:
+    if not moments:
+        return {"t0": 0, "t": [], "m": metrics}
+    origin = _whole(moments[0])
+    return {"t0": origin, "t": [_whole(moment - origin) for moment in moments], "m": metrics}
+
+
+def record(
+    log: Mapping[str, Any] | None,
+    *,
+    at: datetime,
+    values: Mapping[str, float | None],
+) -> tuple[Log, bool]:
+    """The log with one more observation of each metric at ``at``; and whether it changed.
+
+    A moment already in the log (the same window judged again by a tick that ran twice) is not
+    added twice. The log given is not changed.
+    """
+    stamp = at.timestamp()
+    moments = _moments(log)
+    metrics: dict[str, list[Any]] = {
+        name: list(points) for name, points in ((log or {}).get("m") or {}).items()
+    }
+    if any(abs(moment - stamp) < 1e-6 for moment in moments[-3:]) or stamp in moments:
+        return _pack(moments, metrics), False
+    for name in values:
+        metrics.setdefault(name, [None] * len(moments))
+    position = len(moments)
+    if moments and moments[-1] > stamp:
+        # Rare: a window judged late; keep the log in time order.
+        position = next(i for i, moment in enumerate(moments) if moment > stamp)
+    moments.insert(position, stamp)
+    for name, points in metrics.items():
+        value = values.get(name)
+        points.insert(position, None if value is None else round(float(value), 4))
+    return _pack(moments, metrics), True
+
+
+def trim(log: Mapping[str, Any], *, keep: timedelta, since: datetime) -> Log:
+    """Drop what no judgement will look at again: observations from before ``since`` (the
+    phase's start) or older than ``keep`` before the latest."""
+    moments = _moments(log)
+    metrics = {name: list(points) for name, points in (log.get("m") or {}).items()}
+    if not moments:
+        return _pack([], metrics)
+    floor = max(since.timestamp(), moments[-1] - keep.total_seconds())
+    first = next((i for i, moment in enumerate(moments) if moment >= floor), len(moments))
+    first = max(first, len(moments) - MAX_POINTS)
+    return _pack(moments[first:], {name: points[first:] for name, points in metrics.items()})
+
+
+def keep_for(phase: PhaseConfig, max_gap: timedelta) -> timedelta:
+    """How much history a phase's judgement needs: its longest hold and two gaps' slack."""
+    return timedelta(milliseconds=phase.longest_hold_ms) + 2 * max_gap
+
+
+def observations(log: Mapping[str, Any] | None, phase: PhaseConfig) -> dict[str, list[Observation]]:
+    """The log as `phase_judgement` reads it: keyed by each criterion's metric as written in
+    the configuration, and by the rollback thresholds' metrics. A metric watched only by a
+    threshold needs nothing but its latest observation, which is all a breach looks at."""
+    log = log or {}
+    moments = [datetime.fromtimestamp(stamp, tz=UTC) for stamp in _moments(log)]
+    metrics = log.get("m") or {}
+
+    def series(name: str, last_only: bool = False) -> list[Observation]:
+        points = metrics.get(name)
+        if not points:
+            return []
+        pairs = list(zip(moments, points, strict=False))
+        if last_only:
+            pairs = pairs[-1:]
+        return [Observation(moment, _number(value)) for moment, value in pairs]
+
+    result: dict[str, list[Observation]] = {}
+    for criterion in phase.success_criteria:
+        if criterion.metric not in result:
+            result[criterion.metric] = series(health_metric(criterion.metric))
+    for field, _limit in phase.rollback_thresholds.items():
+        metric = str(ROLLBACK_RULES[field].metric)
+        if metric not in result:
+            result[metric] = series(metric, last_only=True)
+    return result
+
+
+def latest_values(log: Mapping[str, Any] | None) -> dict[str, float | None]:
+    """Each metric's latest value, for the pages."""
+    metrics = (log or {}).get("m") or {}
+    return {name: _number(points[-1]) for name, points in metrics.items() if points}
+
+
+def _whole(value: float) -> int | float:
+    # Window ends are whole seconds; ints keep the log small.
+    return int(value) if float(value).is_integer() else value
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None

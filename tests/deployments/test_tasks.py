@@ -1,0 +1,317 @@
+"""The tick: health evaluation, phase judgement and the decisions it takes, on a simulated clock
+with traffic written straight into the metric store (the closed loop with real processes is in
+test_closed_loop.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from deployments import services, tasks
+from deployments.choices import DeploymentStatus, EventKind, PhaseStatus
+from deployments.models import Deployment
+from deployments.signals import deployment_breached
+from flags import services as flag_services
+from health.models import HealthCheck, HealthPolicy
+from routing import services as routing_services
+from routing.models import RuleTarget, Service
+from tests.deployments.conftest import CANARY, STABLE, Clock, feed, make_config, phase
+
+pytestmark = pytest.mark.django_db
+
+
+def start(deployment: Deployment, clock: Clock) -> None:
+    services.deployment_transition(
+        deployment_id=deployment.pk, action="start", source="api", now=clock.now
+    )
+
+
+def tick(clock: Clock, seconds: float) -> services.TickReport:
+    return services.deployments_tick(now=clock.advance(seconds))
+
+
+def canary_weight(deployment: Deployment) -> float:
+    deployment.refresh_from_db()
+    return float(
+        RuleTarget.objects.get(rule_id=deployment.routing_rule_id, target__name="canary").weight
+    )
+
+
+def test_tick__a_healthy_canary_walks_through_every_phase_and_becomes_stable(
+    make_deployment, clock
+):
+    deployment = make_deployment()
+    start(deployment, clock)
+    feed(start=clock.now, seconds=180)
+    feed(start=clock.now, seconds=180, version=STABLE)
+
+    seen_phases = []
+    for _ in range(20):
+        tick(clock, 5)
+        deployment.refresh_from_db()
+        seen_phases.append(deployment.current_phase)
+        if deployment.status != DeploymentStatus.RUNNING:
+            break
+
+    assert deployment.status == DeploymentStatus.SUCCEEDED
+    assert sorted(set(seen_phases)) == [1, 2, 3]
+    assert Service.objects.get(name="shop").stable_version == CANARY
+    promotes = deployment.events.filter(kind=EventKind.PROMOTE).order_by("at")
+    assert [event.phase for event in promotes] == [2, 3]
+    for event in promotes:
+        # The why of an automatic decision, and the evidence behind it.
+        assert event.source == "system" and event.actor is None
+        assert event.reason.startswith("Advance: the phase has run its minimum 20s")
+        assert event.evidence["judgement"]["outcome"] == "advance"
+        assert event.evidence["healthCheck"]["canary"]["availability"] == 100.0
+    assert deployment.events.filter(kind=EventKind.SUCCEED).count() == 1
+
+
+def test_tick__without_canary_data__no_phase_advances(make_deployment, clock):
+    deployment = make_deployment()
+    start(deployment, clock)
+    feed(start=clock.now, seconds=120, version=STABLE)  # only the stable version answers
+
+    for _ in range(12):
+        tick(clock, 5)
+
+    deployment.refresh_from_db()
+    assert (deployment.status, deployment.current_phase) == (DeploymentStatus.RUNNING, 1)
+    current = deployment.phases.get(order=1)
+    assert current.judgement["outcome"] == "wait"
+    assert [c["state"] for c in current.judgement["criteria"]] == ["no_data"]
+    assert "has no data" in current.judgement["reason"]
+
+
+def test_tick__a_thin_window__is_no_data__not_a_pass(make_deployment, clock):
+    deployment = make_deployment()
+    start(deployment, clock)
+    feed(start=clock.now, seconds=120, requests=3)  # below the policy's 10 requests
+
+    for _ in range(12):
+        tick(clock, 5)
+
+    current = Deployment.objects.get().phases.get(order=1)
+    assert current.status == PhaseStatus.RUNNING
+    assert current.judgement["criteria"][0]["state"] == "no_data"
+
+
+def test_tick__a_breach__rolls_back_with_its_evidence_and_the_breach_signal(
+    make_deployment, clock, django_capture_on_commit_callbacks
+):
+    flag = flag_services.flag_create(key="new-checkout")
+    deployment = make_deployment(flags=[flag])
+    start(deployment, clock)
+    feed(start=clock.now, seconds=10)
+    feed(start=clock.now + _seconds(10), seconds=60, errors=20)  # 40% errors from then on
+    received: list[dict[str, Any]] = []
+
+    def receiver(**kwargs: Any) -> None:
+        received.append(kwargs)
+
+    deployment_breached.connect(receiver)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            for _ in range(12):
+                tick(clock, 5)
+                if Deployment.objects.get().status != DeploymentStatus.RUNNING:
+                    break
+    finally:
+        deployment_breached.disconnect(receiver)
+
+    deployment.refresh_from_db()
+    assert deployment.status == DeploymentStatus.ROLLED_BACK
+    assert canary_weight(deployment) == 0
+    flag.refresh_from_db()
+    assert flag.status == "disabled"
+    rollback = deployment.events.get(kind=EventKind.ROLLBACK)
+    assert rollback.source == "system"
+    assert rollback.reason.startswith("Roll back: error_rate 40 is above the errorRate")
+    assert rollback.evidence["judgement"]["breaches"][0]["observed"] == 40.0
+    assert rollback.evidence["traffic"]["rule"]["weights"]["canary"] == 0.0
+    assert deployment.events.filter(kind=EventKind.FINISH_ROLLBACK).count() == 1
+    assert deployment.phases.get(order=1).status == PhaseStatus.ROLLED_BACK
+    assert len(received) == 1
+    assert received[0]["rolled_back"] is True and received[0]["phase"] == 1
+    assert received[0]["evidence"]["judgement"]["outcome"] == "breach"
+
+
+def test_tick__with_auto_promote_off__waits_for_a_person_and_says_so_once(make_deployment, clock):
+    deployment = make_deployment(make_config(autoPromote=False))
+    start(deployment, clock)
+    feed(start=clock.now, seconds=120)
+
+    for _ in range(12):
+        tick(clock, 5)
+
+    deployment.refresh_from_db()
+    assert deployment.current_phase == 1
+    ready = deployment.events.filter(kind=EventKind.READY)
+    assert ready.count() == 1
+    assert "auto-promote is off" in ready.get().reason
+    # The criteria held, so a person's promote needs no reason.
+    services.deployment_transition(
+        deployment_id=deployment.pk, action="promote", source="ui", now=clock.now
+    )
+    assert Deployment.objects.get().current_phase == 2
+
+
+def test_tick__with_auto_rollback_off__notes_the_breach_once_and_leaves_it_to_a_person(
+    make_deployment, clock, django_capture_on_commit_callbacks
+):
+    deployment = make_deployment(make_config(autoRollback=False))
+    start(deployment, clock)
+    feed(start=clock.now, seconds=120, errors=25)
+    received: list[dict[str, Any]] = []
+
+    def receiver(**kwargs: Any) -> None:
+        received.append(kwargs)
+
+    deployment_breached.connect(receiver)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            for _ in range(8):
+                tick(clock, 5)
+    finally:
+        deployment_breached.disconnect(receiver)
+
+    deployment.refresh_from_db()
+    assert deployment.status == DeploymentStatus.RUNNING
+    assert canary_weight(deployment) == 10
+    assert deployment.events.filter(kind=EventKind.BREACH).count() == 1
+    assert [r["rolled_back"] for r in received] == [False]
+
+
+def test_tick__past_the_maximum_time__fails_and_returns_traffic_to_stable(make_deployment, clock):
+    deployment = make_deployment(make_config(maxDeploymentTimeMs=60_000))
+    start(deployment, clock)
+
+    tick(clock, 61)
+
+    deployment.refresh_from_db()
+    assert deployment.status == DeploymentStatus.FAILED
+    assert canary_weight(deployment) == 0
+    assert "maximum deployment time of 1m" in deployment.events.get(kind=EventKind.FAIL).reason
+
+
+def test_tick__finishes_a_rollback_left_half_way(make_deployment, clock):
+    deployment = make_deployment()
+    start(deployment, clock)
+    services.deployment_transition(
+        deployment_id=deployment.pk, action="rollback", reason="by hand", now=clock.now
+    )
+
+    report = tick(clock, 5)
+
+    assert report.rolled_back == 1
+    assert Deployment.objects.get().status == DeploymentStatus.ROLLED_BACK
+
+
+def test_tick__run_twice_at_the_same_moment__takes_each_decision_once(make_deployment, clock):
+    deployment = make_deployment()
+    start(deployment, clock)
+    feed(start=clock.now, seconds=120)
+    for _ in range(5):
+        tick(clock, 5)
+    assert Deployment.objects.get().current_phase == 2
+
+    for _ in range(5):
+        moment = clock.advance(5)
+        services.deployments_tick(now=moment)
+        services.deployments_tick(now=moment)
+
+    deployment.refresh_from_db()
+    promotes = list(
+        deployment.events.filter(kind=EventKind.PROMOTE).values_list("phase", flat=True)
+    )
+    assert sorted(promotes) == list(range(2, deployment.current_phase + 1))
+    checks = HealthCheck.objects.filter(service="shop", canary_version=CANARY)
+    assert checks.count() == len(set(checks.values_list("window_end", "policy_id")))
+
+
+def test_tick__queries_do_not_grow_with_the_number_of_waiting_deployments(policy, clock):
+    def make_many(count: int, offset: int) -> None:
+        for index in range(offset, offset + count):
+            name = f"svc-{index}"
+            service = routing_services.service_create(name=name, stable_version=STABLE)
+            routing_services.target_create(
+                service=service, name="stable", endpoint="http://127.0.0.1:9", version=STABLE
+            )
+            routing_services.target_create(
+                service=service, name="canary", endpoint="http://127.0.0.1:10", version=CANARY
+            )
+            long_phases = [phase(10, duration_ms=600_000), phase(100, duration_ms=600_000)]
+            deployment = services.deployment_create(
+                config=make_config(
+                    service=name, name=name, phases=long_phases, maxDeploymentTimeMs=3_600_000
+                ),
+                health_policy=policy,
+            )
+            start(deployment, clock)
+            feed(start=clock.now - _seconds(60), seconds=120, service=name)
+
+    make_many(2, 0)
+    services.deployments_tick(now=clock.advance(12))  # a first pass creates the checks' rows
+    with CaptureQueriesContext(connection) as few:
+        report = services.deployments_tick(now=clock.advance(10))
+    assert report.waiting == 2
+    make_many(8, 2)
+    services.deployments_tick(now=clock.now)
+    with CaptureQueriesContext(connection) as many:
+        report = services.deployments_tick(now=clock.advance(10))
+    assert report.waiting == 10
+
+    assert len(many.captured_queries) == len(few.captured_queries), [
+        q["sql"][:120] for q in many.captured_queries
+    ]
+
+
+def test_tick__a_deployment_without_a_policy__is_judged_by_the_default_one(routed_service, clock):
+    deployment = services.deployment_create(config=make_config(phases=[phase(10), phase(100)]))
+    start(deployment, clock)
+
+    tick(clock, 20)
+
+    policy = HealthPolicy.objects.get(name="deployments-default")
+    assert policy.alerting_enabled is False
+    assert HealthCheck.objects.filter(policy=policy, canary_version=CANARY).exists()
+
+
+def test_task__runs_the_tick_and_returns_its_report(make_deployment):
+    deployment = make_deployment()
+    services.deployment_transition(deployment_id=deployment.pk, action="start")
+
+    result = tasks.deployments_tick.apply().get()
+
+    assert result["examined"] == 1 and result["errors"] == []
+    assert tasks.deployment_tick.apply(args=[deployment.pk]).get()["examined"] == 1
+
+
+def _seconds(value: float) -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=value)
+
+
+def test_transition__hands_the_new_phase_to_a_tick_after_commit(
+    make_deployment, settings, django_capture_on_commit_callbacks
+):
+    from canary_site.celery import app
+
+    settings.CANARY_DEPLOYMENTS_ENQUEUE = True
+    deployment = make_deployment()
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = True  # the task runs here, in-process, instead of a broker
+    try:
+        with django_capture_on_commit_callbacks(execute=True) as callbacks:
+            services.deployment_transition(deployment_id=deployment.pk, action="start")
+    finally:
+        app.conf.task_always_eager = eager
+
+    assert callbacks  # nothing ran before the commit
+    first = Deployment.objects.get().phases.get(order=1)
+    assert first.judged_at is not None  # the tick judged the new phase at once
+    assert first.judgement["outcome"] == "wait"

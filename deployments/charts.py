@@ -15,12 +15,10 @@ import plotly.graph_objects as go
 
 from deployments.selectors import ShareSeries, Statistics
 
-CANARY_COLOUR = "#d9480f"
-STABLE_COLOUR = "#1c7ed6"
-PLANNED_COLOUR = "#495057"
+# Canary-against-stable figures look the same on the health and the deployment pages.
+from health.charts import CANARY_COLOUR, STABLE_COLOUR, comparison_figure, figure_json
 
-# Keeps "</script>" and friends out of the embedded JSON whatever a series is named.
-_SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+PLANNED_COLOUR = "#495057"
 
 
 @dataclass(frozen=True)
@@ -30,10 +28,6 @@ class Chart:
     element_id: str
     title: str
     figure_json: str
-
-
-def figure_json(figure: go.Figure) -> str:
-    return figure.to_json().translate(_SCRIPT_SAFE)
 
 
 def _naive_utc(moments: Sequence[datetime]) -> list[datetime]:
@@ -94,31 +88,6 @@ def traffic_share_figure(
     return figure
 
 
-def comparison_figure(*, title: str, unit: str, canary: Any, stable: Any, key: str) -> go.Figure:
-    """Canary against stable for one metric, as lines over time."""
-    figure = go.Figure()
-    for label, series, colour in (
-        ("stable", stable, STABLE_COLOUR),
-        ("canary", canary, CANARY_COLOUR),
-    ):
-        if series is None:
-            continue
-        figure.add_trace(
-            go.Scatter(
-                x=_naive_utc(series.timestamps),
-                y=series.values,
-                name=f"{label} {series.version}",
-                mode="lines+markers",
-                marker={"size": 4},
-                line={"color": colour, "width": 2},
-                connectgaps=False,
-                hovertemplate=f"%{{y:.3g}} {unit}<extra>{label} {series.version}</extra>",
-            )
-        )
-    _layout(figure, title=title, unit=unit, key=key)
-    return figure
-
-
 def deployment_charts(
     *,
     deployment_id: int,
@@ -151,7 +120,6 @@ def deployment_charts(
             unit=unit,
             canary=series.get((canary_version, metric)),
             stable=series.get((stable_version, metric)),
-            key=metric,
         )
         charts.append(
             Chart(

@@ -42,7 +42,7 @@ format: install
 
 ## Benchmarks: each prints its figure beside a baseline measured in the same run.
 bench: install
-	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for script in bench/[!_]*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf var/cache var/broker var/test.sqlite3

@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
+from bench._scratch import create_database, drop_database, setup_django  # noqa: E402
+
 BENCH_DB = "canary_bench"
 ROUNDS = 3
 SAMPLES_PER_BATCH = 1000
@@ -48,34 +50,6 @@ SERIES_PER_BATCH = 50  # 20 samples per series: requests, errors, 17 latencies, 
 def lognormal(count: int, median_ms: float, sigma: float = 0.4) -> list[float]:
     normal = NormalDist()
     return [median_ms * math.exp(sigma * normal.inv_cdf((i + 0.5) / count)) for i in range(count)]
-
-
-def create_database(server: str) -> None:
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB}")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-
-
-def drop_database(server: str) -> None:
-    from django.db import connections
-
-    connections.close_all()
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-
-
-def setup_django(server: str, var_dir: str) -> None:
-    os.environ["DATABASE_URL"] = f"{server}/{BENCH_DB}"
-    os.environ["CANARY_VAR_DIR"] = var_dir
-    os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,127.0.0.1,localhost")
-    os.environ["CANARY_NOTIFY_ENQUEUE"] = "false"  # no worker here: the outbox keeps them
-    os.environ["DJANGO_SETTINGS_MODULE"] = "canary_site.settings"
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
 
 
 # --------------------------------------------------------------------------- ingestion
@@ -329,10 +303,10 @@ def main() -> None:
     args = parser.parse_args()
     server = args.server.rstrip("/")
 
-    create_database(server)
+    create_database(server, BENCH_DB)
     try:
         with tempfile.TemporaryDirectory(prefix="canary-bench-") as var_dir:
-            setup_django(server, var_dir)
+            setup_django(server, BENCH_DB, var_dir)
             now = datetime.now(tz=UTC)
             ingest = bench_ingestion(server, make_batches(args.batches, now))
             print(f"push ingestion, {args.batches} batches of {SAMPLES_PER_BATCH:,} samples:")
@@ -369,7 +343,7 @@ def main() -> None:
             print(f"  verdicts: {result['verdicts']}; checks stored: {result['checks']:,}")
     finally:
         if not args.keep:
-            drop_database(server)
+            drop_database(server, BENCH_DB)
 
 
 if __name__ == "__main__":

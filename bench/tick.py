@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import psycopg  # noqa: E402
+from bench._scratch import create_database, drop_database, setup_django  # noqa: E402
 
 BENCH_DB = "canary_bench_tick"
 BASELINE = 10
@@ -48,34 +48,6 @@ ROUNDS = 3
 BUCKET = 10
 HISTORY_SECONDS = 600
 STABLE, CANARY = "1.0.0", "2.0.0"
-
-
-def create_database(server: str) -> None:
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-
-
-def drop_database(server: str) -> None:
-    from django.db import connections
-
-    connections.close_all()
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-
-
-def setup_django(server: str, var_dir: str) -> None:
-    os.environ["DATABASE_URL"] = f"{server}/{BENCH_DB}"
-    os.environ["CANARY_VAR_DIR"] = var_dir
-    os.environ["CANARY_DEPLOYMENTS_ENQUEUE"] = "false"  # no worker here
-    os.environ["CANARY_NOTIFY_ENQUEUE"] = "false"
-    os.environ["DJANGO_SETTINGS_MODULE"] = "canary_site.settings"
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
 
 
 def lognormal(count: int, median_ms: float, sigma: float = 0.3) -> list[float]:
@@ -338,10 +310,10 @@ def main() -> None:
     args = parser.parse_args()
     server = args.server.rstrip("/")
 
-    create_database(server)
+    create_database(server, BENCH_DB)
     try:
         with tempfile.TemporaryDirectory(prefix="canary-bench-") as var_dir:
-            setup_django(server, var_dir)
+            setup_django(server, BENCH_DB, var_dir)
             r = bench(args.deployments)
             n = args.deployments
             print(
@@ -387,7 +359,7 @@ def main() -> None:
             print(f"goal (under 2 s, queries that do not grow): {goal}")
     finally:
         if not args.keep:
-            drop_database(server)
+            drop_database(server, BENCH_DB)
 
 
 if __name__ == "__main__":

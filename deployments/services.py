@@ -462,19 +462,25 @@ def _resume(ctx: _ActionContext) -> None:
     """Go on with the current phase; its minimum duration counts from when it began."""
 
 
-def _promote(ctx: _ActionContext) -> None:
-    current = ctx.current
-    assert current is not None  # the table allows promote only once started
+def _require_reason_unless_held(ctx: _ActionContext, current: Phase, *, verb: str) -> None:
+    """A person may promote before the criteria hold, but must say why; the judgement is kept
+    as evidence either way."""
     judgement = judge_phase(current, now=ctx.now)
     if judgement.outcome != Outcome.ADVANCE and not ctx.reason:
         raise ValidationFailed(
             "The phase's criteria have not held "
-            f"({judgement.reason.removeprefix('Wait: ').rstrip('.')}); say why you promote "
+            f"({judgement.reason.removeprefix('Wait: ').rstrip('.')}); say why you {verb} "
             "anyway.",
             field="reason",
             code="reason_required",
         )
     ctx.change.evidence.setdefault("judgement", judgement.to_dict())
+
+
+def _promote(ctx: _ActionContext) -> None:
+    current = ctx.current
+    assert current is not None  # the table allows promote only once started
+    _require_reason_unless_held(ctx, current, verb="promote")
     _end_phase(current, PhaseStatus.PASSED, ctx.now)
     following = next(phase for phase in ctx.phases if phase.order == current.order + 1)
     _begin_phase(following, ctx.now)
@@ -485,16 +491,7 @@ def _promote(ctx: _ActionContext) -> None:
 def _promote_full(ctx: _ActionContext) -> None:
     current = ctx.current
     if current is not None and ctx.source != Source.SYSTEM:
-        judgement = judge_phase(current, now=ctx.now)
-        if judgement.outcome != Outcome.ADVANCE and not ctx.reason:
-            raise ValidationFailed(
-                "The phase's criteria have not held "
-                f"({judgement.reason.removeprefix('Wait: ').rstrip('.')}); say why you promote "
-                "fully anyway.",
-                field="reason",
-                code="reason_required",
-            )
-        ctx.change.evidence.setdefault("judgement", judgement.to_dict())
+        _require_reason_unless_held(ctx, current, verb="promote fully")
     _complete(ctx)
 
 

@@ -18,24 +18,8 @@ from canary_site.exceptions import CanaryError
 from flags import services
 from flags.models import EvaluationKey, Flag, FlagExposure, Segment
 
-FLAG_FIELDS = [
-    "key",
-    "name",
-    "description",
-    "flag_type",
-    "value_type",
-    "variants",
-    "off_variant",
-    "rules",
-    "default_rule",
-    "targets",
-    "stickiness",
-    "salt",
-    "expires_on",
-    "owner",
-    "tags",
-    "kill_switch_enabled",
-]
+# What the admin form edits: the key, then what flag_update may change, in the same order.
+FLAG_FIELDS = ["key", *services.FLAG_EDITABLE_FIELDS]
 
 
 def _errors_to_form(form: forms.BaseForm, error: CanaryError) -> None:

@@ -47,24 +47,22 @@ from flags.models import KEY_PATTERN, EvaluationKey, Flag, FlagExposure, Segment
 EVALUATION_KEY_PREFIX = "cnrye"
 BOOLEAN_VARIANTS = [{"name": "on", "value": True}, {"name": "off", "value": False}]
 # Fields flag_update changes; the key, the status and the bookkeeping have their own verbs.
-FLAG_EDITABLE_FIELDS = frozenset(
-    {
-        "name",
-        "description",
-        "flag_type",
-        "value_type",
-        "variants",
-        "off_variant",
-        "rules",
-        "default_rule",
-        "targets",
-        "stickiness",
-        "salt",
-        "expires_on",
-        "owner",
-        "tags",
-        "kill_switch_enabled",
-    }
+FLAG_EDITABLE_FIELDS = (
+    "name",
+    "description",
+    "flag_type",
+    "value_type",
+    "variants",
+    "off_variant",
+    "rules",
+    "default_rule",
+    "targets",
+    "stickiness",
+    "salt",
+    "expires_on",
+    "owner",
+    "tags",
+    "kill_switch_enabled",
 )
 SEGMENT_EDITABLE_FIELDS = frozenset({"name", "description", "constraints"})
 TAG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,49}\Z")
@@ -173,7 +171,7 @@ def flag_update(
         )
     if "status" in changes:
         raise ValidationFailed("Change the status with enable, disable or kill.", field="status")
-    unknown = sorted(set(changes) - FLAG_EDITABLE_FIELDS)
+    unknown = sorted(set(changes) - set(FLAG_EDITABLE_FIELDS))
     if unknown:
         raise ValidationFailed(
             f"Unknown field: {unknown[0]}.", fields={name: ["Unknown field."] for name in unknown}

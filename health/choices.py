@@ -45,12 +45,14 @@ class NotificationStatus(models.TextChoices):
 
 
 class NotificationEvent(models.TextChoices):
-    """Why a notification was written: an alert raised, made worse, escalated or resolved."""
+    """Why a notification was written: an alert raised, made worse, escalated or resolved, or
+    news of a deployment (started, phase completed, succeeded, rolled back, failed)."""
 
     RAISED = "raised", "Raised"
     SEVERITY = "severity", "Severity raised"
     ESCALATED = "escalated", "Escalated"
     RESOLVED = "resolved", "Resolved"
+    DEPLOYMENT = "deployment", "Deployment"
 
 
 class PushMetric(models.TextChoices):

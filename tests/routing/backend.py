@@ -8,6 +8,7 @@ told to fail.
   and SHA-256;
 - ``/status/<code>``: answers that status;
 - ``/bytes/<n>``: streams n bytes in chunks (no Content-Length);
+- ``/slow/<ms>``: answers after that many milliseconds;
 - ``/health``: 200, or 503 while failing;
 - ``POST /_control/fail`` makes every other path answer 500; ``POST /_control/recover`` undoes it.
 """
@@ -15,6 +16,7 @@ told to fail.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 
@@ -64,6 +66,10 @@ def build_app(version: str) -> web.Application:
         await response.write_eof()
         return response
 
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(int(request.match_info["ms"]) / 1000)
+        return web.Response(text=version, headers=headers)
+
     async def anything(request: web.Request) -> web.Response:
         await request.read()
         return web.Response(text=version, headers=headers)
@@ -81,6 +87,7 @@ def build_app(version: str) -> web.Application:
     app.router.add_route("*", "/echo", echo)
     app.router.add_route("*", "/status/{code:\\d+}", status)
     app.router.add_get("/bytes/{size:\\d+}", stream)
+    app.router.add_get("/slow/{ms:\\d+}", slow)
     app.router.add_route("*", "/{tail:.*}", anything)
     return app
 

@@ -266,3 +266,19 @@ def test_proxy__names_the_service_by_header_else_host_else_default(backends, sta
     assert json.loads(unknown.body)["error"]["code"] == "not_found"
     assert by_host.version == STABLE
     assert by_default.version == STABLE
+
+
+def test_proxy__target_slower_than_the_read_timeout__answers_504__and_keeps_serving(
+    backends, start_proxy
+):
+    make_service(backends, canary_share=0)
+    proxy = start_proxy("shop", "--read-timeout", "0.5")
+
+    slow, quick_enough, after = fetch_many(
+        proxy.url, [{"path": "/slow/3000"}, {"path": "/slow/50"}, {"path": "/"}]
+    )
+
+    assert slow.status == 504
+    assert json.loads(slow.body)["error"]["code"] == "upstream_timeout"
+    assert (quick_enough.status, quick_enough.body) == (200, STABLE.encode())
+    assert (after.status, after.version) == (200, STABLE)

@@ -1,0 +1,157 @@
+"""The proxy's uvicorn protocol (routing/server.py), driven through an in-memory transport."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import uvloop
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+from uvicorn.server import ServerState
+
+from routing.server import BODY_FOLLOWS, ProxyCycle, ProxyHttpToolsProtocol
+
+
+class MemoryTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 50000)}.get(
+            name, default
+        )
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def run(app: Any, requests: bytes, *, keep_alive: float = 5, settle: float = 0.05) -> Any:
+    """Feed ``requests`` to one connection of the protocol; returns the transport after the
+    answers (and ``settle`` seconds more) have gone out."""
+
+    async def main() -> MemoryTransport:
+        config = Config(
+            app, lifespan="off", access_log=False, log_level="warning", proxy_headers=False
+        )
+        config.timeout_keep_alive = keep_alive
+        config.load()
+        protocol = ProxyHttpToolsProtocol(
+            config=config,
+            server_state=ServerState(),
+            app_state={},
+            _loop=asyncio.get_running_loop(),
+        )
+        transport = MemoryTransport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(requests)
+        await asyncio.sleep(settle)
+        return transport
+
+    return uvloop.run(main())
+
+
+def small_app(body_follows: bool = True, **extra: Any) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = scope["path"].encode()
+        headers = [(b"Content-Length", str(len(body)).encode()), *extra.get("headers", [])]
+        start = {"type": "http.response.start", "status": 200, "headers": headers}
+        if body_follows:
+            start[BODY_FOLLOWS] = True
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def test_small_answer__head_and_body_leave_in_one_write():
+    transport = run(small_app(), b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n/hello"]
+
+
+def test_pipelined_requests__answered_in_order_by_the_connections_one_task():
+    transport = run(
+        small_app(), b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /bb HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+
+    assert b"".join(transport.writes) == (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n/a"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n/bb"
+    )
+
+
+def test_stream_without_length__is_chunked__and_its_head_leaves_before_the_first_part():
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0.02)
+        await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    transport = run(app, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", settle=0.1)
+
+    assert transport.writes == [
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"3\r\nabc\r\n",
+        b"0\r\n\r\n",
+    ]
+
+
+def test_head_request__sends_no_body__and_connection_close_closes():
+    transport = run(
+        small_app(headers=[(b"Connection", b"close")]),
+        b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+
+    assert transport.writes == [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
+    ]
+    assert transport.closed
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        (b"X-Evil", b"a\r\nSet-Cookie: stolen=1"),
+        (b"X-Evil", b"bell\x07"),
+        (b"X Evil", b"space in the name"),
+        (b"X-Evil:", b"colon in the name"),
+    ],
+)
+def test_header_that_would_break_the_head__is_never_written__the_connection_closes(header):
+    # As uvicorn does: the response had started, so the connection is closed, not answered.
+    transport = run(small_app(headers=[header]), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    assert transport.writes == []
+    assert transport.closed
+
+
+def test_idle_keep_alive_connection__is_closed_by_the_sweep_after_its_timeout():
+    transport = run(small_app(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", keep_alive=0.2, settle=0.6)
+
+    assert transport.writes and transport.closed
+
+
+def test_busy_connection__is_not_closed_while_requests_keep_coming():
+    transport = run(small_app(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", keep_alive=5, settle=0.3)
+
+    assert transport.writes and not transport.closed
+
+
+def test_cycle_class__is_uvicorns_with_only_its_writer_changed():
+    # uvicorn's receive side, disconnect handling and ASGI wrapper stay in use.
+    assert issubclass(ProxyCycle, RequestResponseCycle)

@@ -1,18 +1,12 @@
 """uvicorn's httptools protocol with a leaner response writer for the proxy.
 
-uvicorn's request cycle is general: it checks every response header against two regular
-expressions, lowercases and re-joins it, and writes the status line and headers in one
-``transport.write`` and the body in another (two system calls, two TCP segments per small
-response). A proxy's answers are small and many, and on a loopback benchmark that writer was a
-large share of the proxy's time, so :class:`ProxyCycle` does the same job with less:
-
-- a response's head is held back and written together with its first body part, in one
-  ``transport.write``; when the application does not promise that the body follows at once
-  (``"canary.body_follows": True`` in ``http.response.start``), the head goes out at the end of
-  the event loop's turn if no body part came first, so a slow stream still gets its head early;
-- the header block is formatted, checked (token names, no control characters in values) and
-  searched for its framing headers as a whole, by the regular expression engine and bytes
-  methods in C, rather than header by header in Python.
+uvicorn's request cycle writes the status line and headers of a response in one
+``transport.write`` and the body in another: two system calls and two TCP segments for every
+small response. A proxy's answers are small and many, so :class:`ProxyCycle` holds the head back
+and writes it together with the first body part. When the application does not promise that
+the body follows at once (``"canary.body_follows": True`` in ``http.response.start``), the head
+goes out at the end of the event loop's turn if no body part came first, so a slow stream still
+gets its head early.
 
 :class:`ProxyHttpToolsProtocol` also runs a connection's requests in one task of its own rather
 than a new task per request, and closes idle keep-alive connections with one sweep instead of a
@@ -25,12 +19,13 @@ receive side) is uvicorn's own.
 from __future__ import annotations
 
 import asyncio
-import re
 import weakref
 from collections import deque
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
     STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
@@ -38,19 +33,6 @@ from uvicorn.protocols.http.httptools_impl import (
 from uvicorn.server import ServerState
 
 BODY_FOLLOWS = "canary.body_follows"
-# Header lines as RFC 9110 allows them: a token, then a value without control characters (a CR
-# or LF in a value would start a header, or a body, of the client's choosing).
-_HEADER_LINES = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
-
-
-def _value(lowered: bytes, name: bytes) -> bytes:
-    """The value of the first ``name`` line in a lowercased header block starting with CRLF."""
-    start = lowered.index(b"\r\n" + name + b":") + len(name) + 3
-    return lowered[start : lowered.index(b"\r\n", start)].strip()
-
-
-def _tokens(lowered: bytes, name: bytes) -> list[bytes]:
-    return [token.strip() for token in _value(lowered, name).split(b",")]
 
 
 class ProxyCycle(RequestResponseCycle):
@@ -82,35 +64,41 @@ class ProxyCycle(RequestResponseCycle):
         self._body(message.get("body", b""), message.get("more_body", False))
 
     def _start(self, message: Any) -> None:
+        # uvicorn's own checks and framing rules; only the write is deferred.
         self.response_started = True
         self.waiting_for_100_continue = False
         status = message["status"]
-        headers = message.get("headers", ())
-        if self.default_headers:
-            headers = [*self.default_headers, *headers]
-        lines = b"".join([b"%b: %b\r\n" % (name, value) for name, value in headers])
-        # A CR LF inside a name or value would still leave well-formed lines, but more of them.
-        if not _HEADER_LINES.fullmatch(lines) or lines.count(b"\r\n") != len(headers):
-            raise RuntimeError("Invalid HTTP header name or value.")
-        # The framing headers, found in the block as a whole rather than header by header.
-        lowered = b"\r\n" + lines.lower()
-        extra = b""
-        if b"\r\nconnection:" in lowered and b"close" in _tokens(lowered, b"connection"):
-            self.keep_alive = False
-        elif not self.keep_alive:
-            extra = b"connection: close\r\n"
-        if b"\r\ntransfer-encoding:" in lowered and b"chunked" in _tokens(
-            lowered, b"transfer-encoding"
+        content = [STATUS_LINE[status]]
+        has_connection_close = False
+        for name, value in [*self.default_headers, *message.get("headers", ())]:
+            if HEADER_RE.search(name):
+                raise RuntimeError("Invalid HTTP header name.")
+            if HEADER_VALUE_RE.search(value):
+                raise RuntimeError("Invalid HTTP header value.")
+            lowered = name.lower()
+            if lowered == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value)
+                self.chunked_encoding = False
+            elif lowered == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif lowered == b"connection" and b"close" in [
+                token.lower().strip() for token in value.split(b",")
+            ]:
+                self.keep_alive = False
+                has_connection_close = True
+            content += (name, b": ", value, b"\r\n")
+        if not self.keep_alive and not has_connection_close:
+            content.append(b"connection: close\r\n")
+        if (
+            self.chunked_encoding is None
+            and self.scope["method"] != "HEAD"
+            and status not in (204, 304)
         ):
             self.chunked_encoding = True
-            self.expected_content_length = 0
-        elif b"\r\ncontent-length:" in lowered:
-            self.chunked_encoding = False
-            self.expected_content_length = int(_value(lowered, b"content-length"))
-        elif self.scope["method"] != "HEAD" and status not in (204, 304):
-            self.chunked_encoding = True
-            extra += b"transfer-encoding: chunked\r\n"
-        self._head = b"%b%b%b\r\n" % (STATUS_LINE[status], lines, extra)
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        self._head = b"".join(content)
         if not message.get(BODY_FOLLOWS):
             asyncio.get_running_loop().call_soon(self._flush_head)
 

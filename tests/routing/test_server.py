@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -62,7 +63,9 @@ def run(app: Any, requests: bytes, *, keep_alive: float = 5, settle: float = 0.0
         await asyncio.sleep(settle)
         return transport
 
-    return uvloop.run(main())
+    # A thread of its own: browser tests leave an event loop running in the main thread.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: uvloop.run(main())).result()
 
 
 def small_app(body_follows: bool = True, **extra: Any) -> Any:

@@ -3,7 +3,8 @@
 1. Push ingestion: samples per second through ``metrics_push`` (validation, idempotency key,
    additive upsert), in batches of 1,000, beside a bare baseline measured in the same run: the
    same rows written with psycopg's COPY into a plain table, one transaction per batch.
-   The same batches through the REST endpoint (in-process client) are timed too.
+   The same batches through the REST endpoint (in-process client, signed in, best of three
+   rounds after one untimed request) are timed too.
 2. One evaluation pass over N running canaries (default 1,000), each with one hour of
    10-second buckets for its canary and its stable version, under a policy with thresholds,
    comparison, trend and auto-rollback: the pass's time and its SQL queries, cold (no earlier
@@ -123,12 +124,21 @@ def bench_ingestion(server: str, batches: list[list[dict[str, Any]]]) -> dict[st
     site_services.user_set_roles(user=user, roles=["engineer"])
     client = Client()
     client.force_login(user)
-    bodies = [json.dumps({"idempotency_key": str(uuid.uuid4()), "samples": b}) for b in batches]
-    started = time.perf_counter()
-    for body in bodies:
+
+    def post(body: str) -> None:
         response = client.post("/api/v1/health/metrics", body, content_type="application/json")
         assert response.status_code == 202, response.content[:300]
-    api = samples / (time.perf_counter() - started)
+
+    # One request first, untimed: the first one imports the URL configuration and the views.
+    post(json.dumps({"idempotency_key": str(uuid.uuid4()), "samples": batches[0]}))
+    rounds = []
+    for _ in range(ROUNDS):
+        bodies = [json.dumps({"idempotency_key": str(uuid.uuid4()), "samples": b}) for b in batches]
+        started = time.perf_counter()
+        for body in bodies:
+            post(body)
+        rounds.append(samples / (time.perf_counter() - started))
+    api = max(rounds)
     return {
         "samples": samples,
         "ours": ours,

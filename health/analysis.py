@@ -1082,6 +1082,19 @@ def _finite(value: float | None) -> float | None:
 
 
 def _jsonable(value: Any) -> Any:
+    # Exact types first: a pass turns a thousand results into JSON, and most of their values
+    # are plain strings, numbers, dicts and lists.
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is dict:
+        return {
+            key if type(key) is str else str(key): _jsonable(item) for key, item in value.items()
+        }
+    if kind is list or kind is tuple:
+        return [_jsonable(item) for item in value]
     if isinstance(value, float):
         return _finite(value)
     if isinstance(value, StrEnum):

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from health.choices import CUSTOM_PREFIX, TRAFFIC_METRIC, PushMetric
-from health.histogram import NUM_BUCKETS, Histogram, bucket_index
+from health.histogram import BOUNDS, NUM_BUCKETS, Histogram
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:\-/@+]{1,100}")
 CUSTOM_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:\-/]{1,100}")
@@ -183,6 +184,8 @@ class SampleError(ValueError):
 
 SAMPLE_FIELDS = frozenset({"service", "version", "metric", "value", "timestamp", "count"})
 PUSH_METRICS = frozenset(PushMetric.values)
+# What a sample's value adds to its delta, by metric.
+_REQUESTS, _ERRORS, _LATENCY, _CUSTOM = "requests", "errors", "latency", "custom"
 
 
 def parse_samples(
@@ -214,42 +217,61 @@ def parse_samples(
     # Names and metrics repeat across a batch: each distinct one is checked once.
     good_names: set[str] = set()
     good_metrics: set[str] = set(PUSH_METRICS)
-    requests_metric, errors_metric = str(PushMetric.REQUESTS), str(PushMetric.ERRORS)
-    latency_metric = str(PushMetric.LATENCY_MS)
+    # A batch repeats (service, version, metric, timestamp) many times over (a latency per
+    # request): once checked, such a key maps straight to its delta and what to add there.
+    targets: dict[tuple[Any, Any, Any, Any], tuple[BucketDelta, str]] = {}
+    kinds = {
+        str(PushMetric.REQUESTS): _REQUESTS,
+        str(PushMetric.ERRORS): _ERRORS,
+        str(PushMetric.LATENCY_MS): _LATENCY,
+    }
     for index, sample in enumerate(samples):
-        if not isinstance(sample, Mapping):
+        if type(sample) is not dict and not isinstance(sample, Mapping):
             raise SampleError(f"samples[{index}]", "must be an object")
         if not SAMPLE_FIELDS.issuperset(sample):
             unknown = next(key for key in sample if key not in SAMPLE_FIELDS)
             raise SampleError(f"samples[{index}].{unknown}", "unknown field")
         service = sample.get("service")
         version = sample.get("version")
-        for name, value in (("service", service), ("version", version)):
-            if value not in good_names:
-                if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
-                    raise SampleError(
-                        f"samples[{index}].{name}", "must be 1 to 100 letters, digits or _.:-/@+"
-                    )
-                good_names.add(value)
         metric = sample.get("metric")
-        if metric not in good_metrics:
-            if not (
-                isinstance(metric, str)
-                and metric.startswith(CUSTOM_PREFIX)
-                and CUSTOM_NAME_PATTERN.fullmatch(metric[len(CUSTOM_PREFIX) :])
-            ):
-                raise SampleError(
-                    f"samples[{index}].metric",
-                    f"unknown metric {metric!r}; use requests, errors, latency_ms or custom:<name>",
-                )
-            good_metrics.add(metric)
+        stamp = sample.get("timestamp")
+        try:
+            key = (service, version, metric, stamp)
+            target = targets.get(key)
+        except TypeError:  # an unhashable field: the checks below name it
+            key = None
+            target = None
+        if target is None:
+            for name, value in (("service", service), ("version", version)):
+                if not isinstance(value, str) or value not in good_names:
+                    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+                        raise SampleError(
+                            f"samples[{index}].{name}",
+                            "must be 1 to 100 letters, digits or _.:-/@+",
+                        )
+                    good_names.add(value)
+            if not isinstance(metric, str) or metric not in good_metrics:
+                if not (
+                    isinstance(metric, str)
+                    and metric.startswith(CUSTOM_PREFIX)
+                    and CUSTOM_NAME_PATTERN.fullmatch(metric[len(CUSTOM_PREFIX) :])
+                ):
+                    raise SampleError(
+                        f"samples[{index}].metric",
+                        f"unknown metric {metric!r}; use requests, errors, latency_ms or "
+                        "custom:<name>",
+                    )
+                good_metrics.add(metric)
+            kind = kinds.get(metric, _CUSTOM)
+        else:
+            kind = target[1]
         value = sample.get("value")
-        kind = type(value)
-        if not (kind is float or kind is int) and (
+        value_type = type(value)
+        if not (value_type is float or value_type is int) and (
             isinstance(value, bool) or not isinstance(value, int | float)
         ):
             raise SampleError(f"samples[{index}].value", "must be a finite number")
-        if kind is not int and not math.isfinite(value):
+        if value_type is not int and not math.isfinite(value):
             raise SampleError(f"samples[{index}].value", "must be a finite number")
         count = sample.get("count", 1)
         if count != 1 or "count" in sample:
@@ -257,48 +279,54 @@ def parse_samples(
                 raise SampleError(
                     f"samples[{index}].count", f"must be a whole number from 1 to {MAX_COUNT}"
                 )
-            if metric in (requests_metric, errors_metric):
+            if kind is _REQUESTS or kind is _ERRORS:
                 raise SampleError(
                     f"samples[{index}].count", "is for latency_ms and custom metrics; send value"
                 )
-        stamp = sample.get("timestamp")
-        if type(stamp) is not float or not math.isfinite(stamp):
-            stamp = _timestamp(stamp, f"samples[{index}].timestamp")
-        if not earliest <= stamp <= latest:
-            if stamp > latest:
+        if target is None:
+            if type(stamp) is not float or not math.isfinite(stamp):
+                stamp = _timestamp(stamp, f"samples[{index}].timestamp")
+            if not earliest <= stamp <= latest:
+                if stamp > latest:
+                    raise SampleError(
+                        f"samples[{index}].timestamp",
+                        f"is {stamp - now_ts:.0f}s in the future; at most "
+                        f"{max_future_seconds:g}s allowed",
+                    )
                 raise SampleError(
                     f"samples[{index}].timestamp",
-                    f"is {stamp - now_ts:.0f}s in the future; at most {max_future_seconds:g}s "
-                    "allowed",
+                    "is older than the metric store keeps (retention)",
                 )
-            raise SampleError(
-                f"samples[{index}].timestamp", "is older than the metric store keeps (retention)"
-            )
-        bucket_ts = stamp - stamp % resolution
-        start = starts.get(bucket_ts)
-        if start is None:
-            start = starts[bucket_ts] = datetime.fromtimestamp(bucket_ts, tz=UTC)
-
-        if metric in (requests_metric, errors_metric):
-            if not 0 <= value <= MAX_COUNT or (kind is not int and not float(value).is_integer()):
+            bucket_ts = stamp - stamp % resolution
+            start = starts.get(bucket_ts)
+            if start is None:
+                start = starts[bucket_ts] = datetime.fromtimestamp(bucket_ts, tz=UTC)
+            series_metric = metric if kind is _CUSTOM else TRAFFIC_METRIC
+            target = (deltas.get(service, version, series_metric, start), kind)
+            if key is not None:
+                targets[key] = target
+        delta = target[0]
+        if kind is _LATENCY:
+            if value < 0:
+                raise SampleError(f"samples[{index}].value", "a latency cannot be negative")
+            latency = delta.latency
+            if latency is None:
+                latency = delta.latency = [0] * NUM_BUCKETS
+            latency[bisect_left(BOUNDS, value)] += count
+        elif kind is _CUSTOM:
+            delta.add_observation(float(value), count)
+        else:
+            if not 0 <= value <= MAX_COUNT or (
+                value_type is not int and not float(value).is_integer()
+            ):
                 raise SampleError(
                     f"samples[{index}].value",
                     f"a count must be a whole number from 0 to {MAX_COUNT}",
                 )
-            delta = deltas.get(service, version, TRAFFIC_METRIC, start)
-            if metric == requests_metric:
+            if kind is _REQUESTS:
                 delta.requests += int(value)
             else:
                 delta.errors += int(value)
-        elif metric == latency_metric:
-            if value < 0:
-                raise SampleError(f"samples[{index}].value", "a latency cannot be negative")
-            delta = deltas.get(service, version, TRAFFIC_METRIC, start)
-            if delta.latency is None:
-                delta.latency = [0] * NUM_BUCKETS
-            delta.latency[bucket_index(value)] += count
-        else:
-            deltas.get(service, version, metric, start).add_observation(float(value), count)
     return deltas.sorted()
 
 

@@ -78,7 +78,9 @@ class MetricBucket(models.Model):
                 name="health_unique_metric_bucket",
             )
         ]
-        indexes = [models.Index(fields=["resolution", "start"], name="health_bucket_age")]
+        # Start first: an evaluation pass reads one time range of every series at once, and
+        # roll-up and retention read by age.
+        indexes = [models.Index(fields=["start", "resolution"], name="health_bucket_start")]
 
     def __str__(self) -> str:
         return f"{self.service} {self.version} {self.metric} @ {self.start:%Y-%m-%d %H:%M:%S}"

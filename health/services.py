@@ -7,7 +7,8 @@
 - Judgement: `health_evaluate` and `health_evaluate_many` store health checks, raise and resolve
   alerts and send `health.signals.health_evaluated`.
 - Alerts: `alert_acknowledge`, `alert_resolve` (people), `alerts_escalate` (the beat).
-- Notifications: `notification_deliver`, `notifications_deliver_due` (the outbox's workers).
+- Notifications: `notifications_queue` (news other than alerts, such as a deployment's), and
+  `notification_deliver`, `notifications_deliver_due` (the outbox's workers).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError, connection, models, transaction
+from django.db import connection, models, transaction
 from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
 from canary_site.audit import audit_context
 from canary_site.choices import Source
+from canary_site.collector import collector_paused
 from canary_site.exceptions import (
     CanaryError,
     TransitionNotAllowed,
@@ -88,6 +90,7 @@ __all__ = [
     "notification_deliver",
     "notification_retry",
     "notifications_deliver_due",
+    "notifications_queue",
     "prometheus_pull",
     "prometheus_query_create",
 ]
@@ -126,10 +129,7 @@ def metrics_record_outcomes(*, outcomes: Iterable[OutcomeBatchItem]) -> int:
         deltas = outcome_deltas(outcomes, resolution=conf.bucket_seconds())
     except ValueError as error:
         raise ValidationFailed(str(error), field="outcomes") from error
-    if not deltas:
-        return 0
-    with transaction.atomic():
-        return store.upsert(deltas)
+    return store.upsert(deltas)
 
 
 @dataclass(frozen=True)
@@ -187,11 +187,12 @@ def metrics_push(
         )
     except SampleError as error:
         raise ValidationFailed(error.message, field=error.field) from error
-    digest = _digest(deltas) if idempotency_key else ""
+    encoded = store.encode(deltas)
     duplicate = _ingest(
         deltas,
+        encoded=encoded,
         key=idempotency_key,
-        digest=digest,
+        digest=_digest(encoded) if idempotency_key else "",
         samples=len(samples),
         source=str(source),
         user=user,
@@ -214,11 +215,22 @@ def _check_key(key: Any) -> str:
     return key.strip()
 
 
-def _digest(deltas: Sequence[BucketDelta]) -> str:
+def _digest(encoded: Sequence[str]) -> str:
     """What a batch adds to the store, hashed: a retry adds the same, whatever its order.
 
-    Hashing the aggregated deltas rather than the raw samples is cheaper (a batch of 1,000
-    samples is a few dozen deltas) and calls two batches the same when their effect is."""
+    ``encoded`` is `store.encode()` of the batch's deltas, the rows the upsert sends, so the
+    hash costs no second pass over the deltas. Hashing the aggregated deltas rather than the raw
+    samples is cheaper (a batch of 1,000 samples is a few dozen deltas) and calls two batches
+    the same when their effect is."""
+    digest = hashlib.sha256()
+    for text in encoded:
+        digest.update(text.encode())
+    return digest.hexdigest()
+
+
+def _digest_of_reprs(deltas: Sequence[BucketDelta]) -> str:
+    """The digest keys were stored under before `_digest`: a retry of such a batch is still a
+    retry. Keys live ``CANARY_METRICS_IDEMPOTENCY_HOURS``; after that this can go."""
     digest = hashlib.sha256()
     for delta in deltas:
         digest.update(
@@ -241,6 +253,7 @@ def _digest(deltas: Sequence[BucketDelta]) -> str:
 def _ingest(
     deltas: Sequence[BucketDelta],
     *,
+    encoded: Sequence[str] | None = None,
     key: str | None,
     digest: str,
     samples: int,
@@ -248,28 +261,25 @@ def _ingest(
     user: Any = None,
 ) -> bool:
     """Upsert ``deltas`` once per key; True when the key was seen before (nothing written)."""
-    with transaction.atomic():
-        if key:
-            try:
-                # A savepoint: on PostgreSQL a failed insert would poison the transaction.
-                with transaction.atomic():
-                    PushBatch.objects.create(
-                        key=key,
-                        digest=digest,
-                        samples=samples,
-                        source=source,
-                        created_by=user if getattr(user, "is_authenticated", False) else None,
-                    )
-            except IntegrityError:
-                earlier = PushBatch.objects.filter(key=key).first()
-                if earlier is not None and earlier.digest != digest:
-                    raise TransitionNotAllowed(
-                        "This idempotency key was used for a different batch.",
-                        field="idempotency_key",
-                    ) from None
-                return True
-        store.upsert(deltas)
-    return False
+    if not key:
+        store.upsert(deltas, encoded=encoded)
+        return False
+    batch = store.BatchRow(
+        key=key,
+        digest=digest,
+        samples=samples,
+        source=source,
+        created_by_id=user.pk if getattr(user, "is_authenticated", False) else None,
+        received_at=timezone.now(),
+    )
+    if store.upsert_once(deltas, batch=batch, encoded=encoded):
+        return False
+    earlier = PushBatch.objects.filter(key=key).values_list("digest", flat=True).first()
+    if earlier is not None and earlier not in (digest, _digest_of_reprs(deltas)):
+        raise TransitionNotAllowed(
+            "This idempotency key was used for a different batch.", field="idempotency_key"
+        )
+    return True
 
 
 # --------------------------------------------------------------------------- Prometheus
@@ -374,10 +384,12 @@ def prometheus_pull(
                 break
             key = f"prometheus:{query.pk}:{int(end.timestamp())}"
             sorted_deltas = deltas.sorted()
+            encoded = store.encode(sorted_deltas)
             if not _ingest(
                 sorted_deltas,
+                encoded=encoded,
                 key=key,
-                digest=_digest(sorted_deltas),
+                digest=_digest(encoded),
                 samples=found,
                 source="prometheus",
             ):
@@ -729,34 +741,35 @@ def health_evaluate_many(
                 raise ValidationFailed(error.message, field=f"policy.{error.field}") from error
     resolution = conf.bucket_seconds()
     end = windows.window_end(now, resolution=resolution, settle=conf.settle_seconds())
-    gathered = windows.gather(requests, end=end, resolution=resolution, specs=specs)
-    evaluations: list[analysis.Evaluation | None] = [
-        None if inputs.existing is not None else windows.evaluate(inputs) for inputs in gathered
-    ]
+    with collector_paused():
+        gathered = windows.gather(requests, end=end, resolution=resolution, specs=specs)
+        evaluations: list[analysis.Evaluation | None] = [
+            None if inputs.existing is not None else windows.evaluate(inputs) for inputs in gathered
+        ]
 
-    created: list[tuple[HealthCheck, analysis.Evaluation]] = []
-    alerts: dict[int, Alert] = {}
-    results: list[HealthCheck | None] = [inputs.existing for inputs in gathered]
-    with transaction.atomic():
-        _lock_evaluations()
-        # A concurrent pass may have stored some of these windows since they were read.
-        stored = _stored_checks(gathered)
-        pending: list[tuple[int, HealthCheck, analysis.Evaluation]] = []
-        for index, (inputs, evaluation) in enumerate(zip(gathered, evaluations, strict=True)):
-            if evaluation is None:
-                continue
-            key = _check_key_of(inputs)
-            if key in stored:
-                results[index] = stored[key]
-                continue
-            check = _new_check(inputs, evaluation, now)
-            stored[key] = check
-            pending.append((index, check, evaluation))
-        HealthCheck.objects.bulk_create([check for _, check, _ in pending])
-        for index, check, evaluation in pending:
-            results[index] = check
-            created.append((check, evaluation))
-        alerts = _alerts_apply(created, now)
+        created: list[tuple[HealthCheck, analysis.Evaluation]] = []
+        alerts: dict[int, Alert] = {}
+        results: list[HealthCheck | None] = [inputs.existing for inputs in gathered]
+        with transaction.atomic():
+            _lock_evaluations()
+            # A concurrent pass may have stored some of these windows since they were read.
+            stored = _stored_checks(gathered)
+            pending: list[tuple[int, HealthCheck, analysis.Evaluation]] = []
+            for index, (inputs, evaluation) in enumerate(zip(gathered, evaluations, strict=True)):
+                if evaluation is None:
+                    continue
+                key = _check_key_of(inputs)
+                if key in stored:
+                    results[index] = stored[key]
+                    continue
+                check = _new_check(inputs, evaluation, now)
+                stored[key] = check
+                pending.append((index, check, evaluation))
+            store.insert_checks([check for _, check, _ in pending])
+            for index, check, evaluation in pending:
+                results[index] = check
+                created.append((check, evaluation))
+            alerts = _alerts_apply(created, now)
     for check, evaluation in created:
         health_evaluated.send(
             sender=HealthCheck,
@@ -873,6 +886,32 @@ def _new_check(
 # --------------------------------------------------------------------------- alerts
 
 _SEVERITY_RANK = {AlertSeverity.WARNING: 1, AlertSeverity.CRITICAL: 2}
+# What a check changes in a stored alert: seen again, worse, or resolved.
+_SEEN_FIELDS = ("message", "last_check", "check_count", "last_seen_at")
+_WORSENED_FIELDS = (
+    "severity",
+    "title",
+    "last_notified_at",
+    "cooldown_until",
+    "escalation_level",
+    "escalation_since",
+)
+_RESOLVED_FIELDS = ("status", "last_check", "last_seen_at", "resolved_at", "resolution")
+_ALERT_FIELDS = (
+    "severity",
+    "status",
+    "title",
+    "message",
+    "last_check",
+    "check_count",
+    "last_seen_at",
+    "last_notified_at",
+    "cooldown_until",
+    "escalation_level",
+    "escalation_since",
+    "resolved_at",
+    "resolution",
+)
 _FAILING = (Verdict.WARNING, Verdict.CRITICAL)
 
 
@@ -923,6 +962,7 @@ def _alerts_apply(
 
     to_create: list[Alert] = []
     to_update: dict[int, Alert] = {}
+    changed: set[str] = set()
     notices: list[_Notice] = []
     by_check: dict[int, Alert] = {}
     for check in relevant:
@@ -978,8 +1018,10 @@ def _alerts_apply(
                     alert.last_notified_at = now
                     alert.cooldown_until = now + cooldown
                     notices.append(_Notice(alert, NotificationEvent.SEVERITY, check=check))
+                    changed.update(_WORSENED_FIELDS)
                 if alert.pk is not None:
                     to_update[alert.pk] = alert
+                    changed.update(_SEEN_FIELDS)
             by_check[check.pk] = alert
         elif alert is not None:
             alert.status = AlertStatus.RESOLVED
@@ -991,27 +1033,15 @@ def _alerts_apply(
                 notices.append(_Notice(alert, NotificationEvent.RESOLVED, check=check))
             if alert.pk is not None:
                 to_update[alert.pk] = alert
+                changed.update(_RESOLVED_FIELDS)
             del open_alerts[key]
             by_check[check.pk] = alert
     Alert.objects.bulk_create(to_create)
     if to_update:
+        # Only the fields some alert changed: each one costs a CASE over every alert.
         Alert.objects.bulk_update(
             list(to_update.values()),
-            [
-                "severity",
-                "status",
-                "title",
-                "message",
-                "last_check",
-                "check_count",
-                "last_seen_at",
-                "last_notified_at",
-                "cooldown_until",
-                "escalation_level",
-                "escalation_since",
-                "resolved_at",
-                "resolution",
-            ],
+            [name for name in _ALERT_FIELDS if name in changed],
         )
     _queue_notifications(notices, now)
     return by_check
@@ -1129,29 +1159,87 @@ def _queue_notifications(notices: Sequence[_Notice], now: datetime) -> list[int]
         event = f"{notice.event}-{notice.level}" if notice.level else notice.event
         if notice.event == NotificationEvent.SEVERITY:
             event = f"{notice.event}-{alert.severity}"
-        targets: list[tuple[str, str]] = []
-        for channel in channels:
-            if channel == NotificationChannel.EMAIL:
-                targets.extend((channel, address) for address in recipients)
-            elif channel == NotificationChannel.SLACK:
-                targets.append((channel, policy.slack_webhook_url or conf.slack_webhook_url()))
-            elif channel == NotificationChannel.WEBHOOK:
-                targets.append((channel, policy.webhook_url or conf.webhook_url()))
-        for channel, target in targets:
-            target_id = hashlib.sha256(target.encode()).hexdigest()[:16]
-            rows.append(
-                NotificationOutbox(
-                    key=f"alert:{alert.pk}:{event}:{channel}:{target_id}",
-                    alert=alert,
-                    event=notice.event,
-                    channel=channel,
-                    target=target,
-                    subject=subject[:200],
-                    payload=payload,
-                    next_attempt_at=now,
-                    created_at=now,
-                )
-            )
+        rows += _outbox_rows(
+            key=f"alert:{alert.pk}:{event}",
+            event=notice.event,
+            targets=_targets(policy, channels, recipients),
+            subject=subject,
+            payload=payload,
+            now=now,
+            alert=alert,
+        )
+    return _outbox_write(rows)
+
+
+def notifications_queue(
+    *,
+    key: str,
+    policy: HealthPolicy | None,
+    subject: str,
+    payload: dict[str, Any],
+    now: datetime | None = None,
+) -> list[int]:
+    """Queue news that is not an alert (a deployment started, promoted, rolled back...) to the
+    channels and recipients of ``policy``'s alerting, in the caller's transaction; returns the
+    outbox ids. ``key`` names the news: the same key is never queued twice. Nothing is queued
+    without a policy or with its alerting off."""
+    if policy is None or not policy.alerting_enabled:
+        return []
+    rows = _outbox_rows(
+        key=key,
+        event=NotificationEvent.DEPLOYMENT,
+        targets=_targets(policy, policy.alert_channels, policy.alert_recipients),
+        subject=subject,
+        payload=payload,
+        now=now or timezone.now(),
+    )
+    return _outbox_write(rows)
+
+
+def _outbox_rows(
+    *,
+    key: str,
+    event: str,
+    targets: Sequence[tuple[str, str]],
+    subject: str,
+    payload: dict[str, Any],
+    now: datetime,
+    alert: Alert | None = None,
+) -> list[NotificationOutbox]:
+    """One outbox row per target; a row's key is the news's ``key`` and its target's."""
+    return [
+        NotificationOutbox(
+            key=f"{key}:{channel}:{hashlib.sha256(target.encode()).hexdigest()[:16]}"[:200],
+            alert=alert,
+            event=event,
+            channel=channel,
+            target=target,
+            subject=subject[:200],
+            payload=payload,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        for channel, target in targets
+    ]
+
+
+def _targets(
+    policy: HealthPolicy, channels: Sequence[str], recipients: Sequence[str]
+) -> list[tuple[str, str]]:
+    """(channel, address or URL) pairs: one per email recipient, one per chat or webhook."""
+    targets: list[tuple[str, str]] = []
+    for channel in channels:
+        if channel == NotificationChannel.EMAIL:
+            targets.extend((channel, address) for address in recipients)
+        elif channel == NotificationChannel.SLACK:
+            targets.append((channel, policy.slack_webhook_url or conf.slack_webhook_url()))
+        elif channel == NotificationChannel.WEBHOOK:
+            targets.append((channel, policy.webhook_url or conf.webhook_url()))
+    return targets
+
+
+def _outbox_write(rows: list[NotificationOutbox]) -> list[int]:
+    """Write outbox rows and hand the new ones to a worker once the transaction commits."""
     if not rows:
         return []
     # The unique key makes re-queuing the same news a no-op.
@@ -1257,7 +1345,9 @@ def notifications_deliver_due(*, now: datetime | None = None, limit: int = 100) 
                 claimed_until=lease_until, attempts=F("attempts") + 1
             )
     counts: dict[str, int] = {}
-    for row in NotificationOutbox.objects.filter(pk__in=ids, claimed_until=lease_until):
+    # Oldest news first: a reader sees "started" before "rolled back".
+    claimed = NotificationOutbox.objects.filter(pk__in=ids, claimed_until=lease_until)
+    for row in claimed.order_by("next_attempt_at", "pk"):
         status = _send(row, now=now, lease_until=lease_until)
         counts[status] = counts.get(status, 0) + 1
     return counts

@@ -1,10 +1,13 @@
-"""The metric store's SQL: additive upserts and grouped reads of `MetricBucket` rows.
+"""The health app's hand-written SQL: the metric store's additive upserts and grouped reads of
+`MetricBucket` rows, and the bulk insert of a pass's `HealthCheck` rows.
 
 Writes are ``INSERT ... ON CONFLICT DO UPDATE`` statements that add the new counts to the
 stored ones (PostgreSQL and SQLite both speak it), so two processes flushing the same bucket at
 once both count: PostgreSQL serialises them on the row lock and applies the second update to
 the first one's result; SQLite runs one writing transaction at a time. Rows go out in one
-global key order, so concurrent writers take their row locks in the same order.
+global key order, so concurrent writers take their row locks in the same order. On PostgreSQL
+the rows travel as one JSON parameter per statement, and a push's idempotency key is written
+by the same statement as its buckets.
 
 Reads group buckets in the database (sums, and the histograms' JSON texts joined), so an
 evaluation pass fetches one row per series and window group, not one per bucket.
@@ -13,19 +16,22 @@ evaluation pass fetches one row per series and window group, not one per bucket.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from django.db import connection
+from django.db import connection, transaction
 
 from health.histogram import NUM_BUCKETS, Histogram
 from health.ingest import BucketDelta
 
 TABLE = "health_metricbucket"
+BATCH_TABLE = "health_pushbatch"
 COLUMNS = (
     "service",
     "version",
@@ -98,25 +104,163 @@ def is_postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
-def upsert(deltas: Sequence[BucketDelta]) -> int:
-    """Add ``deltas`` into their buckets, creating missing ones. Run inside a transaction.
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    """The `PushBatch` row that records an idempotency key, written with the batch's deltas."""
+
+    key: str
+    digest: str
+    samples: int
+    source: str
+    created_by_id: int | None
+    received_at: datetime
+
+
+def upsert(deltas: Sequence[BucketDelta], *, encoded: Sequence[str] | None = None) -> int:
+    """Add ``deltas`` into their buckets, creating missing ones, atomically.
 
     Deltas must hold one item per key, in key order (``ingest.Deltas.sorted()`` gives that):
-    PostgreSQL refuses to update one row twice in a statement.
+    PostgreSQL refuses to update one row twice in a statement. ``encoded`` is `encode()` of
+    the same deltas, when the caller has it already.
     """
     if not deltas:
         return 0
-    postgres = is_postgres()
-    placeholder = (
-        "(%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s)"
-        if postgres
-        else "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    if is_postgres():
+        _postgres_upsert(deltas, batch=None, encoded=encoded)
+    else:
+        _sqlite_upsert(deltas, batch=None)
+    return len(deltas)
+
+
+def upsert_once(
+    deltas: Sequence[BucketDelta], *, batch: BatchRow, encoded: Sequence[str] | None = None
+) -> bool:
+    """`upsert` under an idempotency key: records ``batch`` and adds ``deltas`` in one
+    transaction, unless a batch with the same key is already stored, in which case nothing is
+    written and False is returned."""
+    if is_postgres():
+        return _postgres_upsert(deltas, batch=batch, encoded=encoded)
+    return _sqlite_upsert(deltas, batch=batch)
+
+
+def encode(deltas: Sequence[BucketDelta]) -> list[str]:
+    """The deltas as JSON rows, one text per statement of `upsert` on PostgreSQL: what it
+    sends, and a canonical form of a batch to hash."""
+    return [_rows_json(deltas[offset : offset + CHUNK]) for offset in range(0, len(deltas), CHUNK)]
+
+
+# PostgreSQL: the rows travel as one JSON parameter, read back by jsonb_array_elements. A
+# statement of 1,000 rows of twelve placeholders cost more to bind on the client and to parse
+# on the server than the upsert itself. Ordering by position keeps the rows in key order.
+_POSTGRES_ROWS = """
+    SELECT r->>0, r->>1, r->>2, to_timestamp((r->>3)::double precision), (r->>4)::integer,
+        (r->>5)::bigint, (r->>6)::bigint, r->7, (r->>8)::double precision, (r->>9)::bigint,
+        (r->>10)::double precision, (r->>11)::double precision
+    FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS rows (r, n)
+"""
+_POSTGRES_UPSERT = (
+    f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) {{rows}} ORDER BY rows.n "
+    f"ON CONFLICT (service, version, metric, start, resolution) DO UPDATE SET {_POSTGRES_UPDATE}"
+)
+_POSTGRES_PLAIN = _POSTGRES_UPSERT.format(rows=_POSTGRES_ROWS)
+# The key's row and the deltas in one statement: the deltas are written only when the key's
+# row was (a retry's statement writes nothing), so no savepoint is needed to tell the two.
+_POSTGRES_ONCE = f"""
+    WITH batch AS (
+        INSERT INTO {BATCH_TABLE} (key, digest, samples, source, created_by_id, received_at)
+        VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING RETURNING 1
+    ), written AS (
+        {_POSTGRES_UPSERT.format(rows=_POSTGRES_ROWS + " WHERE EXISTS (SELECT FROM batch)")}
     )
-    update = _POSTGRES_UPDATE if postgres else _SQLITE_UPDATE
-    conflict = "(service, version, metric, start, resolution)"
+    SELECT EXISTS (SELECT FROM batch)
+"""
+
+
+def _postgres_upsert(
+    deltas: Sequence[BucketDelta], *, batch: BatchRow | None, encoded: Sequence[str] | None
+) -> bool:
+    chunks = list(encoded) if encoded is not None else encode(deltas)
+    if batch is not None and not chunks:
+        chunks = ["[]"]
+    # One statement is a transaction of its own; more need one around them.
+    atomic = len(chunks) > 1 and not connection.in_atomic_block
+    with transaction.atomic() if atomic else nullcontext(), connection.cursor() as cursor:
+        for number, payload in enumerate(chunks):
+            if batch is not None and number == 0:
+                cursor.execute(
+                    _POSTGRES_ONCE,
+                    [
+                        batch.key,
+                        batch.digest,
+                        batch.samples,
+                        batch.source,
+                        batch.created_by_id,
+                        batch.received_at,
+                        payload,
+                    ],
+                )
+                if not cursor.fetchone()[0]:
+                    return False
+            else:
+                cursor.execute(_POSTGRES_PLAIN, [payload])
+    return True
+
+
+def _rows_json(deltas: Sequence[BucketDelta]) -> str:
+    rows = [
+        (
+            delta.service,
+            delta.version,
+            delta.metric,
+            delta.start.timestamp(),
+            delta.resolution,
+            delta.requests,
+            delta.errors,
+            delta.sparse_latency(),
+            delta.value_sum,
+            delta.value_count,
+            delta.value_min,
+            delta.value_max,
+        )
+        for delta in deltas
+    ]
+    try:
+        return json.dumps(rows, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        # A sum may overflow to infinity. JSON has no such number, but PostgreSQL reads the
+        # strings 'Infinity', '-Infinity' and 'NaN' as floats.
+        return json.dumps(
+            [[_finite_or_text(value) for value in row] for row in rows], separators=(",", ":")
+        )
+
+
+def _finite_or_text(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def _sqlite_upsert(deltas: Sequence[BucketDelta], *, batch: BatchRow | None) -> bool:
     adapt = connection.ops.adapt_datetimefield_value
-    rows_per_statement = CHUNK if postgres else _sqlite_rows_per_statement()
-    with connection.cursor() as cursor:
+    rows_per_statement = _sqlite_rows_per_statement()
+    placeholder = "(" + ", ".join(["%s"] * len(COLUMNS)) + ")"
+    with transaction.atomic(), connection.cursor() as cursor:
+        if batch is not None:
+            cursor.execute(
+                f"INSERT INTO {BATCH_TABLE} "
+                "(key, digest, samples, source, created_by_id, received_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING",
+                [
+                    batch.key,
+                    batch.digest,
+                    batch.samples,
+                    batch.source,
+                    batch.created_by_id,
+                    adapt(batch.received_at),
+                ],
+            )
+            if cursor.rowcount != 1:
+                return False
         for offset in range(0, len(deltas), rows_per_statement):
             chunk = deltas[offset : offset + rows_per_statement]
             params: list[Any] = []
@@ -140,10 +284,11 @@ def upsert(deltas: Sequence[BucketDelta]) -> int:
             values = ", ".join([placeholder] * len(chunk))
             cursor.execute(
                 f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES {values} "
-                f"ON CONFLICT {conflict} DO UPDATE SET {update}",
+                "ON CONFLICT (service, version, metric, start, resolution) "
+                f"DO UPDATE SET {_SQLITE_UPDATE}",
                 params,
             )
-    return len(deltas)
+    return True
 
 
 def _sqlite_rows_per_statement() -> int:
@@ -151,6 +296,77 @@ def _sqlite_rows_per_statement() -> int:
     connection.ensure_connection()
     limit = connection.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     return max(1, min(CHUNK, limit // len(COLUMNS)))
+
+
+# --------------------------------------------------------------------------- checks
+
+CHECK_TABLE = "health_healthcheck"
+CHECK_COLUMNS = (
+    "service",
+    "canary_version",
+    "stable_version",
+    "policy_id",
+    "policy_name",
+    "window_seconds",
+    "window_end",
+    "planned_canary_share",
+    "verdict",
+    "should_rollback",
+    "message",
+    "result",
+    "created_at",
+)
+_POSTGRES_CHECKS = f"""
+    INSERT INTO {CHECK_TABLE} ({", ".join(CHECK_COLUMNS)})
+    SELECT r->>0, r->>1, r->>2, (r->>3)::bigint, r->>4, (r->>5)::integer, (r->>6)::timestamptz,
+        (r->>7)::double precision, r->>8, (r->>9)::boolean, r->>10, r->11, (r->>12)::timestamptz
+    FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS rows (r, n)
+    ORDER BY rows.n
+    RETURNING id
+"""
+
+
+def insert_checks(checks: Sequence[Any]) -> None:
+    """Insert new `HealthCheck` rows and set their ids.
+
+    On PostgreSQL the rows travel as one JSON parameter: a pass stores a thousand checks of a
+    few kilobytes each, and a ``VALUES`` list of thirteen placeholders a row cost more to build,
+    bind and parse than judging them. Elsewhere, ``bulk_create``.
+    """
+    if not checks:
+        return
+    if not is_postgres():
+        type(checks[0]).objects.bulk_create(checks)
+        return
+    payload = json.dumps(
+        [
+            (
+                check.service,
+                check.canary_version,
+                check.stable_version,
+                check.policy_id,
+                check.policy_name,
+                check.window_seconds,
+                check.window_end.isoformat(),
+                check.planned_canary_share,
+                check.verdict,
+                check.should_rollback,
+                check.message,
+                check.result,
+                check.created_at.isoformat(),
+            )
+            for check in checks
+        ],
+        separators=(",", ":"),
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(_POSTGRES_CHECKS, [payload])
+        ids = [row[0] for row in cursor.fetchall()]
+    # RETURNING gives the rows in the order they were inserted, which ORDER BY fixed.
+    for check, pk in zip(checks, ids, strict=True):
+        check.pk = pk
+        check._state.adding = False
+        check._state.db = connection.alias
 
 
 # --------------------------------------------------------------------------- grouped reads

@@ -129,6 +129,7 @@ def gather(
     existing_ids: dict[tuple[str, str, str, int | None, int], int] = {}
     rows = list(
         HealthCheck.objects.filter(service__in=services, window_end__in=ends)
+        .order_by()
         # Only the canary's window summary, as text, decoded below in one call: thousands of
         # small decodes cost more than the read.
         .annotate(window_text=KT("result__inputs__canary"))

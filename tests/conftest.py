@@ -43,6 +43,17 @@ def engineer(make_user: Callable[..., Any]) -> Any:
 
 
 @pytest.fixture
+def receiver() -> Iterator[Any]:
+    """A local HTTP server standing in for Slack or a webhook receiver (tests/health/receiver.py),
+    stopped after the test."""
+    from tests.health.receiver import Receiver
+
+    server = Receiver().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def api_client() -> Any:
     from rest_framework.test import APIClient
 

@@ -832,3 +832,24 @@ def test_sample_ratio_test__matches_scipys_chi_square_goodness_of_fit() -> None:
     assert result.chi_square == pytest.approx(expected.statistic)
     assert result.p_value == pytest.approx(expected.pvalue)
     assert result.observed_share == pytest.approx(21.2)
+
+
+def test_stored_form__has_enums_as_text_tuples_as_lists_and_no_infinite_numbers() -> None:
+    from health.analysis import Check, Verdict, _jsonable
+
+    value = {
+        Verdict.PASS: (1.5, math.inf, -math.inf, math.nan),
+        "nested": [{"check": Check.THRESHOLD, "n": 3, "ok": True, "none": None}],
+        7: "seven",
+    }
+
+    stored = _jsonable(value)
+
+    assert stored == {
+        "pass": [1.5, None, None, None],
+        "nested": [{"check": "threshold", "n": 3, "ok": True, "none": None}],
+        "7": "seven",
+    }
+    assert all(type(key) is str for key in stored)
+    assert type(stored["nested"][0]["check"]) is str
+    assert json.loads(json.dumps(stored, allow_nan=False)) == stored

@@ -5,7 +5,7 @@ receiver."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,16 +18,8 @@ from health.choices import NotificationStatus
 from health.models import NotificationOutbox
 from tests.conftest import celery_args, wait_for
 from tests.health.conftest import traffic
-from tests.health.receiver import Receiver
 
 SECRET = "webhook-secret-for-tests"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import math
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,10 +12,10 @@ import pytest
 from django.db import connection
 
 from canary_site.exceptions import TransitionNotAllowed, ValidationFailed
-from health import services
+from health import services, store
 from health.choices import AlertStatus, NotificationEvent
 from health.histogram import Histogram
-from health.ingest import OutcomeBatchItem
+from health.ingest import OutcomeBatchItem, parse_samples
 from health.models import Alert, HealthCheck, MetricBucket, NotificationOutbox, PushBatch
 from health.signals import health_evaluated
 from health.windows import EvaluationRequest
@@ -213,6 +215,95 @@ def test_push__more_samples_than_allowed__is_refused_as_too_large(now, settings)
     assert "samples" in refused.value.fields
 
 
+def test_push__two_batches_into_one_bucket__add_counts_and_merge_histograms(now):
+    stamp = now.timestamp() - 30
+    base = {"service": "checkout", "version": "2.0", "timestamp": stamp}
+
+    def batch(*latencies: float) -> list[dict[str, Any]]:
+        return [
+            {**base, "metric": "requests", "value": len(latencies)},
+            *({**base, "metric": "latency_ms", "value": value} for value in latencies),
+            {**base, "metric": "custom:queue_depth", "value": latencies[0]},
+        ]
+
+    services.metrics_push(samples=batch(5.0, 80.0, 81.0), idempotency_key="one", now=now)
+    services.metrics_push(samples=batch(80.0, 2_000.0), idempotency_key="two", now=now)
+
+    stored = bucket()
+    assert stored.requests == 5
+    assert Histogram.from_list(stored.latency) == Histogram.from_values(
+        [5.0, 80.0, 81.0, 80.0, 2_000.0]
+    )
+    custom = bucket(metric="custom:queue_depth")
+    assert (custom.value_sum, custom.value_count, custom.value_min, custom.value_max) == (
+        85.0,
+        2,
+        5.0,
+        80.0,
+    )
+
+
+def test_push__more_buckets_than_one_statement_holds__count_once_under_their_key(now, monkeypatch):
+    monkeypatch.setattr(store, "CHUNK", 2)  # five buckets: three statements
+    samples = [
+        {
+            "service": f"svc-{number}",
+            "version": "2.0",
+            "metric": "requests",
+            "value": 10,
+            "timestamp": now.timestamp() - 30,
+        }
+        for number in range(5)
+    ]
+
+    first = services.metrics_push(samples=samples, idempotency_key="big", now=now)
+    retry = services.metrics_push(samples=samples, idempotency_key="big", now=now)
+    with pytest.raises(TransitionNotAllowed):
+        services.metrics_push(samples=samples[:4], idempotency_key="big", now=now)
+
+    assert (first.buckets, first.duplicate, retry.duplicate) == (5, False, True)
+    assert sorted(MetricBucket.objects.values_list("requests", flat=True)) == [10] * 5
+    assert PushBatch.objects.get().samples == 5
+
+
+def test_push__a_key_stored_with_the_digest_used_before__is_still_a_retry(now):
+    samples = push_samples(now)
+    deltas = parse_samples(
+        samples, resolution=10, now=now, max_future_seconds=300, max_age_seconds=86_400
+    )
+    PushBatch.objects.create(
+        key="before", digest=services._digest_of_reprs(deltas), samples=len(samples)
+    )
+
+    retry = services.metrics_push(samples=samples, idempotency_key="before", now=now)
+
+    assert retry.duplicate
+    assert not MetricBucket.objects.exists()
+
+
+def test_push__a_custom_sum_past_the_float_range__is_stored_as_infinity(now):
+    samples = push_samples(now)
+    samples[3].update(value=1e308, count=10)
+
+    services.metrics_push(samples=samples, idempotency_key="huge", now=now)
+
+    custom = bucket(metric="custom:queue_depth")
+    assert (custom.value_sum, custom.value_count, custom.value_max) == (math.inf, 11, 1e308)
+
+
+def test_push__with_a_key__writes_key_and_buckets_in_one_statement(
+    now, django_assert_max_num_queries
+):
+    # SQLite takes a savepoint around its two inserts.
+    postgres = connection.vendor == "postgresql"
+    with django_assert_max_num_queries(1 if postgres else 4):
+        services.metrics_push(samples=push_samples(now), idempotency_key="one", now=now)
+    with django_assert_max_num_queries(2 if postgres else 4):
+        retry = services.metrics_push(samples=push_samples(now), idempotency_key="one", now=now)
+
+    assert retry.duplicate
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -385,6 +476,59 @@ def test_evaluate_many__issues_as_many_queries_for_twenty_canaries_as_for_two(
     assert len(checks) == 18 and {check.verdict for check in checks} == {"critical"}
     assert len(eighteen) == len(two)
     assert Alert.objects.count() == 20
+
+
+def test_evaluate_many__each_check_returned__is_the_stored_row_of_its_canary(
+    now, window_end, make_policy
+):
+    policy = make_policy()
+    for number in range(6):
+        errors = 10 if number % 2 else 0
+        record(
+            traffic(
+                f"svc-{number}", "2.0", end=window_end, seconds=60, requests=200, errors=errors
+            ),
+            traffic(f"svc-{number}", "1.0", end=window_end, seconds=60, requests=200),
+        )
+    requests = [
+        EvaluationRequest(
+            service=f"svc-{number}",
+            canary_version="2.0",
+            stable_version="1.0",
+            policy=policy,
+            planned_canary_share=10.0 * number,
+        )
+        for number in (3, 0, 5, 1, 4, 2)
+    ]
+
+    checks = services.health_evaluate_many(requests=requests, now=now)
+
+    assert [check.service for check in checks] == [request.service for request in requests]
+    for check in checks:
+        stored = HealthCheck.objects.get(pk=check.pk)
+        assert (stored.service, stored.verdict, stored.message) == (
+            check.service,
+            check.verdict,
+            check.message,
+        )
+        assert stored.planned_canary_share == check.planned_canary_share
+        assert (stored.window_end, stored.created_at) == (check.window_end, check.created_at)
+        assert stored.result == check.result
+        assert stored.verdict == ("critical" if int(check.service[-1]) % 2 else "pass")
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["enabled", "disabled"])
+def test_evaluate__leaves_the_cycle_collector_as_it_found_it(now, make_policy, enabled):
+    policy = make_policy()
+    if not enabled:
+        gc.disable()
+    try:
+        services.health_evaluate(
+            service="checkout", canary_version="2.0", stable_version="1.0", policy=policy, now=now
+        )
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
 
 
 def test_evaluate__a_policy_window_not_in_whole_buckets__is_rounded_up(

@@ -9,7 +9,7 @@ for both versions in the metric store. Measured in the same run:
   deployment gets a new health check and a new observation: the most a steady tick does);
 - the same tick over 10 of them (the baseline: the query count must be the same);
 - the tick run again at the same moment (nothing new: idempotent, nothing written twice);
-- the bare cost of loading the N rows with their phases (what any tick pays);
+- the bare cost of loading the N rows with their running phases (what any tick pays);
 - the health app's bulk evaluation of the same N canaries alone (the part of the tick that
   belongs to the health app);
 - a tick where every one of the N deployments advances to its next phase (each decision takes
@@ -335,7 +335,7 @@ def main() -> None:
             )
             print(
                 f"  bare load of the rows  {r['load_seconds']:6.3f} s  {r['load_queries']:3d} "
-                "queries  (deployments with their phases)"
+                "queries  (each deployment with its running phase)"
             )
             print(
                 f"  health pass alone      {r['health_seconds']:6.3f} s  {r['health_queries']:3d} "

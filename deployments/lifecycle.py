@@ -61,9 +61,11 @@ share.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import operator
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
@@ -331,6 +333,117 @@ class Observation:
         return {"at": self.at.isoformat(), "value": self.value}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(moment: datetime) -> int:
+    """A moment as whole microseconds after the epoch: exact, as a datetime is."""
+    aware = moment.tzinfo is not None and moment.utcoffset() is not None
+    return (moment - (_EPOCH if aware else _NAIVE_EPOCH)) // _MICROSECOND
+
+
+class Series(Sequence[Observation]):
+    """One metric's observations in time order, kept as columns: each moment in microseconds
+    after the epoch, and each value.
+
+    `phase_judgement` works on these; it judges a thousand phases every tick, each with the
+    many observations its longest criterion holds, so it compares integers and makes an
+    `Observation` only for the few it reports (the latest, a breach). A deployment phase's log
+    is already columnar (`deployments.observing`) and becomes a series without a datetime per
+    point; a list of observations becomes one with `Series.of`.
+    """
+
+    __slots__ = ("_items", "aware", "micros", "values")
+
+    def __init__(
+        self,
+        micros: list[int],
+        values: list[float | None],
+        *,
+        aware: bool = True,
+        items: list[Observation] | None = None,
+    ) -> None:
+        self.micros = micros
+        self.values = values
+        self.aware = aware
+        # The caller's own observations, when it gave some; else they are made when asked for.
+        self._items = items
+
+    @classmethod
+    def of(cls, observations: Iterable[Observation]) -> Series:
+        """Observations in any order, as a series (oldest first; equal moments keep their order)."""
+        if isinstance(observations, Series):
+            return observations
+        items = sorted(observations, key=lambda obs: obs.at)
+        if not items:
+            return cls([], [])
+        aware = items[0].at.tzinfo is not None and items[0].at.utcoffset() is not None
+        return cls(
+            [_micros(obs.at) for obs in items],
+            [obs.value for obs in items],
+            aware=aware,
+            items=items,
+        )
+
+    @classmethod
+    def from_timestamps(cls, stamps: Sequence[float], values: Sequence[float | None]) -> Series:
+        """Observations at epoch seconds, each read as `datetime.fromtimestamp(stamp, UTC)`,
+        in any order (oldest first after; equal moments keep their order)."""
+        stamps, values = list(stamps), list(values)
+        if set(map(type, stamps)) <= {int}:
+            micros = [stamp * 1_000_000 for stamp in stamps]
+        else:
+            micros = [
+                stamp * 1_000_000
+                if type(stamp) is int
+                else _micros(datetime.fromtimestamp(stamp, tz=UTC))
+                for stamp in stamps
+            ]
+        if not all(map(operator.le, micros, micros[1:])):
+            order = sorted(range(len(micros)), key=micros.__getitem__)
+            micros, values = [micros[i] for i in order], [values[i] for i in order]
+        return cls(micros, values, aware=True)
+
+    def __len__(self) -> int:
+        return len(self.micros)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if self._items is not None:
+            return self._items[index]
+        moment = (_EPOCH if self.aware else _NAIVE_EPOCH) + self.micros[index] * _MICROSECOND
+        return Observation(moment, self.values[index])
+
+    def __iter__(self) -> Iterator[Observation]:
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"Series({list(self)!r})"
+
+    def between(self, start: int, end: int, *, aware: bool) -> Series:
+        """The observations from ``start`` to ``end`` (microseconds after the epoch), inclusive."""
+        if not self.micros:
+            return self
+        if aware != self.aware:
+            raise TypeError("can't compare offset-naive and offset-aware datetimes")
+        first = bisect_left(self.micros, start)
+        last = bisect_right(self.micros, end)
+        if first == 0 and last == len(self.micros):
+            return self
+        return Series(
+            self.micros[first:last],
+            self.values[first:last],
+            aware=self.aware,
+            items=None if self._items is None else self._items[first:last],
+        )
+
+
+_NO_OBSERVATIONS = Series([], [])
+
+
 class Outcome(StrEnum):
     ADVANCE = "advance"
     WAIT = "wait"
@@ -449,23 +562,24 @@ def phase_judgement(
 ) -> PhaseJudgement:
     """Judge a running phase: advance, wait or breach, with the sentence that says why.
 
-    ``observations`` maps a metric's name to its observations in any order: each metric a
-    success criterion names, as written in the configuration, and ``error_rate``,
-    ``latency_p95`` and ``availability`` for the rollback thresholds. ``max_gap`` None accepts
-    any gap (for replaying history whose spacing is known).
+    ``observations`` maps a metric's name to its observations in any order (a list, or a
+    `Series`): each metric a success criterion names, as written in the configuration, and
+    ``error_rate``, ``latency_p95`` and ``availability`` for the rollback thresholds.
+    ``max_gap`` None accepts any gap (for replaying history whose spacing is known).
     """
+    start, end = _micros(started_at), _micros(now)
+    aware = started_at.tzinfo is not None and started_at.utcoffset() is not None
     series = {
-        metric: sorted(
-            (obs for obs in values if started_at <= obs.at <= now), key=lambda obs: obs.at
-        )
+        metric: Series.of(values).between(start, end, aware=aware)
         for metric, values in observations.items()
     }
     elapsed_ms = max(0, _ms(now - started_at))
     time_left_ms = max(0, phase.duration_ms - elapsed_ms)
+    gap = None if max_gap is None else max_gap // _MICROSECOND
 
     breaches = tuple(_breaches(phase, series))
     criteria = tuple(
-        _progress(criterion, series.get(criterion.metric, []), now, max_gap)
+        _progress(criterion, series.get(criterion.metric, _NO_OBSERVATIONS), end, gap)
         for criterion in phase.success_criteria
     )
     earliest = max([time_left_ms, *(progress.remaining_ms for progress in criteria)])
@@ -490,25 +604,26 @@ def phase_judgement(
     )
 
 
-def _breaches(phase: PhaseConfig, series: Mapping[str, list[Observation]]) -> list[Breach]:
+def _breaches(phase: PhaseConfig, series: Mapping[str, Series]) -> list[Breach]:
     found = []
     for name, limit in phase.rollback_thresholds.items():
         rule = ROLLBACK_RULES[name]
         values = series.get(rule.metric)
         if not values:
             continue
-        latest = values[-1]
-        if latest.value is not None and rule.breached(latest.value, limit):
-            found.append(Breach(name, rule.metric, limit, latest.value, latest.at))
+        value = values.values[-1]
+        if value is not None and rule.breached(value, limit):
+            found.append(Breach(name, rule.metric, limit, value, values[-1].at))
     return found
 
 
 def _progress(
     criterion: Criterion,
-    values: list[Observation],
-    now: datetime,
-    max_gap: timedelta | None,
+    values: Series,
+    now: int,
+    max_gap: int | None,
 ) -> CriterionProgress:
+    """One criterion's progress; ``now`` and ``max_gap`` in microseconds, like the series."""
     needed = criterion.duration_ms
     label = criterion.describe()
 
@@ -519,29 +634,35 @@ def _progress(
 
     if not values:
         return no_data(None, "yet in this phase")
-    latest = values[-1]
-    if max_gap is not None and now - latest.at > max_gap:
-        return no_data(latest, f"(its latest is {format_duration(_ms(now - latest.at))} old)")
-    if latest.value is None:
+    moments, points = values.micros, values.values
+    last = len(moments) - 1
+    latest = values[last]
+    if max_gap is not None and now - moments[last] > max_gap:
+        age = _ms_of(now - moments[last])
+        return no_data(latest, f"(its latest is {format_duration(age)} old)")
+    if points[last] is None:
         return no_data(latest, "(the latest window was empty)")
-    if not criterion.passes(latest.value):
+    passes = criterion.predicate()
+    if not passes(points[last]):
         return CriterionProgress(
             criterion,
             CriterionState.FAILING,
             0,
             needed,
             latest,
-            f"{label} is not met (latest {_number(latest.value)})",
+            f"{label} is not met (latest {_number(points[last])})",
         )
 
-    start = latest
-    for earlier in reversed(values[:-1]):
-        if earlier.value is None or not criterion.passes(earlier.value):
+    # Walk back from the latest while the run is unbroken: passing values, no gap too long.
+    start = last
+    for index in range(last - 1, -1, -1):
+        value = points[index]
+        if value is None or not passes(value):
             break
-        if max_gap is not None and start.at - earlier.at > max_gap:
+        if max_gap is not None and moments[start] - moments[index] > max_gap:
             break
-        start = earlier
-    held = _ms(latest.at - start.at)
+        start = index
+    held = _ms_of(moments[last] - moments[start])
     if held >= needed:
         return CriterionProgress(
             criterion,
@@ -586,6 +707,11 @@ def _wait_reason(
 
 def _ms(delta: timedelta) -> int:
     return int(delta.total_seconds() * 1000)
+
+
+def _ms_of(micros: int) -> int:
+    """`_ms` of a span in microseconds: the same arithmetic, so the same milliseconds."""
+    return int(micros / 1_000_000 * 1000)
 
 
 def _number(value: float) -> str:

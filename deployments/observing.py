@@ -22,17 +22,20 @@ need" asks.
 
 from __future__ import annotations
 
+import operator
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from deployments.config import CUSTOM_PREFIX, ROLLBACK_RULES, PhaseConfig, health_metric
-from deployments.lifecycle import Observation
+from deployments.lifecycle import Series
 
 Log = dict[str, Any]
 
 _REQUEST_METRICS = ("availability", "error_rate")
 _LATENCY_METRICS = ("latency_p50", "latency_p95", "latency_p99")
+_READY = {float, type(None)}  # values that need no reading
 MAX_POINTS = 1000
 """The most observations a phase keeps of one metric, whatever its criteria ask for."""
 
@@ -108,6 +111,9 @@ def record(
     added twice. The log given is not changed.
     """
     stamp = at.timestamp()
+    quick = _recorded(log, stamp, values)
+    if quick is not None:
+        return quick
     moments = _moments(log)
     metrics: dict[str, list[Any]] = {
         name: list(points) for name, points in ((log or {}).get("m") or {}).items()
@@ -130,6 +136,8 @@ def record(
 def trim(log: Mapping[str, Any], *, keep: timedelta, since: datetime) -> Log:
     """Drop what no judgement will look at again: observations from before ``since`` (the
     phase's start) or older than ``keep`` before the latest."""
+    if _regular(log):
+        return _trimmed(log, keep=keep, since=since)
     moments = _moments(log)
     metrics = {name: list(points) for name, points in (log.get("m") or {}).items()}
     if not moments:
@@ -145,24 +153,29 @@ def keep_for(phase: PhaseConfig, max_gap: timedelta) -> timedelta:
     return timedelta(milliseconds=phase.longest_hold_ms) + 2 * max_gap
 
 
-def observations(log: Mapping[str, Any] | None, phase: PhaseConfig) -> dict[str, list[Observation]]:
+def observations(log: Mapping[str, Any] | None, phase: PhaseConfig) -> dict[str, Series]:
     """The log as `phase_judgement` reads it: keyed by each criterion's metric as written in
     the configuration, and by the rollback thresholds' metrics. A metric watched only by a
-    threshold needs nothing but its latest observation, which is all a breach looks at."""
+    threshold needs nothing but its latest observation, which is all a breach looks at.
+
+    Each metric is a `Series` (a sequence of `Observation`s kept as columns), so a thousand
+    logs are judged without a datetime per point."""
     log = log or {}
-    moments = [datetime.fromtimestamp(stamp, tz=UTC) for stamp in _moments(log)]
+    moments = _moments(log)
     metrics = log.get("m") or {}
 
-    def series(name: str, last_only: bool = False) -> list[Observation]:
+    def series(name: str, last_only: bool = False) -> Series:
         points = metrics.get(name)
         if not points:
-            return []
-        pairs = list(zip(moments, points, strict=False))
-        if last_only:
-            pairs = pairs[-1:]
-        return [Observation(moment, _number(value)) for moment, value in pairs]
+            return Series([], [])
+        count = min(len(moments), len(points))
+        first = max(0, count - 1) if last_only else 0
+        points = points[first:count]
+        if not set(map(type, points)) <= _READY:
+            points = [_number(value) for value in points]
+        return Series.from_timestamps(moments[first:count], points)
 
-    result: dict[str, list[Observation]] = {}
+    result: dict[str, Series] = {}
     for criterion in phase.success_criteria:
         if criterion.metric not in result:
             result[criterion.metric] = series(health_metric(criterion.metric))
@@ -177,6 +190,67 @@ def latest_values(log: Mapping[str, Any] | None) -> dict[str, float | None]:
     """Each metric's latest value, for the pages."""
     metrics = (log or {}).get("m") or {}
     return {name: _number(points[-1]) for name, points in metrics.items() if points}
+
+
+def _regular(log: Mapping[str, Any] | None) -> bool:
+    """Whether a log is in the shape `_pack` leaves a tick's log in: whole seconds, the first
+    offset 0, in time order, every metric as long as the moments. Such a log is extended and
+    trimmed in place of being unpacked and packed again, with the same result."""
+    if not log:
+        return False
+    origin, offsets, metrics = log.get("t0"), log.get("t"), log.get("m")
+    if type(origin) is not int or not isinstance(offsets, list) or not offsets:
+        return False
+    if offsets[0] != 0 or not isinstance(metrics, dict):
+        return False
+    if set(map(type, offsets)) != {int} or not all(map(operator.lt, offsets, offsets[1:])):
+        return False
+    count = len(offsets)
+    return all(isinstance(points, list) and len(points) == count for points in metrics.values())
+
+
+def _recorded(
+    log: Mapping[str, Any] | None, stamp: float, values: Mapping[str, float | None]
+) -> tuple[Log, bool] | None:
+    """`record` of a regular log at a whole second after its latest moment, or at one it has;
+    None otherwise (a window judged late is rare enough for the general way)."""
+    if not float(stamp).is_integer() or not _regular(log):
+        return None
+    assert log is not None
+    origin, offsets = log["t0"], log["t"]
+    offset = int(stamp) - origin
+    if offset <= offsets[-1]:
+        if offset not in offsets:
+            return None
+        unchanged = {name: list(points) for name, points in log["m"].items()}
+        return {"t0": origin, "t": list(offsets), "m": unchanged}, False
+    metrics: dict[str, list[Any]] = {}
+    for name, points in log["m"].items():
+        value = values.get(name)
+        metrics[name] = [*points, None if value is None else round(float(value), 4)]
+    for name, value in values.items():
+        if name not in metrics:
+            metrics[name] = [None] * len(offsets) + [
+                None if value is None else round(float(value), 4)
+            ]
+    return {"t0": origin, "t": [*offsets, offset], "m": metrics}, True
+
+
+def _trimmed(log: Mapping[str, Any], *, keep: timedelta, since: datetime) -> Log:
+    """`trim` of a regular log."""
+    origin, offsets = log["t0"], log["t"]
+    moments = [origin + offset for offset in offsets]
+    floor = max(since.timestamp(), moments[-1] - keep.total_seconds())
+    first = max(bisect_left(moments, floor), len(moments) - MAX_POINTS)
+    metrics = {name: points[first:] for name, points in log["m"].items()}
+    if first >= len(moments):
+        return {"t0": 0, "t": [], "m": metrics}
+    base = offsets[first]
+    return {
+        "t0": origin + base,
+        "t": [offset - base for offset in offsets[first:]],
+        "m": metrics,
+    }
 
 
 def _whole(value: float) -> int | float:

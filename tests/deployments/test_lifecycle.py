@@ -20,6 +20,7 @@ from deployments.lifecycle import (
     CriterionState,
     Observation,
     Outcome,
+    Series,
     Status,
     TransitionRefused,
     allowed_actions,
@@ -564,3 +565,105 @@ def test_no_phase__advances_without_the_data_its_criteria_need(
         start <= last - 180 and all(passes(v) for s, v in inside if start <= s <= last)
         for start, _ in inside
     )
+
+
+# --------------------------------------------------------------------------- columnar series
+
+
+def reference_progress(
+    criterion: Criterion, observations: list[Observation], now: datetime, max_gap: timedelta
+) -> tuple[str, int]:
+    """The run of a criterion measured on datetimes, one observation at a time: the rule as
+    first written, against which the columnar `Series` judgement is held."""
+    values = sorted(observations, key=lambda obs: obs.at)
+    if not values:
+        return "no_data", 0
+    latest = values[-1]
+    if now - latest.at > max_gap or latest.value is None:
+        return "no_data", 0
+    if not criterion.passes(latest.value):
+        return "failing", 0
+    start = latest
+    for earlier in reversed(values[:-1]):
+        if earlier.value is None or not criterion.passes(earlier.value):
+            break
+        if start.at - earlier.at > max_gap:
+            break
+        start = earlier
+    held = int((latest.at - start.at).total_seconds() * 1000)
+    return ("held" if held >= criterion.duration_ms else "holding"), held
+
+
+criteria = st.builds(
+    Criterion,
+    metric=st.just("availability"),
+    operator=st.sampled_from(list(Operator)),
+    threshold=st.sampled_from([95, 99, 99.5, 100]),
+    duration_ms=st.sampled_from([0, 20_000, 180_000]),
+)
+moments = st.one_of(
+    st.integers(min_value=-60, max_value=700),
+    st.floats(min_value=-60, max_value=700, allow_nan=False).map(lambda s: round(s, 3)),
+)
+readings = st.one_of(st.none(), st.sampled_from([95.0, 99.0, 99.5, 100.0]), st.integers(90, 100))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    criterion=criteria,
+    values=st.lists(st.tuples(moments, readings), max_size=40),
+    now=st.integers(min_value=0, max_value=700),
+)
+def test_phase_judgement__on_columns__is_the_judgement_on_datetimes(
+    criterion: Criterion, values: list[tuple[float, float | None]], now: int
+) -> None:
+    phase = PhaseConfig(
+        "p",
+        "p",
+        5,
+        120_000,
+        success_criteria=(criterion,),
+        rollback_thresholds=RollbackThresholds(error_rate=5, availability=96),
+    )
+    listed = [Observation(at(s), v) for s, v in values]
+    stamps = [T0.timestamp() + s for s, _ in values]
+    columns = Series.from_timestamps(
+        [int(stamp) if float(stamp).is_integer() else stamp for stamp in stamps],
+        [v for _, v in values],
+    )
+    from_list = phase_judgement(
+        phase, started_at=T0, now=at(now), observations={"availability": listed}
+    )
+    from_columns = phase_judgement(
+        phase, started_at=T0, now=at(now), observations={"availability": columns}
+    )
+    assert from_columns.to_dict() == from_list.to_dict()
+
+    inside = [obs for obs in listed if T0 <= obs.at <= at(now)]
+    state, held = reference_progress(criterion, inside, at(now), timedelta(seconds=60))
+    assert (str(from_list.criteria[0].state), from_list.criteria[0].held_ms) == (state, held)
+
+
+def test_series__keeps_the_order_of_observations_at_the_same_moment() -> None:
+    first, second = Observation(at(10), 99.0), Observation(at(10), 50.0)
+    series = Series.of([Observation(at(20), 1.0), first, second])
+    assert list(series) == [first, second, Observation(at(20), 1.0)]
+    assert series[1] is second
+
+
+def test_phase_judgement__mixing_naive_and_aware_moments__is_refused_as_before() -> None:
+    naive = [Observation(datetime(2025, 1, 1, 12, 1), 99.9)]
+    with pytest.raises(TypeError):
+        phase_judgement(PHASE, started_at=T0, now=at(60), observations={"availability": naive})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    operator=st.sampled_from(list(Operator)),
+    threshold=st.one_of(st.integers(-5, 105), st.floats(-5, 105, allow_nan=False)),
+    value=st.one_of(st.integers(-5, 105), st.floats(-5, 105, allow_nan=False)),
+)
+def test_criterion_predicate__is_passes(operator: Operator, threshold: float, value: float) -> None:
+    criterion = Criterion("availability", operator, threshold, 0)
+    assert criterion.predicate()(value) == criterion.passes(value)
+    assert criterion.predicate()(threshold) == criterion.passes(threshold)

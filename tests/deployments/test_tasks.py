@@ -315,3 +315,20 @@ def test_transition__hands_the_new_phase_to_a_tick_after_commit(
     first = Deployment.objects.get().phases.get(order=1)
     assert first.judged_at is not None  # the tick judged the new phase at once
     assert first.judgement["outcome"] == "wait"
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_tick__leaves_the_garbage_collector_as_it_found_it(make_deployment, clock, enabled):
+    import gc
+
+    deployment = make_deployment()
+    start(deployment, clock)
+    feed(start=clock.now, seconds=60)
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        report = tick(clock, 20)
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
+    assert report.examined == 1 and report.errors == []

@@ -1,0 +1,167 @@
+"""A deployment's news, told to people: the guide's ``notifications`` switches, made real.
+
+Which news a deployment tells is its configuration's ``notifications`` (all on by default):
+
+==================  ==========================================================================
+``onStart``         it started
+``onPhaseComplete`` a phase held and the next one began (by the tick or by a person)
+``onComplete``      it succeeded: the canary is the service's stable version
+``onRollback``      the canary is being taken out of traffic (a breach, or an abort), or a
+                    breach needs a person's decision because auto-rollback is off
+``onFailure``       it failed (past its maximum time, or its rollback failed)
+==================  ==========================================================================
+
+Where it goes is the alerting of the deployment's health policy: its channels (email, Slack,
+signed webhook), recipients and URLs, through the health app's notification outbox, so the
+same worker delivers it with retries and backoff, once. A deployment without a policy, or whose
+policy has alerting off, tells nobody.
+
+The receivers run once the transition has committed; each piece of news has a key made of the
+timeline entry it reports, so a receiver that runs twice queues it once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+from django.dispatch import receiver
+from django.urls import reverse
+
+from deployments.choices import DeploymentStatus
+from deployments.lifecycle import Action
+from deployments.models import Deployment, DeploymentEvent
+from deployments.signals import deployment_breached, deployment_transitioned
+from health import conf as health_conf
+from health import services as health_services
+
+logger = logging.getLogger(__name__)
+
+ON_START = "onStart"
+ON_PHASE_COMPLETE = "onPhaseComplete"
+ON_COMPLETE = "onComplete"
+ON_ROLLBACK = "onRollback"
+ON_FAILURE = "onFailure"
+
+
+def news_switch(action: str, to_status: str) -> str | None:
+    """The ``notifications`` switch that governs a transition, or None when it is not news."""
+    if to_status == DeploymentStatus.SUCCEEDED:
+        return ON_COMPLETE
+    if to_status == DeploymentStatus.FAILED:
+        return ON_FAILURE
+    if action in (Action.ROLLBACK, Action.ABORT):
+        return ON_ROLLBACK
+    if action == Action.START:
+        return ON_START
+    if action == Action.PROMOTE:
+        return ON_PHASE_COMPLETE
+    # Pause, resume and retry are a person's own doing; the end of a rollback follows its
+    # start, which was the news.
+    return None
+
+
+def wants(deployment: Deployment, switch: str) -> bool:
+    # A switch left out of the configuration is on, as in the guide.
+    return bool((deployment.notifications or {}).get(switch, True))
+
+
+def deployment_notify(
+    *, deployment: Deployment, event: DeploymentEvent, switch: str, headline: str
+) -> list[int]:
+    """Queue the news of ``event`` for the people of the deployment's health policy, when its
+    ``switch`` is on; returns the outbox ids queued."""
+    if not wants(deployment, switch):
+        return []
+    policy = deployment.health_policy
+    url = health_conf.site_url() + reverse("deployments:deployment-detail", args=[deployment.pk])
+    service = deployment.service.name
+    subject = f"[Canary] {service} {deployment.canary_version}: {headline}"
+    text = "\n".join(part for part in (subject, event.reason, url) if part)
+    payload: dict[str, Any] = {
+        "event": f"deployment.{event.kind}",
+        "sent_at": event.at.isoformat(),
+        "text": text,
+        "deployment": {
+            "id": deployment.pk,
+            "name": deployment.name,
+            "service": service,
+            "stable_version": deployment.stable_version,
+            "canary_version": deployment.canary_version,
+            "status": deployment.status,
+            "phase": event.phase,
+            "canary_share": float(event.canary_share) if event.canary_share is not None else None,
+            "url": url,
+        },
+        "timeline": {
+            "id": event.pk,
+            "kind": event.kind,
+            "from_status": event.from_status,
+            "to_status": event.to_status,
+            "source": event.source,
+            "reason": event.reason,
+            "at": event.at.isoformat(),
+        },
+    }
+    with transaction.atomic():
+        return health_services.notifications_queue(
+            key=f"deployment:{deployment.pk}:event:{event.pk}",
+            policy=policy,
+            subject=subject,
+            payload=payload,
+        )
+
+
+def _headline(action: str, to_status: str, deployment: Deployment, event: DeploymentEvent) -> str:
+    if to_status == DeploymentStatus.SUCCEEDED:
+        return f"succeeded; {deployment.canary_version} is now stable"
+    if to_status == DeploymentStatus.FAILED:
+        return "failed"
+    if action == Action.ABORT:
+        return "aborted; traffic is back on stable"
+    if action == Action.ROLLBACK:
+        return "rolling back; traffic is back on stable"
+    if action == Action.START:
+        return f"started at {event.canary_share}% of traffic"
+    return f"phase {event.phase} began at {event.canary_share}% of traffic"
+
+
+@receiver(deployment_transitioned, sender=Deployment, dispatch_uid="deployments.notifications")
+def tell_transition(
+    sender: Any,
+    *,
+    deployment: Deployment,
+    event: DeploymentEvent,
+    action: str,
+    from_status: str,
+    to_status: str,
+    **kwargs: Any,
+) -> None:
+    switch = news_switch(action, to_status)
+    if switch is None:
+        return
+    deployment_notify(
+        deployment=deployment,
+        event=event,
+        switch=switch,
+        headline=_headline(action, to_status, deployment, event),
+    )
+
+
+@receiver(deployment_breached, sender=Deployment, dispatch_uid="deployments.notifications")
+def tell_breach(sender: Any, *, deployment: Deployment, rolled_back: bool, **kwargs: Any) -> None:
+    # With auto-rollback on, the rollback's own transition is the news.
+    if rolled_back:
+        return
+    event = (
+        DeploymentEvent.objects.filter(deployment=deployment, kind="breach").order_by("-at", "-pk")
+    ).first()
+    if event is None:
+        return
+    deployment_notify(
+        deployment=deployment,
+        event=event,
+        switch=ON_ROLLBACK,
+        headline="breached its rollback thresholds; auto-rollback is off, a person must decide",
+    )

@@ -55,7 +55,6 @@ from routing.engine import (
     TargetSnapshot,
     decide,
 )
-from routing.server import BODY_FOLLOWS
 from routing.upstream import (
     HOP_BY_HOP,
     AiohttpUpstreamClient,
@@ -84,7 +83,6 @@ SMALL_RESPONSE_BYTES = 64 * 1024
 # Outcomes that cannot be flushed are kept and retried, but not for ever.
 MAX_UNFLUSHED_AGE_SECONDS = 300
 BREAKER_PUBLISH_SECONDS = 5.0
-GC_YOUNG_THRESHOLD = 50_000
 
 # Framing (Content-Length, Transfer-Encoding) is the upstream client's to write, and the
 # forwarding headers are rewritten.
@@ -314,11 +312,6 @@ class RoutingProxy:
         # out of the garbage collector's scans, which otherwise stall requests now and then.
         gc.collect()
         gc.freeze()
-        # Each request allocates a few hundred short-lived objects that reference counting
-        # frees; at the default threshold (700) the collector still ran every few requests for
-        # almost nothing: about 5% of the instructions of the request path, counted with
-        # callgrind over the proxy's protocol and upstream client on in-memory transports.
-        gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
         self._tasks = [
             asyncio.create_task(self._poll_loop(), name="routing-poll"),
             asyncio.create_task(self._flush_loop(), name="routing-flush"),
@@ -628,23 +621,17 @@ class RoutingProxy:
         if set_cookie is not None:
             out_headers.append((b"set-cookie", set_cookie.encode("latin-1")))
         failed = status >= 500
-        start: dict[str, Any] = {
-            "type": "http.response.start",
-            "status": status,
-            "headers": out_headers,
-        }
+        start = {"type": "http.response.start", "status": status, "headers": out_headers}
         sent = False
         try:
             length = response.content_length
             if method == "HEAD" or status in (204, 304):
                 sent = True
-                start[BODY_FOLLOWS] = True
                 await send(start)
                 await send({"type": "http.response.body", "body": b""})
             elif length is not None and length <= SMALL_RESPONSE_BYTES:
                 data = await response.read()
                 sent = True
-                start[BODY_FOLLOWS] = True
                 await send(start)
                 await send({"type": "http.response.body", "body": data})
             else:
@@ -730,9 +717,7 @@ async def respond(
         (b"content-length", str(len(body)).encode()),
         *(extra or []),
     ]
-    await send(
-        {"type": "http.response.start", "status": status, "headers": headers, BODY_FOLLOWS: True}
-    )
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

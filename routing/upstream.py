@@ -134,18 +134,18 @@ class _Response:
         "complete",
         "conn",
         "content_length",
-        "deadlines",
         "head_request",
         "headers",
         "headers_done",
         "keep_alive",
         "status",
+        "timeout",
         "until_close",
     )
 
-    def __init__(self, conn: _Connection, head_request: bool, deadlines: _Deadlines) -> None:
+    def __init__(self, conn: _Connection, head_request: bool, timeout: float) -> None:
         self.conn: _Connection | None = conn
-        self.deadlines = deadlines
+        self.timeout = timeout
         self.head_request = head_request
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -180,27 +180,27 @@ class _Response:
 
     # Used by the proxy.
 
-    async def _wait(self) -> None:
+    async def _wait(self, timeout: float) -> None:
         if self._error is not None:
             raise self._error
-        deadlines = self.deadlines
-        waiter = self._waiter = deadlines.loop.create_future()
-        deadlines.watch(waiter)
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
         try:
             await waiter
         finally:
-            deadlines.forget(waiter)
+            timer.cancel()
             self._waiter = None
         if self._error is not None:
             raise self._error
 
     async def wait_headers(self) -> None:
         while not self.headers_done:
-            await self._wait()
+            await self._wait(self.timeout)
 
     async def read(self) -> bytes:
         while not self.complete:
-            await self._wait()
+            await self._wait(self.timeout)
         data = b"".join(self._chunks)
         self._chunks = []
         self._buffered = 0
@@ -218,7 +218,7 @@ class _Response:
             elif self.complete:
                 return
             else:
-                await self._wait()
+                await self._wait(self.timeout)
 
     def release(self) -> None:
         conn = self.conn
@@ -237,44 +237,9 @@ class _Response:
             conn.abort()
 
 
-class _Deadlines:
-    """The read timeouts of the answers being waited for, checked by one repeating timer.
-
-    A timer per wait (``loop.call_later`` and its ``cancel``) cost about as much as the rest of
-    the client's bookkeeping for a request; a wait here is one dictionary entry instead. A wait
-    expires between ``timeout`` and ``timeout + resolution`` seconds after it began.
-    """
-
-    __slots__ = ("_handle", "_waiting", "loop", "resolution", "timeout")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
-        self.loop = loop
-        self.timeout = timeout
-        self.resolution = max(0.01, min(0.1, timeout / 10))
-        self._waiting: dict[asyncio.Future[None], float] = {}
-        self._handle: asyncio.TimerHandle | None = None
-
-    def watch(self, waiter: asyncio.Future[None]) -> None:
-        self._waiting[waiter] = self.loop.time() + self.timeout
-        if self._handle is None:
-            self._handle = self.loop.call_later(self.resolution, self._sweep)
-
-    def forget(self, waiter: asyncio.Future[None]) -> None:
-        self._waiting.pop(waiter, None)
-
-    def _sweep(self) -> None:
-        now = self.loop.time()
-        expired = [waiter for waiter, deadline in self._waiting.items() if deadline <= now]
-        for waiter in expired:
-            del self._waiting[waiter]
-            if not waiter.done():
-                waiter.set_exception(UpstreamTimeout("the target did not answer in time"))
-        self._handle = self.loop.call_later(self.resolution, self._sweep) if self._waiting else None
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(UpstreamTimeout("the target did not answer in time"))
 
 
 class _Connection(asyncio.Protocol):
@@ -460,14 +425,6 @@ class FastUpstreamClient:
         self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
         self._endpoints: dict[str, _Endpoint] = {}
         self._ssl: ssl.SSLContext | None = None
-        self._watch: _Deadlines | None = None
-
-    def _deadlines(self) -> _Deadlines:
-        # Made on first use: the client may be built before the event loop runs.
-        watch = self._watch
-        if watch is None:
-            watch = self._watch = _Deadlines(asyncio.get_running_loop(), self.read_timeout)
-        return watch
 
     def _endpoint(self, url: str) -> _Endpoint:
         endpoint = self._endpoints.get(url)
@@ -564,7 +521,7 @@ class FastUpstreamClient:
             reused = conn is not None
             if conn is None:
                 conn = await self._connect(target)
-            response = _Response(conn, method == "HEAD", self._deadlines())
+            response = _Response(conn, method == "HEAD", self.read_timeout)
             conn.response = response
             conn.got_bytes = False
             assert conn.transport is not None
@@ -595,8 +552,6 @@ class FastUpstreamClient:
             for conn in list(pool):
                 conn.abort()
         self._idle.clear()
-        if self._watch is not None:
-            self._watch.close()
 
 
 async def _send_stream(conn: _Connection, body: AsyncIterator[bytes], *, chunked: bool) -> None:

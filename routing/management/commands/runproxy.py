@@ -64,7 +64,7 @@ class Command(BaseCommand):
         import uvicorn
 
         from routing.proxy import RoutingProxy
-        from routing.server import ProxyHttpToolsProtocol
+        from routing.server import CoalescingHttpToolsProtocol
 
         app = RoutingProxy(
             default_service=options["service"],
@@ -83,7 +83,7 @@ class Command(BaseCommand):
             port=options["port"],
             loop="uvloop",
             # httptools, writing each response's head with its body (see routing/server.py).
-            http=ProxyHttpToolsProtocol,
+            http=CoalescingHttpToolsProtocol,
             lifespan="on",
             access_log=False,
             log_level=options["log_level"],

@@ -16,27 +16,22 @@ signed webhook), recipients and URLs, through the health app's notification outb
 same worker delivers it with retries and backoff, once. A deployment without a policy, or whose
 policy has alerting off, tells nobody.
 
-The receivers run once the transition has committed; each piece of news has a key made of the
-timeline entry it reports, so a receiver that runs twice queues it once.
+The news is queued in the transaction that makes it true (the transition, or the tick's note
+of a breach), so it is sent exactly when that commits; its key is the timeline entry it
+reports, so the same news is never queued twice.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from django.db import transaction
-from django.dispatch import receiver
 from django.urls import reverse
 
 from deployments.choices import DeploymentStatus
 from deployments.lifecycle import Action
 from deployments.models import Deployment, DeploymentEvent
-from deployments.signals import deployment_breached, deployment_transitioned
 from health import conf as health_conf
 from health import services as health_services
-
-logger = logging.getLogger(__name__)
 
 ON_START = "onStart"
 ON_PHASE_COMPLETE = "onPhaseComplete"
@@ -104,13 +99,12 @@ def deployment_notify(
             "at": event.at.isoformat(),
         },
     }
-    with transaction.atomic():
-        return health_services.notifications_queue(
-            key=f"deployment:{deployment.pk}:event:{event.pk}",
-            policy=policy,
-            subject=subject,
-            payload=payload,
-        )
+    return health_services.notifications_queue(
+        key=f"deployment:{deployment.pk}:event:{event.pk}",
+        policy=policy,
+        subject=subject,
+        payload=payload,
+    )
 
 
 def _headline(action: str, to_status: str, deployment: Deployment, event: DeploymentEvent) -> str:
@@ -127,21 +121,14 @@ def _headline(action: str, to_status: str, deployment: Deployment, event: Deploy
     return f"phase {event.phase} began at {event.canary_share}% of traffic"
 
 
-@receiver(deployment_transitioned, sender=Deployment, dispatch_uid="deployments.notifications")
-def tell_transition(
-    sender: Any,
-    *,
-    deployment: Deployment,
-    event: DeploymentEvent,
-    action: str,
-    from_status: str,
-    to_status: str,
-    **kwargs: Any,
-) -> None:
+def transition_news(
+    *, deployment: Deployment, event: DeploymentEvent, action: str, to_status: str
+) -> list[int]:
+    """Queue the news of a transition, in the transition's own transaction."""
     switch = news_switch(action, to_status)
     if switch is None:
-        return
-    deployment_notify(
+        return []
+    return deployment_notify(
         deployment=deployment,
         event=event,
         switch=switch,
@@ -149,17 +136,10 @@ def tell_transition(
     )
 
 
-@receiver(deployment_breached, sender=Deployment, dispatch_uid="deployments.notifications")
-def tell_breach(sender: Any, *, deployment: Deployment, rolled_back: bool, **kwargs: Any) -> None:
-    # With auto-rollback on, the rollback's own transition is the news.
-    if rolled_back:
-        return
-    event = (
-        DeploymentEvent.objects.filter(deployment=deployment, kind="breach").order_by("-at", "-pk")
-    ).first()
-    if event is None:
-        return
-    deployment_notify(
+def breach_news(*, deployment: Deployment, event: DeploymentEvent) -> list[int]:
+    """Queue the news of a breach that auto-rollback leaves to a person (the tick notes each
+    breach once), in the tick's transaction. With auto-rollback on, the rollback is the news."""
+    return deployment_notify(
         deployment=deployment,
         event=event,
         switch=ON_ROLLBACK,

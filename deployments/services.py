@@ -31,7 +31,7 @@ from canary_site.audit import audit_context
 from canary_site.choices import Source
 from canary_site.collector import collector_paused
 from canary_site.exceptions import CanaryError, NotFound, TransitionNotAllowed, ValidationFailed
-from deployments import conf, observing, selectors
+from deployments import conf, notifications, observing, selectors
 from deployments.choices import DeploymentStatus, EventKind, PhaseStatus
 from deployments.config import (
     ConfigError,
@@ -401,6 +401,10 @@ def deployment_transition(
             from_status=before,
             to_status=after,
             at=now,
+        )
+        # The news is queued in this transaction: it exists exactly when the transition does.
+        notifications.transition_news(
+            deployment=deployment, event=event, action=effective, to_status=after
         )
         _after_commit(deployment, event, effective, before, after, change)
     return deployment
@@ -1189,6 +1193,9 @@ def _record(verdicts: list[_Verdict], now: datetime, report: TickReport) -> None
             _save_judgements(changed_phases)
         if events:
             DeploymentEvent.objects.bulk_create(events)
+            for event in events:
+                if event.kind == EventKind.BREACH:
+                    notifications.breach_news(deployment=event.deployment, event=event)
 
 
 _JUDGEMENT_FIELDS = ["observations", "judgement", "judged_at", "ready_at", "breach_seen_at"]

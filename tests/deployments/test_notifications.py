@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.core import mail
 
+from canary_site.exceptions import TransitionNotAllowed
 from deployments import services
 from deployments.choices import DeploymentStatus
 from deployments.lifecycle import Action
@@ -202,3 +203,19 @@ def test_failure_past_the_maximum_time__is_told(
 def status_of(deployment: Any) -> str:
     deployment.refresh_from_db()
     return deployment.status
+
+
+@pytest.mark.django_db
+def test_news__is_written_by_the_transition_itself__and_not_by_a_refused_one(
+    make_deployment, alerting_policy
+):
+    deployment = make_deployment()
+
+    # No commit hook runs here: the outbox row exists because the transition wrote it.
+    act(deployment, "start")
+    with pytest.raises(TransitionNotAllowed):
+        act(deployment, "resume")
+
+    queued = NotificationOutbox.objects.filter(event=NotificationEvent.DEPLOYMENT)
+    assert {row.payload["event"] for row in queued} == {"deployment.start"}
+    assert {row.channel for row in queued} == {"email", "webhook"}

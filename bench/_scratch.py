@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 
@@ -36,3 +40,30 @@ def setup_django(server: str, name: str, var_dir: str) -> None:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+
+
+def add_scratch_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--server`` (the PostgreSQL server, no database name) and ``--keep``."""
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("CANARY_BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432"),
+        help="PostgreSQL server URL without a database name",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the scratch database for a closer look"
+    )
+
+
+@contextmanager
+def scratch_django(server: str, name: str, *, keep: bool = False) -> Iterator[None]:
+    """Django on a fresh scratch database ``name`` (and a temporary var directory) for the
+    block; the database is dropped afterwards unless ``keep``."""
+    server = server.rstrip("/")
+    create_database(server, name)
+    try:
+        with tempfile.TemporaryDirectory(prefix="canary-bench-") as var_dir:
+            setup_django(server, name, var_dir)
+            yield
+    finally:
+        if not keep:
+            drop_database(server, name)

@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -40,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
-from bench._scratch import create_database, drop_database, setup_django  # noqa: E402
+from bench._scratch import add_scratch_arguments, scratch_django  # noqa: E402
 
 BENCH_DB = "canary_bench"
 ROUNDS = 3
@@ -300,60 +298,47 @@ def bench_evaluation(server: str, canaries: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--server",
-        default=os.environ.get("CANARY_BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432"),
-        help="PostgreSQL server URL without a database name",
-    )
     parser.add_argument("--batches", type=int, default=60, help="push batches of 1,000 samples")
     parser.add_argument("--canaries", type=int, default=1000)
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the scratch database for a closer look"
-    )
+    add_scratch_arguments(parser)
     args = parser.parse_args()
+
     server = args.server.rstrip("/")
+    with scratch_django(server, BENCH_DB, keep=args.keep):
+        now = datetime.now(tz=UTC)
+        ingest = bench_ingestion(server, make_batches(args.batches, now))
+        print(f"push ingestion, {args.batches} batches of {SAMPLES_PER_BATCH:,} samples:")
+        print(f"  metrics_push           {ingest['ours']:>10,.0f} samples/s")
+        print(f"  REST POST /metrics     {ingest['api']:>10,.0f} samples/s")
+        print(f"  baseline (psycopg COPY){ingest['baseline']:>10,.0f} samples/s")
+        print(f"  ratio metrics_push / baseline: {ingest['ours'] / ingest['baseline']:.2f}")
+        print(f"  ({ingest['buckets']:,} buckets in the store)")
 
-    create_database(server, BENCH_DB)
-    try:
-        with tempfile.TemporaryDirectory(prefix="canary-bench-") as var_dir:
-            setup_django(server, BENCH_DB, var_dir)
-            now = datetime.now(tz=UTC)
-            ingest = bench_ingestion(server, make_batches(args.batches, now))
-            print(f"push ingestion, {args.batches} batches of {SAMPLES_PER_BATCH:,} samples:")
-            print(f"  metrics_push           {ingest['ours']:>10,.0f} samples/s")
-            print(f"  REST POST /metrics     {ingest['api']:>10,.0f} samples/s")
-            print(f"  baseline (psycopg COPY){ingest['baseline']:>10,.0f} samples/s")
-            print(f"  ratio metrics_push / baseline: {ingest['ours'] / ingest['baseline']:.2f}")
-            print(f"  ({ingest['buckets']:,} buckets in the store)")
-
-            result = bench_evaluation(server, args.canaries)
-            print(
-                f"evaluation pass, {result['canaries']:,} canaries, one hour of 10-second "
-                f"buckets each ({result['rows']:,} buckets, loaded in "
-                f"{result['load_seconds']:.1f} s):"
-            )
-            print(
-                f"  steady pass  {result['steady_seconds']:6.2f} s  (median of {ROUNDS}: "
-                f"{result['steady_median']:.2f} s)  "
-                f"{result['steady_queries']:3d} queries  (history windows from earlier checks: "
-                f"{result['history_from_checks']:.1f} per canary)"
-            )
-            print(
-                f"  cold pass    {result['cold_seconds']:6.2f} s  {result['cold_queries']:3d} "
-                "queries  (no earlier check: history read from the buckets)"
-            )
-            print(
-                f"  {result['small_canaries']:,} canaries  {result['small_seconds']:6.2f} s  "
-                f"{result['small_queries']:3d} queries  (same policy: the count does not grow)"
-            )
-            print(
-                f"  same window again {result['repeat_seconds']:6.2f} s  "
-                f"{result['repeat_queries']:3d} queries  (idempotent: nothing stored twice)"
-            )
-            print(f"  verdicts: {result['verdicts']}; checks stored: {result['checks']:,}")
-    finally:
-        if not args.keep:
-            drop_database(server, BENCH_DB)
+        result = bench_evaluation(server, args.canaries)
+        print(
+            f"evaluation pass, {result['canaries']:,} canaries, one hour of 10-second "
+            f"buckets each ({result['rows']:,} buckets, loaded in "
+            f"{result['load_seconds']:.1f} s):"
+        )
+        print(
+            f"  steady pass  {result['steady_seconds']:6.2f} s  (median of {ROUNDS}: "
+            f"{result['steady_median']:.2f} s)  "
+            f"{result['steady_queries']:3d} queries  (history windows from earlier checks: "
+            f"{result['history_from_checks']:.1f} per canary)"
+        )
+        print(
+            f"  cold pass    {result['cold_seconds']:6.2f} s  {result['cold_queries']:3d} "
+            "queries  (no earlier check: history read from the buckets)"
+        )
+        print(
+            f"  {result['small_canaries']:,} canaries  {result['small_seconds']:6.2f} s  "
+            f"{result['small_queries']:3d} queries  (same policy: the count does not grow)"
+        )
+        print(
+            f"  same window again {result['repeat_seconds']:6.2f} s  "
+            f"{result['repeat_queries']:3d} queries  (idempotent: nothing stored twice)"
+        )
+        print(f"  verdicts: {result['verdicts']}; checks stored: {result['checks']:,}")
 
 
 if __name__ == "__main__":

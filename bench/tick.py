@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._scratch import create_database, drop_database, setup_django  # noqa: E402
+from bench._scratch import add_scratch_arguments, scratch_django  # noqa: E402
 
 BENCH_DB = "canary_bench_tick"
 BASELINE = 10
@@ -298,68 +296,53 @@ def bench(count: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--server",
-        default=os.environ.get("CANARY_BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432"),
-        help="PostgreSQL server URL without a database name",
-    )
     parser.add_argument("--deployments", type=int, default=1000)
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the scratch database for a closer look"
-    )
+    add_scratch_arguments(parser)
     args = parser.parse_args()
-    server = args.server.rstrip("/")
 
-    create_database(server, BENCH_DB)
-    try:
-        with tempfile.TemporaryDirectory(prefix="canary-bench-") as var_dir:
-            setup_django(server, BENCH_DB, var_dir)
-            r = bench(args.deployments)
-            n = args.deployments
-            print(
-                f"deployments tick, {n:,} running deployments "
-                f"(set up in {r['build_seconds']:.1f} s):"
-            )
-            print(
-                f"  tick over {n:,}         {r['full_seconds']:6.3f} s  (median of {ROUNDS}: "
-                f"{r['full_median']:.3f} s)  {r['full_queries']:3d} queries  "
-                f"(each a new window: a health check and an observation per deployment)"
-            )
-            print(
-                f"  baseline: tick over {BASELINE:<4d} {r['small_seconds']:6.3f} s  "
-                f"{r['small_queries']:3d} queries  (the count does not grow)"
-            )
-            print(
-                f"  same moment again      {r['repeat_seconds']:6.3f} s  {r['repeat_queries']:3d} "
-                "queries  (idempotent: nothing new to store)"
-            )
-            print(
-                f"  bare load of the rows  {r['load_seconds']:6.3f} s  {r['load_queries']:3d} "
-                "queries  (each deployment with its running phase)"
-            )
-            print(
-                f"  health pass alone      {r['health_seconds']:6.3f} s  {r['health_queries']:3d} "
-                "queries  (health_evaluate_many over the same canaries, a fresh window)"
-            )
-            print(
-                f"  every one advancing    {r['advance_seconds']:6.3f} s  "
-                f"{r['advance_queries']:5d} queries  (a locked transaction per decision, each "
-                "creating its routing rule: grows)"
-            )
-            print(f"  steps of the fastest tick (s): {r['full_report']['timings']}")
-            print(
-                f"  advancing: {r['advance_report']['advanced']} advanced, "
-                f"errors {r['advance_report']['errors']}"
-            )
-            goal = (
-                "met"
-                if r["full_seconds"] < 2 and r["full_queries"] == r["small_queries"]
-                else "NOT met"
-            )
-            print(f"goal (under 2 s, queries that do not grow): {goal}")
-    finally:
-        if not args.keep:
-            drop_database(server, BENCH_DB)
+    with scratch_django(args.server, BENCH_DB, keep=args.keep):
+        r = bench(args.deployments)
+        n = args.deployments
+        print(
+            f"deployments tick, {n:,} running deployments (set up in {r['build_seconds']:.1f} s):"
+        )
+        print(
+            f"  tick over {n:,}         {r['full_seconds']:6.3f} s  (median of {ROUNDS}: "
+            f"{r['full_median']:.3f} s)  {r['full_queries']:3d} queries  "
+            f"(each a new window: a health check and an observation per deployment)"
+        )
+        print(
+            f"  baseline: tick over {BASELINE:<4d} {r['small_seconds']:6.3f} s  "
+            f"{r['small_queries']:3d} queries  (the count does not grow)"
+        )
+        print(
+            f"  same moment again      {r['repeat_seconds']:6.3f} s  {r['repeat_queries']:3d} "
+            "queries  (idempotent: nothing new to store)"
+        )
+        print(
+            f"  bare load of the rows  {r['load_seconds']:6.3f} s  {r['load_queries']:3d} "
+            "queries  (each deployment with its running phase)"
+        )
+        print(
+            f"  health pass alone      {r['health_seconds']:6.3f} s  {r['health_queries']:3d} "
+            "queries  (health_evaluate_many over the same canaries, a fresh window)"
+        )
+        print(
+            f"  every one advancing    {r['advance_seconds']:6.3f} s  "
+            f"{r['advance_queries']:5d} queries  (a locked transaction per decision, each "
+            "creating its routing rule: grows)"
+        )
+        print(f"  steps of the fastest tick (s): {r['full_report']['timings']}")
+        print(
+            f"  advancing: {r['advance_report']['advanced']} advanced, "
+            f"errors {r['advance_report']['errors']}"
+        )
+        goal = (
+            "met"
+            if r["full_seconds"] < 2 and r["full_queries"] == r["small_queries"]
+            else "NOT met"
+        )
+        print(f"goal (under 2 s, queries that do not grow): {goal}")
 
 
 if __name__ == "__main__":

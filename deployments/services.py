@@ -623,20 +623,17 @@ def _check_ready(deployment: Deployment) -> None:
 
 
 def _reset_phase(phase: Phase) -> None:
-    phase.status = PhaseStatus.PENDING
-    phase.started_at = None
-    phase.ended_at = None
-    phase.observations = {}
-    phase.judgement = {}
-    phase.judged_at = None
-    phase.ready_at = None
-    phase.breach_seen_at = None
-    phase.save()
+    _fresh_phase(phase, PhaseStatus.PENDING, started_at=None)
 
 
 def _begin_phase(phase: Phase, now: datetime) -> None:
-    phase.status = PhaseStatus.RUNNING
-    phase.started_at = now
+    _fresh_phase(phase, PhaseStatus.RUNNING, started_at=now)
+
+
+def _fresh_phase(phase: Phase, status: str, *, started_at: datetime | None) -> None:
+    """The phase with nothing observed or judged yet: before a start, or as a retry leaves it."""
+    phase.status = status
+    phase.started_at = started_at
     phase.ended_at = None
     phase.observations = {}
     phase.judgement = {}

@@ -1,19 +1,32 @@
-"""Prometheus exposition of the system itself: django-prometheus covers requests by view and
-status and their latency; this module adds Celery task counts.
+"""Prometheus exposition of the system itself at /metrics: django-prometheus covers requests by
+view and status and their latency; this module adds Celery task counts and serves the page.
 
 Tasks run in worker processes while /metrics is served by the web process, so the counts are kept
 in the shared cache (Redis in production) and read at scrape time by a custom collector.
+
+gunicorn answers a scrape from whichever worker takes it, and each worker counts only what it
+served, so a per-process registry makes counters jump back and forth between scrapes. Under
+gunicorn (``canary_site/gunicorn.conf.py``) ``PROMETHEUS_MULTIPROC_DIR`` is set: every worker
+writes its samples to files there and the scrape sums them with prometheus_client's
+``MultiProcessCollector``, so one install exposes one set of counters whichever worker answers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
+import os
 from collections.abc import Iterator
 from typing import Any
 
 from celery import signals
+from django.conf import settings
 from django.core.cache import cache
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import REGISTRY, CounterMetricFamily
+
+from canary_site.exceptions import error_body
 
 STATES = ("succeeded", "failed", "retried")
 KEY = "celery-task-count:{name}:{state}"
@@ -86,3 +99,42 @@ def connect_signals() -> None:
     # ready() can run twice in some set-ups; the collector is registered once.
     with contextlib.suppress(ValueError):
         REGISTRY.register(_collector)
+
+
+_multiprocess_registry: CollectorRegistry | None = None
+
+
+def scrape_registry() -> CollectorRegistry:
+    """The registry a scrape reads: every worker's files summed when gunicorn runs several, else
+    this process's own registry (runserver, tests, a single process)."""
+    global _multiprocess_registry
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    if _multiprocess_registry is None:
+        # Only what adds up across workers: the process collectors of the default registry
+        # would describe whichever worker answered, the very jumping this mode removes.
+        registry = CollectorRegistry(auto_describe=True)
+        multiprocess.MultiProcessCollector(registry)
+        registry.register(_collector)
+        _multiprocess_registry = registry
+    return _multiprocess_registry
+
+
+def _refused(status: int, code: str, message: str) -> JsonResponse:
+    response = JsonResponse(error_body(code, message), status=status)
+    if status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+    return response
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """``GET /metrics``: the exposition, behind ``Authorization: Bearer <CANARY_METRICS_TOKEN>``
+    when that token is set (401 without credentials, 403 with the wrong ones)."""
+    token = settings.CANARY_METRICS_TOKEN
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return _refused(401, "not_authenticated", "/metrics needs the metrics bearer token.")
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return _refused(403, "forbidden", "That is not the metrics token.")
+    return HttpResponse(generate_latest(scrape_registry()), content_type=CONTENT_TYPE_LATEST)

@@ -3,9 +3,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from canary_site import views
+from canary_site import metrics, views
 
 site_patterns = (
     [
@@ -50,10 +50,10 @@ urlpatterns = [
     path("api/v1/", include(api_patterns)),
     path("ofrep/v1/", include("flags.ofrep_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
-    path("", include("django_prometheus.urls")),
+    path("metrics", metrics.metrics_view, name="prometheus-django-metrics"),
 ]
 
 handler400 = "canary_site.views.bad_request"

@@ -4,9 +4,26 @@
   "use strict";
   var plotlyLoading = null;
 
+  // The Content-Security-Policy refuses a <style> without the page's nonce. plotly.js writes its
+  // global rules into the nonce-carrying #plotly.js-style-global of base.html, but also adds a
+  // <style> of its own to <head> as it loads (its map CSS), and may add one per plot (the mode bar's
+  // colours); those get the nonce as they are added. This lends nothing to an attacker: only our
+  // own script files run (script-src 'self'), and any of them could read the nonce anyway; what
+  // the nonce keeps out is style markup injected into a page, which never passes through here.
+  function lendNonceToAddedStyles() {
+    var head = document.head;
+    var nonce = (document.getElementById("plotly.js-style-global") || {}).nonce;
+    if (!nonce || head.appendChild !== Node.prototype.appendChild) return;
+    head.appendChild = function (child) {
+      if (child instanceof HTMLStyleElement) child.nonce = nonce;
+      return Node.prototype.appendChild.call(this, child);
+    };
+  }
+
   function loadPlotly() {
     if (window.Plotly) return Promise.resolve(window.Plotly);
     if (!plotlyLoading) {
+      lendNonceToAddedStyles();
       plotlyLoading = new Promise(function (resolve, reject) {
         var script = document.createElement("script");
         script.src = document.body.dataset.plotlySrc || "/static/vendor/plotly.min.js";

@@ -1,4 +1,4 @@
-"""Filters shared by the audit page and GET /api/v1/audit/."""
+"""Filters shared by the audit page and GET /api/v1/audit/, and the datetime filter of every app."""
 
 from __future__ import annotations
 
@@ -6,9 +6,17 @@ import django_filters
 from django.db.models import Q, QuerySet
 
 from canary_site.choices import Source
+from canary_site.fields import UtcDateTimeField
 from canary_site.models import AuditEntry
 
 ACTION_CHOICES = [("create", "create"), ("update", "update"), ("delete", "delete")]
+
+
+class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
+    """An ISO 8601 datetime filter that refuses what the database cannot compare (a 400 naming
+    the filter, not a 500) and queries in UTC. Every ``since``/``until`` filter is one."""
+
+    field_class = UtcDateTimeField
 
 
 class AuditEntryFilterSet(django_filters.FilterSet):
@@ -24,8 +32,8 @@ class AuditEntryFilterSet(django_filters.FilterSet):
     )
     action = django_filters.CharFilter(method="filter_action", label="Action")
     source = django_filters.ChoiceFilter(choices=Source.choices)
-    since = django_filters.IsoDateTimeFilter(field_name="timestamp", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="timestamp", lookup_expr="lte")
+    since = UtcDateTimeFilter(field_name="timestamp", lookup_expr="gte")
+    until = UtcDateTimeFilter(field_name="timestamp", lookup_expr="lte")
 
     class Meta:
         model = AuditEntry

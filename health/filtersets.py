@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import django_filters
 
+from canary_site.filtersets import UtcDateTimeFilter
 from health.choices import AlertSeverity, AlertStatus, Verdict
 from health.models import Alert, HealthCheck, HealthPolicy
 
@@ -23,8 +24,8 @@ class HealthCheckFilterSet(django_filters.FilterSet):
     verdict = django_filters.MultipleChoiceFilter(choices=Verdict.choices)
     policy = django_filters.NumberFilter(field_name="policy_id", label="Policy id")
     should_rollback = django_filters.BooleanFilter(label="Should roll back")
-    since = django_filters.IsoDateTimeFilter(field_name="window_end", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="window_end", lookup_expr="lte")
+    since = UtcDateTimeFilter(field_name="window_end", lookup_expr="gte")
+    until = UtcDateTimeFilter(field_name="window_end", lookup_expr="lte")
 
     class Meta:
         model = HealthCheck
@@ -46,7 +47,7 @@ class AlertFilterSet(django_filters.FilterSet):
     status = django_filters.MultipleChoiceFilter(choices=AlertStatus.choices)
     severity = django_filters.ChoiceFilter(choices=AlertSeverity.choices)
     policy = django_filters.NumberFilter(field_name="policy_id", label="Policy id")
-    since = django_filters.IsoDateTimeFilter(field_name="raised_at", lookup_expr="gte")
+    since = UtcDateTimeFilter(field_name="raised_at", lookup_expr="gte")
 
     class Meta:
         model = Alert

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import InterfaceError, OperationalError, ProgrammingError
+from django.http import HttpResponse
+from django.test import RequestFactory
 from rest_framework import serializers
 
 from canary_site.exceptions import (
@@ -14,6 +17,8 @@ from canary_site.exceptions import (
     ValidationFailed,
     api_exception_handler,
 )
+from canary_site.middleware import DatabaseUnavailableMiddleware
+from canary_site.views import server_error
 
 
 @pytest.mark.parametrize(
@@ -63,3 +68,58 @@ def test_handler__django_validation_error__names_the_field():
 
 def test_handler__unexpected_exception__is_left_to_django():
     assert api_exception_handler(RuntimeError("bug"), {}) is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OperationalError("connection refused"),
+        InterfaceError("connection already closed"),
+    ],
+    ids=["operational", "interface"],
+)
+def test_handler__an_unreachable_database__is_503_with_retry_after(error):
+    response = api_exception_handler(error, {})
+
+    assert response.status_code == 503
+    assert response.data["error"]["code"] == "unavailable"
+    assert int(response["Retry-After"]) >= 1
+
+
+def test_handler__a_database_error_that_is_a_bug__is_left_to_django():
+    assert api_exception_handler(ProgrammingError("no such column"), {}) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [("/api/v1/flags/", "application/json"), ("/flags/", "text/html")],
+)
+def test_server_error_handler__while_the_database_is_down__answers_503(path, content_type):
+    request = RequestFactory().get(path)
+    try:
+        raise OperationalError("server closed the connection unexpectedly")
+    except OperationalError:
+        response = server_error(request)
+
+    assert response.status_code == 503
+    assert response["Content-Type"].startswith(content_type)
+    assert int(response["Retry-After"]) >= 1
+    assert b"The database is unavailable" in response.content
+
+
+def test_server_error_handler__for_any_other_failure__stays_500():
+    request = RequestFactory().get("/api/v1/flags/")
+    try:
+        raise RuntimeError("bug")
+    except RuntimeError:
+        response = server_error(request)
+
+    assert response.status_code == 500
+
+
+def test_middleware__passes_on_what_is_not_a_database_outage():
+    middleware = DatabaseUnavailableMiddleware(lambda request: HttpResponse())
+    request = RequestFactory().get("/flags/")
+
+    assert middleware.process_exception(request, RuntimeError("bug")) is None
+    assert middleware.process_exception(request, OperationalError("down")).status_code == 503

@@ -1,16 +1,21 @@
 """One error hierarchy for Canary, and the renderers that turn any error into the one error body.
 
-Every 4xx the API sends looks like ``{"error": {"code", "message", "fields": {...}}}``; the
-dashboard's error partial renders the same three parts. Services raise these errors; views and
-serializers never invent their own shapes.
+Every 4xx the API sends looks like ``{"error": {"code", "message", "fields": {...}}}``, and so
+does the 503 it sends while the database is unreachable; the dashboard's error partial renders the
+same three parts. Services raise these errors; views and serializers never invent their own shapes.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError as DatabaseInterfaceError
+from django.db import OperationalError as DatabaseOperationalError
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -64,6 +69,13 @@ class TransitionNotAllowed(CanaryError):
     code = "conflict"
 
 
+class Conflict(CanaryError):
+    """The client's copy is stale: the object changed since the version the client sent."""
+
+    status_code = 409
+    code = "stale"
+
+
 class RateLimited(CanaryError):
     status_code = 429
     code = "rate_limited"
@@ -71,6 +83,57 @@ class RateLimited(CanaryError):
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = max(1, int(retry_after))
+
+
+class ServiceUnavailable(CanaryError):
+    """Not the client's fault and not a bug: a dependency is down; the same request may work
+    after ``retry_after`` seconds."""
+
+    status_code = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+
+# How long a client should wait before trying again while the database is unreachable: about
+# what a restart or a fail-over of PostgreSQL takes.
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """True for the errors DB-API reserves for the database's operation rather than the query
+    (refused or dropped connections, a server shutting down, a locked SQLite file): transient
+    failures of the database, which a retry may outlive."""
+    return isinstance(exc, (DatabaseOperationalError, DatabaseInterfaceError))
+
+
+logger = logging.getLogger(__name__)
+
+
+class _Outage:
+    """Whether this process has logged the current database outage: one warning when it starts
+    and one when it ends, rather than a traceback for every request in between."""
+
+    down = False
+
+
+def database_unavailable(exc: BaseException) -> ServiceUnavailable:
+    if not _Outage.down:
+        _Outage.down = True
+        logger.warning("The database is unavailable (%s: %s).", type(exc).__name__, exc)
+    return ServiceUnavailable(
+        "The database is unavailable; try again shortly.",
+        retry_after=DATABASE_RETRY_AFTER_SECONDS,
+    )
+
+
+def database_available() -> None:
+    """A request got through: ends the outage that `database_unavailable` logged, if any."""
+    if _Outage.down:
+        _Outage.down = False
+        logger.warning("The database is available again.")
 
 
 def error_body(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -109,9 +172,12 @@ def _summary(fields: dict[str, list[str]], fallback: str) -> str:
 
 
 def to_canary_error(exc: Exception) -> CanaryError | None:
-    """Map Django's and DRF's own exceptions onto ours; None for anything that is not a 4xx."""
+    """Map Django's and DRF's own exceptions onto ours (4xx, and 503 for an unreachable
+    database); None for anything else, which is a bug and stays a 500."""
     if isinstance(exc, CanaryError):
         return exc
+    if is_database_unavailable(exc):
+        return database_unavailable(exc)
     if isinstance(exc, drf_exceptions.ValidationError):
         fields = _flatten_detail(exc.detail)
         return ValidationFailed(_summary(fields, "Invalid input."), fields=fields)
@@ -121,6 +187,14 @@ def to_canary_error(exc: Exception) -> CanaryError | None:
         )
         fields = _flatten_detail(detail)
         return ValidationFailed(_summary(fields, "Invalid input."), fields=fields)
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        error = CanaryError(
+            f"The request body is larger than the {limit:,} bytes accepted.",
+            code="payload_too_large",
+        )
+        error.status_code = 413
+        return error
     if isinstance(exc, drf_exceptions.ParseError):
         return ValidationFailed(f"Malformed request body: {exc.detail}", code="parse_error")
     if isinstance(exc, drf_exceptions.UnsupportedMediaType):
@@ -163,7 +237,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return None
     set_rollback()
     headers: dict[str, str] = {}
-    if isinstance(error, RateLimited):
+    if isinstance(error, (RateLimited, ServiceUnavailable)):
         headers["Retry-After"] = str(error.retry_after)
     if error.status_code == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="api"'

@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from csp import constants as csp
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("CANARY_VAR_DIR", default=str(BASE_DIR / "var")))
@@ -65,6 +66,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -74,6 +76,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "canary_site.middleware.AuditMiddleware",
+    "canary_site.middleware.DatabaseUnavailableMiddleware",
     "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
@@ -127,6 +130,12 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": env.str("CANARY_CACHE_PREFIX", default="canary"),
+            # Everything that uses the cache can do without it for a while (flags, routing
+            # versions, rate limits); an unreachable Redis must cost a second, not a hung request.
+            "OPTIONS": {
+                "socket_connect_timeout": env.float("CANARY_CACHE_TIMEOUT_SECONDS", default=1.0),
+                "socket_timeout": env.float("CANARY_CACHE_TIMEOUT_SECONDS", default=1.0),
+            },
         }
     }
 else:
@@ -206,6 +215,23 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 CSRF_FAILURE_VIEW = "canary_site.views.csrf_failure"
+# Content-Security-Policy on every response (django-csp). Scripts and styles come only from our own
+# static files: no page has an inline script, handler or style attribute, and the one inline
+# <style> (plotly.js's, in base.html) carries the request's nonce. No eval: htmx runs with
+# allowEval off and plotly.js draws our charts without it. data: and blob: images are how
+# plotly.js exports a chart as PNG; an image cannot run code.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [csp.SELF],
+        "script-src": [csp.SELF],
+        "style-src": [csp.SELF, csp.NONCE],
+        "img-src": [csp.SELF, "data:", "blob:"],
+        "object-src": [csp.NONE],
+        "base-uri": [csp.SELF],
+        "form-action": [csp.SELF],
+        "frame-ancestors": [csp.NONE],
+    }
+}
 
 # --- REST API -----------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -221,7 +247,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PAGINATION_CLASS": "canary_site.api.pagination.Pagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "canary_site.schema.AutoSchema",
     "EXCEPTION_HANDLER": "canary_site.exceptions.api_exception_handler",
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
@@ -286,6 +312,8 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- Canary's own knobs -------------------------------------------------------------------
 CANARY_ADMIN_USERNAME = env.str("CANARY_ADMIN_USERNAME", default="admin")
+# /metrics is public unless this is set; then a scrape must send ``Authorization: Bearer <it>``.
+CANARY_METRICS_TOKEN = env.str("CANARY_METRICS_TOKEN", default="")
 
 LOGGING = {
     "version": 1,

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from django.contrib import messages
+from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils.decorators import method_decorator
 from django.views import View
+from django.views.decorators.cache import never_cache
 from django.views.generic import TemplateView
 
 from canary_site import selectors, services
 from canary_site.celery import app as celery_app
 from canary_site.choices import Source
-from canary_site.exceptions import CanaryError, error_body
+from canary_site.exceptions import CanaryError, error_body, is_database_unavailable
 from canary_site.filtersets import AuditEntryFilterSet
 from canary_site.forms import ApiTokenForm
-from canary_site.middleware import API_PREFIXES
+from canary_site.middleware import API_PREFIXES, database_unavailable_response
 from canary_site.roles import RoleRequiredMixin
 
 AUDIT_PAGE_SIZE = 50
+READY_CACHE_KEY = "readyz"
 
 
 class OverviewView(RoleRequiredMixin, TemplateView):
@@ -50,6 +55,7 @@ class AuditListView(RoleRequiredMixin, TemplateView):
         return super().get_context_data(filterset=filterset, entries=entries, **kwargs)
 
 
+@method_decorator(never_cache, name="dispatch")  # the secret shown once must stay in no cache
 class ProfileView(RoleRequiredMixin, View):
     """The signed-in user's roles and API tokens. A new token's secret is shown once, here."""
 
@@ -104,7 +110,14 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Ready when the database and the broker answer; 503 otherwise, naming what failed."""
+    """Ready when the database and the broker answer; 503 otherwise, naming what failed.
+
+    The cache is reported beside them but does not make the process unready: flags keep
+    serving from their snapshot and writes keep succeeding without it (changes then travel
+    through the database version), so a cache outage is ``degraded`` with 200. Taking every web
+    process out of its load balancer because a shared cache is down would turn a slower
+    convergence into an outage.
+    """
     checks: dict[str, str] = {}
     try:
         with connection.cursor() as cursor:
@@ -118,10 +131,18 @@ def readyz(request: HttpRequest) -> JsonResponse:
         checks["broker"] = "ok"
     except Exception as error:
         checks["broker"] = f"error: {error.__class__.__name__}"
-    ready = all(value == "ok" for value in checks.values())
-    return JsonResponse(
-        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
-    )
+    try:
+        cache.set(READY_CACHE_KEY, "ok", timeout=60)
+        checks["cache"] = "ok"
+    except Exception as error:
+        checks["cache"] = f"error: {error.__class__.__name__}"
+    if checks["database"] != "ok" or checks["broker"] != "ok":
+        status, code = "unavailable", 503
+    elif checks["cache"] != "ok":
+        status, code = "degraded", 200
+    else:
+        status, code = "ok", 200
+    return JsonResponse({"status": status, "checks": checks}, status=code)
 
 
 def _wants_json(request: HttpRequest) -> bool:
@@ -159,4 +180,9 @@ def page_not_found(request: HttpRequest, exception: Exception | None = None) -> 
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
+    # Django calls this while handling the exception, so it is still at hand: a database that
+    # went away outside any view (a session saved on the way out) is a 503, not a bug.
+    failure = sys.exc_info()[1]
+    if failure is not None and is_database_unavailable(failure):
+        return database_unavailable_response(request, failure)
     return _error_response(request, 500, "server_error", "Something went wrong on our side.")

@@ -50,6 +50,16 @@ def snapshot_check_seconds() -> float:
     return float(_get("CANARY_FLAGS_SNAPSHOT_CHECK_SECONDS", 0.2))
 
 
+def db_version_seconds() -> float:
+    """How often a process also reads the flags version from the database.
+
+    The cache announces changes within the snapshot check; the database is the backstop that
+    still works when the cache is down or missed a change, and bounds how late a kill can be
+    served then. One small query per process every 2 s, never one per evaluation.
+    """
+    return float(_get("CANARY_FLAGS_DB_VERSION_SECONDS", 2))
+
+
 def exposure_flush_seconds() -> float:
     """Longest time exposure counts wait in a process's memory before they are written."""
     return float(_get("CANARY_FLAGS_EXPOSURE_FLUSH_SECONDS", 5))

@@ -6,20 +6,24 @@ OFREP. The counters are written as one bulk upsert (``count = count + new``) whe
 ``CANARY_FLAGS_EXPOSURE_FLUSH_SECONDS`` (5 s) have passed or
 ``CANARY_FLAGS_EXPOSURE_FLUSH_COUNT`` (10,000) evaluations are waiting, whichever comes first.
 The check runs when a request has finished (Django's ``request_finished``, sent once the response
-has gone out), and a last flush runs when the process exits. A flush that fails puts its counts
-back, so they go out with the next one.
+has gone out); a background timer of each process flushes whatever waits every
+``CANARY_FLAGS_EXPOSURE_FLUSH_SECONDS`` too, so a process that has gone idle does not hold its
+last counts; and a last flush runs when the process exits. The timer starts with the first count
+a process records (after a fork as well: a thread does not survive one). A flush that fails puts
+its counts back, so they go out with the next one.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import close_old_connections, connection, transaction
 
 from flags import conf
 
@@ -41,17 +45,23 @@ class ExposureRecorder:
         self._flush_lock = threading.Lock()
         self._next_flush = time.monotonic() + conf.exposure_flush_seconds()
         self._flush_count = conf.exposure_flush_count()
+        self._timer: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def record(self, flag_key: str, variant: str | None) -> None:
         """Count one serving of ``variant`` of ``flag_key`` (nothing for a result without one)."""
         if variant is None:
             return
+        if self._timer is None:
+            self.start_timer()
         key = (int(time.time()) // 60, flag_key, variant)
         with self._lock:
             self._counts[key] = self._counts.get(key, 0) + 1
             self._pending += 1
 
     def record_many(self, served: Iterable[tuple[str, str | None]]) -> None:
+        if self._timer is None:
+            self.start_timer()
         minute = int(time.time()) // 60
         with self._lock:
             for flag_key, variant in served:
@@ -98,8 +108,51 @@ class ExposureRecorder:
         finally:
             self._flush_lock.release()
 
+    def start_timer(self) -> None:
+        """Start this process's flush timer, unless it runs already."""
+        with self._lock:
+            if self._timer is not None:
+                return
+            self._timer = threading.Thread(
+                target=self._run_timer,
+                args=(self._stop,),
+                name="flags-exposure-flush",
+                daemon=True,
+            )
+            timer = self._timer
+        timer.start()
+
+    def stop_timer(self) -> None:
+        with self._lock:
+            self._stop.set()
+            self._stop = threading.Event()
+            self._timer = None
+
+    def _run_timer(self, stop: threading.Event) -> None:
+        while not stop.wait(conf.exposure_flush_seconds()):
+            if not self._pending:
+                continue
+            try:
+                self.flush()
+            finally:
+                # This thread's own connection: closed when broken or past its age, as a
+                # request's would be.
+                close_old_connections()
+
+    def after_fork(self) -> None:
+        """In a forked child: no timer runs here yet, no other thread holds the locks, and the
+        parent's waiting counts remain the parent's to write."""
+        self._counts = {}
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._timer = None
+
     def reset(self) -> None:
-        """Drop every waiting count and re-read the settings (tests start from nothing)."""
+        """Drop every waiting count, stop the timer and re-read the settings (tests start from
+        nothing)."""
+        self.stop_timer()
         with self._lock:
             self._counts = {}
             self._pending = 0
@@ -145,3 +198,5 @@ def upsert_counts(counts: dict[Key, int]) -> None:
 
 recorder = ExposureRecorder()
 """The one recorder of this process."""
+
+os.register_at_fork(after_in_child=recorder.after_fork)

@@ -347,6 +347,9 @@ class RuleForm(ServeFields):
     segments = forms.MultipleChoiceField(
         required=False, widget=forms.CheckboxSelectMultiple, help_text="All must match."
     )
+    # The flag's version when the page was opened: a rule is named by its position, so a save
+    # against rules that have changed since is refused rather than applied to the wrong one.
+    version = forms.IntegerField(min_value=1, widget=forms.HiddenInput)
 
     field_order = ["name", "segments"]
 

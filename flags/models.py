@@ -3,7 +3,8 @@
 A flag's definition (variants, rules, the default rule, individual targets) is stored as JSON in
 the shape :mod:`flags.definition` describes and the engine (:mod:`flags.evaluation`) validates;
 services write it, snapshots read it. Every change goes through ``flags.services``, which bumps
-the flag's ``version`` and the shared flags version that tells every process to reload.
+the flag's ``version`` and the flags version (:class:`FlagsVersion` and its cache token) that
+tells every process to reload.
 """
 
 from __future__ import annotations
@@ -154,6 +155,20 @@ class FlagExposure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.flag_key}/{self.variant} @ {self.bucket_start:%Y-%m-%d %H:%M}: {self.count}"
+
+
+class FlagsVersion(models.Model):
+    """The database's count of changes to flags, segments and evaluation keys: the durable half
+    of the flags version (:mod:`flags.snapshot`), bumped in the transaction of every change.
+
+    The count is the sum of ``value`` over the rows (:func:`canary_site.versions.counter_bump`),
+    so that concurrent writers each add to a row of their own instead of queueing for one.
+    """
+
+    value = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"flags version slot {self.pk}: {self.value}"
 
 
 audit.register(Flag, exclude_fields=["updated_at", "full_rollout_since"])

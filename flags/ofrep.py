@@ -6,17 +6,19 @@ every flag, for the ``context`` in the body (a body without one is an empty cont
 - Success: ``{"key", "value", "reason", "variant", "metadata"}``, metadata flat (strings,
   numbers, booleans). Values keep their JSON type: a number flag's 2.5 is a float, its 3 an
   integer.
-- Errors: ``{"key", "errorCode", "errorDetails"}``: 400 ``PARSE_ERROR`` (the body is not JSON,
-  or the flag's stored definition no longer builds), ``INVALID_CONTEXT`` (``context`` is not an
-  object, ``targetingKey`` not a string), ``TARGETING_KEY_MISSING`` (a percentage needs the
-  stickiness attribute the context lacks), ``GENERAL``; 404 ``FLAG_NOT_FOUND``.
+- Errors: ``{"key", "errorCode", "errorDetails"}`` (without ``key`` from the bulk endpoint): 400
+  ``PARSE_ERROR`` (the body is not JSON, or the flag's stored definition no longer builds),
+  ``INVALID_CONTEXT`` (``context`` is not an object, ``targetingKey`` not a string, a number in
+  it is ``NaN`` or infinite), ``TARGETING_KEY_MISSING`` (a percentage needs the stickiness
+  attribute the context lacks), ``GENERAL``; 404 ``FLAG_NOT_FOUND``; 413 ``GENERAL`` for a body
+  over ``DATA_UPLOAD_MAX_MEMORY_SIZE``.
 - Authentication: an evaluation key as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``;
   401 without a known key, 403 for a revoked key or a personal API token (which cannot
   evaluate). Keys are looked up in the process's snapshot by digest: no query.
 - Rate limit: per key per second (:mod:`flags.ratelimit`), 429 with ``Retry-After`` in whole
   seconds.
 - Bulk: an ``ETag`` over the flag and segment versions and the context; ``If-None-Match`` with it
-  answers 304 without a body.
+  answers 304 without a body. ``If-None-Match: *`` names no ETag of ours, so it evaluates.
 
 These are plain Django views, not DRF: this is the hot path, and every evaluation is served from
 the in-memory snapshot (:mod:`flags.snapshot`) with exposures counted in memory
@@ -27,8 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import threading
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -113,13 +119,70 @@ def _check_rate(entry: KeyEntry) -> None:
         raise _Refusal(response)
 
 
+class _NonFinite:
+    """Stands in for a NaN or an infinity while a body is parsed: JSON has neither, and no
+    attribute compares sensibly with them."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+_parsing = threading.local()
+
+
+def _non_finite(text: str) -> _NonFinite:
+    _parsing.non_finite = True
+    return _NonFinite(text)
+
+
+def _finite_float(text: str) -> float | _NonFinite:
+    value = float(text)  # 1e999 overflows to an infinity
+    return value if math.isfinite(value) else _non_finite(text)
+
+
+# JSON as Python reads it, with what is not JSON's numbers marked rather than parsed. One decoder
+# for every request (building one costs more than most bodies take to parse); whether a body
+# held such a number is noted per thread.
+_decode = json.JSONDecoder(parse_constant=_non_finite, parse_float=_finite_float).decode
+
+
+def _body(request: HttpRequest, key: str | None) -> bytes:
+    try:
+        return request.body
+    except RequestDataTooBig:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raise _Refusal(
+            _failure(413, "GENERAL", f"The request body is larger than {limit} bytes.", key)
+        ) from None
+
+
+def _non_finite_path(value: Any, path: str) -> str | None:
+    """Where in ``value`` the first NaN or infinity is, as ``context.a[0].b``."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, _NonFinite):
+            return where
+        if isinstance(item, dict):
+            stack.extend((child, f"{where}.{name}") for name, child in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend(
+                (child, f"{where}[{index}]") for index, child in reversed(list(enumerate(item)))
+            )
+    return None
+
+
 def _context(request: HttpRequest, key: str | None) -> dict[str, Any]:
     """The evaluation context of the body: ``{}`` for an empty body or one without a context."""
-    body = request.body
+    body = _body(request, key)
     if not body or body.isspace():
         return {}
+    _parsing.non_finite = False
     try:
-        data = json.loads(body)
+        # As json.loads reads bytes: UTF-8, -16 or -32 by the first bytes.
+        data = _decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except (ValueError, RecursionError):
         raise _Refusal(
             _failure(400, "PARSE_ERROR", "The request body is not valid JSON.", key)
@@ -131,6 +194,22 @@ def _context(request: HttpRequest, key: str | None) -> dict[str, Any]:
         return {}
     if not isinstance(context, dict):
         raise _Refusal(_failure(400, "INVALID_CONTEXT", "'context' must be an object.", key))
+    if _parsing.non_finite:
+        where = _non_finite_path(context, "context")
+        if where is not None:
+            raise _Refusal(
+                _failure(
+                    400,
+                    "INVALID_CONTEXT",
+                    f"'{where}' is not a finite number (NaN or infinite).",
+                    key,
+                )
+            )
+        raise _Refusal(
+            _failure(
+                400, "PARSE_ERROR", "The request body is not valid JSON (NaN or infinite).", key
+            )
+        )
     if (b"\\ud" in body or b"\\uD" in body) and not _valid_unicode(context):
         raise _Refusal(
             _failure(400, "INVALID_CONTEXT", "'context' holds text that is not valid Unicode.", key)
@@ -280,8 +359,6 @@ def _etag(snapshot: Snapshot, context: dict[str, Any]) -> str:
 def _etag_matches(header: str | None, etag: str) -> bool:
     if not header:
         return False
-    if header.strip() == "*":
-        return True
     # Weak comparison (RFC 9110 13.1.2): W/"x" matches "x".
     candidates = (part.strip().removeprefix("W/") for part in header.split(","))
     return etag in candidates

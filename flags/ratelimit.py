@@ -9,18 +9,29 @@ lands at counter positions ``(total - block, total]`` owns exactly the positions
 ``limit``, so the processes together never grant more than the limit; tokens a process claimed
 but did not use before the window ended are lost, so under contention a key may get up to
 (block - 1) fewer per process.
+
+When the cache cannot be reached the limiter fails open, to a limit of its own: each process
+grants every key its whole limit per window by itself (so N processes allow up to N times the
+limit), and tries the cache again once a second. Evaluations keep being served from the
+snapshot; the outage is logged once when it starts and once when it ends.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
 
+from canary_site.versions import Outage
+
+logger = logging.getLogger(__name__)
+
 WINDOW_SECONDS = 1
 BLOCK_SHARE = 100  # a block is 1/100 of the limit
+RETRY_SECONDS = 1.0  # while the cache is down, how often a claim tries it again
 
 
 class RateLimiter:
@@ -28,6 +39,10 @@ class RateLimiter:
         # key -> (window, tokens this process still holds in it)
         self._held: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
+        self._retry_at = 0.0
+        # key -> the window this process last granted on its own, while the cache was down
+        self._local: dict[str, int] = {}
+        self.outage = Outage("The cache (for OFREP rate limits)", logger)
 
     def allow(self, key: str, limit: int) -> bool:
         """Spend one token of ``key`` in the current window; False when none are left.
@@ -55,14 +70,35 @@ class RateLimiter:
     def reset(self) -> None:
         with self._lock:
             self._held.clear()
+            self._local.clear()
+            self._retry_at = 0.0
+            self.outage = Outage(self.outage.what, logger)
 
     def _claim(self, key: str, window: int, limit: int) -> int:
         if limit <= 0:
             return 0
+        if time.monotonic() < self._retry_at:
+            return self._claim_locally(key, window, limit)
         block = max(1, limit // BLOCK_SHARE)
-        total = _add_to_window(key, window, block)
+        try:
+            total = _add_to_window(key, window, block)
+        except Exception as error:
+            # Fail open: refusing every evaluation because the counter is out of reach would
+            # turn a cache outage into a flags outage.
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            self.outage.failed(error, "each process enforces the limits on its own meanwhile")
+            return self._claim_locally(key, window, limit)
+        self.outage.recovered()
         first = total - block + 1  # the counter positions this claim owns: first..total
         return max(0, min(total, limit) - first + 1)
+
+    def _claim_locally(self, key: str, window: int, limit: int) -> int:
+        """The whole limit once per window, counted by this process alone."""
+        with self._lock:
+            if self._local.get(key) == window:
+                return 0
+            self._local[key] = window
+        return limit
 
 
 def _add_to_window(key: str, window: int, amount: int) -> int:

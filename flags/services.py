@@ -3,11 +3,17 @@
 Every write validates the definition with the engine (errors name the engine's field, e.g.
 ``rules[0].constraints[1].operator``), runs ``full_clean()``, saves inside
 :func:`canary_site.audit.audit_context` so the audit trail records who, from where, why and the
-diff, bumps the flag's own ``version``, and replaces the shared flags version so that every
-process reloads its snapshot (:mod:`flags.snapshot`). The shared version is replaced at once and
-again when the transaction commits: a process that reloads in between reads the old rows, and the
-second replacement makes it read again. Callers may wrap these functions in their own
-transaction (the deployments app sets a flag's rollout in the same transaction as its phase).
+diff, bumps the flag's own ``version``, and moves the flags version so that every process
+reloads its snapshot (:mod:`flags.snapshot`): its count in the database in the same transaction,
+its token in the cache once the transaction has committed, best effort. So a write, a kill above
+all, succeeds and is served everywhere whether or not the cache answers. Callers may wrap these
+functions in their own transaction (the deployments app sets a flag's rollout in the same
+transaction as its phase).
+
+The rule verbs (``flag_rule_add``, ``flag_rule_update``, ``flag_rule_move``,
+``flag_rule_delete``) splice the rule list of the row they hold locked, and take the flag's
+``version`` as the client read it: a rule is named by its position, so an edit made against a
+list that has changed since is refused (409) rather than applied to the wrong rule.
 """
 
 from __future__ import annotations
@@ -19,13 +25,20 @@ from datetime import date, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from canary_site import tokens
 from canary_site.audit import audit_context
 from canary_site.choices import Source
-from canary_site.exceptions import NotFound, TransitionNotAllowed, ValidationFailed, to_canary_error
+from canary_site.exceptions import (
+    Conflict,
+    NotFound,
+    TransitionNotAllowed,
+    ValidationFailed,
+    to_canary_error,
+)
+from canary_site.versions import counter_bump
 from flags import conf, snapshot
 from flags.choices import FlagStatus, FlagType, ValueType
 from flags.definition import (
@@ -42,7 +55,7 @@ from flags.evaluation import (
     build_segment_snapshot,
 )
 from flags.exposures import recorder
-from flags.models import KEY_PATTERN, EvaluationKey, Flag, FlagExposure, Segment
+from flags.models import KEY_PATTERN, EvaluationKey, Flag, FlagExposure, FlagsVersion, Segment
 
 EVALUATION_KEY_PREFIX = "cnrye"
 BOOLEAN_VARIANTS = [{"name": "on", "value": True}, {"name": "off", "value": False}]
@@ -157,12 +170,17 @@ def flag_update(
     *,
     flag: Flag,
     changes: Mapping[str, Any],
+    expected_version: int | None = None,
     actor: Any = None,
     source: str = Source.SYSTEM,
     reason: str = "",
 ) -> Flag:
     """Change the editable fields named in ``changes``; nothing else moves. Returns the flag as
-    saved (the same row re-read under a lock, so concurrent edits cannot lose one another)."""
+    saved (the same row re-read under a lock, so concurrent edits cannot lose one another).
+
+    With ``expected_version`` (the ``version`` the client read), a flag that has changed since
+    is refused with :class:`~canary_site.exceptions.Conflict` (409).
+    """
     changes = dict(changes)
     if "key" in changes and changes.pop("key") != flag.key:
         raise ValidationFailed(
@@ -189,22 +207,169 @@ def flag_update(
 
     with transaction.atomic():
         current = _locked(Flag, flag)
-        before = {name: getattr(current, name) for name in changes}
-        for name, value in changes.items():
-            setattr(current, name, value)
-        if all(_same(before[name], getattr(current, name)) for name in changes):
-            return current
-        if not current.salt:
-            current.salt = current.key
-        _validate_flag(current)
-        now = timezone.now()
-        _track_full_rollout(current, now)
-        current.version += 1
-        current.updated_at = now
-        with audit_context(actor=actor, source=source, reason=reason):
-            _save(current)
-        _flags_changed()
+        _check_version(current, expected_version)
+        return _apply_changes(current, changes, actor=actor, source=source, reason=reason)
+
+
+def _apply_changes(
+    current: Flag,
+    changes: Mapping[str, Any],
+    *,
+    actor: Any,
+    source: str,
+    reason: str,
+    verb: str = "",
+) -> Flag:
+    """Set ``changes`` on the locked row, validate, bump its version and save (in the caller's
+    transaction); a change to what is already there saves nothing."""
+    before = {name: getattr(current, name) for name in changes}
+    for name, value in changes.items():
+        setattr(current, name, value)
+    if all(_same(before[name], getattr(current, name)) for name in changes):
+        return current
+    if not current.salt:
+        current.salt = current.key
+    _validate_flag(current)
+    now = timezone.now()
+    _track_full_rollout(current, now)
+    current.version += 1
+    current.updated_at = now
+    with audit_context(actor=actor, source=source, reason=reason, verb=verb):
+        _save(current)
+    _flags_changed()
     return current
+
+
+# --- rules --------------------------------------------------------------------------------------
+
+
+def flag_rule_add(
+    *,
+    flag: Flag,
+    rule: Any,
+    expected_version: int | None = None,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> Flag:
+    """Append ``rule`` to the flag's rules. Without ``expected_version`` it is added to the
+    rules as they are when the lock is held (an append cannot land on the wrong rule)."""
+    with transaction.atomic():
+        current = _locked(Flag, flag)
+        _check_version(current, expected_version)
+        rules = [*current.rules, _clean_rule(rule)]
+        return _splice(current, rules, len(rules) - 1, actor, source, reason, "rule_add")
+
+
+def flag_rule_update(
+    *,
+    flag: Flag,
+    index: int,
+    rule: Any,
+    expected_version: int | None,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> Flag:
+    """Replace the rule at ``index`` (0-based) of the flag at ``expected_version``."""
+    with transaction.atomic():
+        current = _locked(Flag, flag)
+        _check_version(current, expected_version)
+        rules = list(current.rules)
+        rules[_rule_index(current, index)] = _clean_rule(rule)
+        return _splice(current, rules, index, actor, source, reason, "rule_update")
+
+
+def flag_rule_move(
+    *,
+    flag: Flag,
+    index: int,
+    to: int,
+    expected_version: int | None,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> Flag:
+    """Move the rule at ``index`` to position ``to`` (both 0-based); the others keep their order."""
+    with transaction.atomic():
+        current = _locked(Flag, flag)
+        _check_version(current, expected_version)
+        rules = list(current.rules)
+        moved = rules.pop(_rule_index(current, index))
+        if type(to) is not int or not 0 <= to <= len(rules):
+            raise ValidationFailed(
+                f"A rule can move to a position from 0 to {len(rules)}.", field="to"
+            )
+        rules.insert(to, moved)
+        return _splice(current, rules, to, actor, source, reason, "rule_move")
+
+
+def flag_rule_delete(
+    *,
+    flag: Flag,
+    index: int,
+    expected_version: int | None,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> Flag:
+    """Delete the rule at ``index`` (0-based) of the flag at ``expected_version``."""
+    with transaction.atomic():
+        current = _locked(Flag, flag)
+        _check_version(current, expected_version)
+        rules = list(current.rules)
+        rules.pop(_rule_index(current, index))
+        return _splice(current, rules, None, actor, source, reason, "rule_delete")
+
+
+def _check_version(current: Flag, expected_version: int | None) -> None:
+    if expected_version is None or expected_version == current.version:
+        return
+    raise Conflict(
+        f"Flag '{current.key}' has changed since version {expected_version} "
+        f"(it is at version {current.version}); reload it and make the change again.",
+        field="version",
+    )
+
+
+def _rule_index(current: Flag, index: Any) -> int:
+    if type(index) is not int or not 0 <= index < len(current.rules):
+        raise NotFound(f"Flag '{current.key}' has no rule at index {index}.")
+    return index
+
+
+def _clean_rule(rule: Any) -> dict[str, Any]:
+    if not isinstance(rule, Mapping):
+        raise ValidationFailed(
+            "A rule is an object: {name, segments, constraints, serve}.", field="rule"
+        )
+    return dict(rule)
+
+
+def _splice(
+    current: Flag,
+    rules: list[Any],
+    position: int | None,
+    actor: Any,
+    source: str,
+    reason: str,
+    verb: str,
+) -> Flag:
+    """Save the new rule list; errors about the rule at ``position`` name ``rule.<field>``."""
+    try:
+        return _apply_changes(
+            current, {"rules": rules}, actor=actor, source=source, reason=reason, verb=verb
+        )
+    except ValidationFailed as error:
+        if position is None:
+            raise
+        prefix = f"rules[{position}]"
+        fields: dict[str, list[str]] = {}
+        for path, problems in error.fields.items():
+            if path == prefix or path.startswith((f"{prefix}.", f"{prefix}[")):
+                path = "rule" + path[len(prefix) :]
+            fields.setdefault(path, []).extend(problems)
+        raise ValidationFailed(error.message, fields=fields) from None
 
 
 def flag_delete(
@@ -540,9 +705,10 @@ def flag_exposures_prune(*, older_than_days: int | None = None) -> int:
 
 
 def _flags_changed() -> None:
-    snapshot.bump_version()
-    if connection.in_atomic_block:
-        transaction.on_commit(snapshot.bump_version)
+    # The count first, in the caller's transaction; the cache's token after commit.
+    with transaction.atomic(savepoint=False):
+        counter_bump(FlagsVersion)
+        snapshot.version_changed()
 
 
 def _same(before: Any, after: Any) -> bool:

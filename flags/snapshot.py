@@ -1,18 +1,19 @@
 """Serving flags without a query per evaluation: each process keeps a snapshot of every flag,
-segment and evaluation key in memory and reloads it when the shared flags version changes.
+segment and evaluation key in memory and reloads it when the flags version changes.
 
-The version lives in the shared cache (Redis in production, a file cache embedded) under
-:data:`VERSION_CACHE_KEY`. Every write in ``flags.services`` replaces it with a fresh random
-token, once at once and once more after its transaction commits. A token rather than a counter:
-two writers can never produce a value a reader has already seen (a counter's read-modify-write
-can, on a cache without atomic increments), and a version lost to eviction or a flushed cache is
-simply a new version, which costs one reload.
+The flags version is a :class:`canary_site.versions.VersionToken`: a random token in the shared
+cache (Redis in production, a file cache embedded) under :data:`VERSION_CACHE_KEY`, and a count
+of changes in the database (:class:`flags.models.FlagsVersion`). Every write in
+``flags.services`` adds to the count in its transaction and replaces the token once it has
+committed, best effort: a write never fails because the cache is down.
 
 On the hot path :meth:`FlagStore.current` compares a monotonic clock with the time of the next
 check and returns the snapshot it holds: no cache read and no query. At most every
-``CANARY_FLAGS_SNAPSHOT_CHECK_SECONDS`` (0.2 s) it reads the version from the cache, and only if
-the version changed does it query the database. A change, a kill above all, is therefore served
-by every process within the check interval plus one reload.
+``CANARY_FLAGS_SNAPSHOT_CHECK_SECONDS`` (0.2 s) it reads the version: the token from the cache,
+and at most every ``CANARY_FLAGS_DB_VERSION_SECONDS`` (2 s) the count from the database. Only if
+the version changed does it load the rows. A change, a kill above all, is therefore served by
+every process within the check interval plus one reload while the cache is up, and within the
+database interval plus one reload while it is down.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ import hashlib
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from django.core.cache import cache
+from django.db import transaction
 
+from canary_site.versions import Outage, VersionToken, counter_value
 from flags import conf
 from flags.definition import engine_flag
 from flags.evaluation import (
@@ -86,22 +87,38 @@ class Snapshot:
     loaded_at: float = 0.0
 
 
-def new_version() -> str:
-    return uuid.uuid4().hex
+def _database_version() -> int:
+    from flags.models import FlagsVersion
+
+    return counter_value(FlagsVersion)
 
 
-def read_version() -> str | None:
-    """The shared flags version, creating one if the cache has none (first start, eviction)."""
-    version = cache.get(VERSION_CACHE_KEY)
-    if version is None:
-        cache.add(VERSION_CACHE_KEY, new_version(), timeout=None)
-        version = cache.get(VERSION_CACHE_KEY)
-    return version
+FLAGS_VERSION = VersionToken(
+    name="flags",
+    cache_key=VERSION_CACHE_KEY,
+    database_version=_database_version,
+    database_interval=conf.db_version_seconds,
+    log=logger,
+)
+
+
+def read_version() -> str:
+    """The flags version: the cache's token and the database's count (never raises)."""
+    return FLAGS_VERSION.read()
+
+
+def version_changed() -> None:
+    """Inside the transaction of a write that has added to :class:`flags.models.FlagsVersion`:
+    this process looks again on its next use (it reads its own transaction's count), and every
+    process is told through the cache once the transaction commits."""
+    FLAGS_VERSION.expire()
+    store.expire()
+    transaction.on_commit(bump_version)
 
 
 def bump_version() -> None:
-    """Tell every process that flags, segments or keys changed."""
-    cache.set(VERSION_CACHE_KEY, new_version(), timeout=None)
+    """Tell every process now that flags, segments or keys changed (outside a transaction)."""
+    FLAGS_VERSION.publish()
     store.expire()
 
 
@@ -174,6 +191,7 @@ class FlagStore:
         self._snapshot: Snapshot | None = None
         self._next_check = 0.0
         self._lock = threading.Lock()
+        self.reload_outage = Outage("The database (for reloading flags)", logger)
         self.loads = 0
         """How many times this process has (re)loaded the snapshot, for tests and metrics."""
 
@@ -194,40 +212,52 @@ class FlagStore:
             self._snapshot = None
             self._next_check = 0.0
             self.loads = 0
+        FLAGS_VERSION.reset()
 
     def _check(self) -> Snapshot:
-        with self._lock:
-            snapshot = self._snapshot
-            now = time.monotonic()
-            # Another thread may have checked while this one waited for the lock.
-            if snapshot is not None and now < self._next_check:
-                return snapshot
-            try:
-                version = read_version()
-            except Exception:
-                # The cache is down: keep serving what we have rather than fail evaluations.
-                logger.exception("Cannot read the flags version from the cache")
-                version = snapshot.version if snapshot is not None else None
-            if snapshot is None or version != snapshot.version:
-                previous = snapshot.version if snapshot is not None else None
-                try:
-                    snapshot = load_snapshot(version)
-                except Exception:
-                    if self._snapshot is None:
-                        raise
-                    logger.exception("Cannot reload flags; serving version %s", previous)
-                    snapshot = self._snapshot
-                else:
-                    self.loads += 1
-                    if previous is not None:
-                        logger.info(
-                            "Flags snapshot reloaded because the version changed: %s -> %s",
-                            previous,
-                            version,
-                        )
-                self._snapshot = snapshot
-            self._next_check = now + conf.snapshot_check_seconds()
+        held = self._snapshot
+        if held is None:  # nothing to serve yet: wait for whoever loads it
+            with self._lock:
+                return self._check_locked()
+        if not self._lock.acquire(blocking=False):
+            # Another thread is checking (or reloading): serve what we hold rather than wait,
+            # so a slow cache or database never holds evaluations up.
+            return held
+        try:
+            return self._check_locked()
+        finally:
+            self._lock.release()
+
+    def _check_locked(self) -> Snapshot:
+        snapshot = self._snapshot
+        now = time.monotonic()
+        # Another thread may have checked while this one waited for the lock.
+        if snapshot is not None and now < self._next_check:
             return snapshot
+        # Never raises: an unreachable cache or database leaves its part as last read.
+        version = read_version()
+        if snapshot is None or version != snapshot.version:
+            previous = snapshot.version if snapshot is not None else None
+            try:
+                snapshot = load_snapshot(version)
+            except Exception as error:
+                if self._snapshot is None:
+                    raise
+                # Logged once per outage, not once per check.
+                self.reload_outage.failed(error, f"serving the flags of version {previous}")
+                snapshot = self._snapshot
+            else:
+                self.reload_outage.recovered()
+                self.loads += 1
+                if previous is not None:
+                    logger.info(
+                        "Flags snapshot reloaded because the version changed: %s -> %s",
+                        previous,
+                        version,
+                    )
+            self._snapshot = snapshot
+        self._next_check = now + conf.snapshot_check_seconds()
+        return snapshot
 
 
 store = FlagStore()

@@ -15,7 +15,9 @@ from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.decorators import method_decorator
 from django.views import View
+from django.views.decorators.cache import never_cache
 
 from canary_site.choices import Source
 from canary_site.exceptions import CanaryError, NotFound
@@ -443,7 +445,11 @@ class RuleEditView(RoleRequiredMixin, View):
         flag = _flag_or_404(key)
         rule = self._rule(flag, index)
         variants = _variant_names(flag)
-        initial = {"name": rule.get("name", ""), "segments": rule.get("segments", [])}
+        initial = {
+            "name": rule.get("name", ""),
+            "segments": rule.get("segments", []),
+            "version": flag.version,
+        }
         initial.update(ServeFields.initial_for(rule.get("serve"), variants))
         form = RuleForm(
             initial=initial, variants=variants, segment_keys=self._segment_keys(), prefix="rule"
@@ -452,8 +458,9 @@ class RuleEditView(RoleRequiredMixin, View):
         return self._render(request, flag, index, form, formset)
 
     def post(self, request: HttpRequest, key: str, index: int | None = None) -> HttpResponse:
+        # Whether the rule still exists is for the service to say, under its lock, after the
+        # version: a list that changed since the page opened is a 409, not a 404.
         flag = _flag_or_404(key)
-        self._rule(flag, index)
         form = RuleForm(
             request.POST,
             variants=_variant_names(flag),
@@ -466,6 +473,7 @@ class RuleEditView(RoleRequiredMixin, View):
             data = request.POST.copy()
             data["constraints-TOTAL_FORMS"] = str(formset.total_form_count() + 1)
             return self._render(request, flag, index, form, constraint_formset(data))
+        status = 400
         if form.is_valid() and formset.is_valid():
             kept = [f for f in formset.forms if not f.cleaned_data.get("DELETE") and f.constraint()]
             rule = {
@@ -474,30 +482,35 @@ class RuleEditView(RoleRequiredMixin, View):
                 "constraints": constraints_of(formset),
                 "serve": form.serve(),
             }
-            rules = list(flag.rules)
-            position = len(rules) if index is None else index
-            if index is None:
-                rules.append(rule)
-            else:
-                rules[index] = rule
+            position = len(flag.rules) if index is None else index
+            writer = {"actor": request.user, "source": Source.UI}
+            expected = form.cleaned_data["version"]
             try:
-                services.flag_update(
-                    flag=flag,
-                    changes={"rules": rules},
-                    actor=request.user,
-                    source=Source.UI,
-                )
+                if index is None:
+                    services.flag_rule_add(
+                        flag=flag, rule=rule, expected_version=expected, **writer
+                    )
+                else:
+                    services.flag_rule_update(
+                        flag=flag, index=index, rule=rule, expected_version=expected, **writer
+                    )
             except CanaryError as error:
-                self._place_errors(error, position, form, kept)
+                if error.status_code in (404, 409):
+                    # Kept as typed, with the old version, so that saving again is refused
+                    # again: what changed must be looked at first.
+                    form.add_error(None, f"{error.message} What you typed is kept below.")
+                    status = error.status_code
+                else:
+                    self._place_errors(error, form, kept)
             else:
                 messages.success(request, f"Rule {position + 1} saved.")
                 return _redirect(request, _page_url(flag, "rules-panel"))
-        return self._render(request, flag, index, form, formset, status=400)
+        elif "version" in form.errors:
+            form.add_error(None, "This page is out of date; open the rule again.")
+        return self._render(request, flag, index, form, formset, status=status)
 
-    def _place_errors(
-        self, error: CanaryError, position: int, form: RuleForm, kept: list[Any]
-    ) -> None:
-        prefix = f"rules[{position}]"
+    def _place_errors(self, error: CanaryError, form: RuleForm, kept: list[Any]) -> None:
+        prefix = "rule"
         unplaced = CanaryError(error.message)
         for path, problems in error.fields.items():
             inner = _after(path, prefix)
@@ -553,27 +566,29 @@ class RuleEditView(RoleRequiredMixin, View):
 
 
 class RuleChangeView(RoleRequiredMixin, View):
-    """Move a rule up or down, or delete it."""
+    """Move a rule up or down, or delete it, as the page showed the rules (its ``version``)."""
 
     required_permission = CHANGE
 
     def post(self, request: HttpRequest, key: str, index: int) -> HttpResponse:
         flag = _flag_or_404(key)
-        rules = list(flag.rules)
         operation = request.POST.get("operation")
-        if not 0 <= index < len(rules):
-            messages.error(request, f"There is no rule {index + 1}.")
-            return _redirect(request, _page_url(flag, "rules-panel"))
-        if operation == "delete":
-            rules.pop(index)
-        elif operation == "up" and index > 0:
-            rules[index - 1], rules[index] = rules[index], rules[index - 1]
-        elif operation == "down" and index < len(rules) - 1:
-            rules[index + 1], rules[index] = rules[index], rules[index + 1]
         try:
-            services.flag_update(
-                flag=flag, changes={"rules": rules}, actor=request.user, source=Source.UI
-            )
+            expected = int(request.POST.get("version", ""))
+        except ValueError:
+            messages.error(request, "This page is out of date; reload it and try again.")
+            return _redirect(request, _page_url(flag, "rules-panel"))
+        writer = {"actor": request.user, "source": Source.UI, "expected_version": expected}
+        try:
+            if operation == "delete":
+                services.flag_rule_delete(flag=flag, index=index, **writer)
+                messages.success(request, f"Rule {index + 1} deleted.")
+            elif operation in ("up", "down"):
+                to = index - 1 if operation == "up" else index + 1
+                services.flag_rule_move(flag=flag, index=index, to=to, **writer)
+                messages.success(request, f"Rule {index + 1} moved to {to + 1}.")
+            else:
+                messages.error(request, "Say whether to move the rule up or down, or delete it.")
         except CanaryError as error:
             messages.error(request, error.message)
         return _redirect(request, _page_url(flag, "rules-panel"))
@@ -716,6 +731,7 @@ class SegmentDeleteView(RoleRequiredMixin, View):
 # --- evaluation keys ----------------------------------------------------------------------------
 
 
+@method_decorator(never_cache, name="dispatch")  # the secret shown once must stay in no cache
 class EvaluationKeyListView(RoleRequiredMixin, View):
     """OFREP evaluation keys. A new key's secret is shown once, here."""
 

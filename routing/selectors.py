@@ -7,6 +7,7 @@ a thousand.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -20,7 +21,9 @@ from django.core.cache import cache
 from django.db.models import Count, Prefetch, QuerySet
 from django.utils import timezone
 
+from canary_site.conf import setting
 from canary_site.exceptions import NotFound
+from canary_site.versions import VersionToken
 from routing.engine import (
     Decision,
     InvalidRoutingDefinition,
@@ -168,13 +171,31 @@ def all_snapshots() -> dict[str, ServiceSnapshot]:
 # Routing version and the proxies' reports
 
 
-def routing_version() -> Any:
-    """The shared routing version counter (None when the cache holds none yet)."""
-    try:
-        return cache.get(ROUTING_VERSION_KEY)
-    except Exception:  # a cache outage must not break a page or a proxy
-        logger.warning("Could not read the routing version from the cache", exc_info=True)
-        return None
+def _database_routing_version() -> str:
+    """Every service's id and ``routing_version``, digested: every routing write bumps its
+    service's column in its transaction, and creating or deleting a service changes the ids."""
+    digest = hashlib.blake2b(digest_size=8)
+    for pk, version in Service.objects.order_by("pk").values_list("pk", "routing_version"):
+        digest.update(f"{pk}:{version};".encode())
+    return digest.hexdigest()
+
+
+ROUTING_VERSION = VersionToken(
+    name="routing",
+    cache_key=ROUTING_VERSION_KEY,
+    database_version=_database_routing_version,
+    database_interval=lambda: float(setting("CANARY_ROUTING_DB_VERSION_SECONDS", 2)),
+    log=logger,
+)
+"""The routing version (:mod:`canary_site.versions`): a token in the cache, replaced after each
+routing write commits, and the services' versions in the database, read at most every
+``CANARY_ROUTING_DB_VERSION_SECONDS`` (2 s), so proxies reload while the cache is down too."""
+
+
+def routing_version() -> str:
+    """The routing version as one string; any change means "reload your snapshots". Never
+    raises: a cache or database outage leaves its part as last read, logged once."""
+    return ROUTING_VERSION.read()
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,9 +301,13 @@ def targets_due_for_probe(
 
 
 def service_list() -> QuerySet[Service]:
-    return Service.objects.annotate(
-        target_count=Count("targets", distinct=True), rule_count=Count("rules", distinct=True)
-    ).prefetch_related(Prefetch("targets", queryset=Target.objects.order_by("version", "name")))
+    return (
+        Service.objects.annotate(
+            target_count=Count("targets", distinct=True), rule_count=Count("rules", distinct=True)
+        )
+        .prefetch_related(Prefetch("targets", queryset=Target.objects.order_by("version", "name")))
+        .order_by("name")
+    )
 
 
 def service_get(*, name: str) -> Service | None:

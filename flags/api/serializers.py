@@ -21,7 +21,9 @@ DEFINITION_HELP = (
 
 
 class FlagSerializer(serializers.ModelSerializer):
-    owner = serializers.CharField(source="owner.username", read_only=True, default=None)
+    owner = serializers.CharField(
+        source="owner.username", read_only=True, default=None, allow_null=True
+    )
     stale = serializers.SerializerMethodField()
     stale_reason = serializers.SerializerMethodField()
     rollout_percentage = serializers.SerializerMethodField()
@@ -98,6 +100,11 @@ class FlagWriteSerializer(StrictSerializer):
         child=serializers.CharField(max_length=50), required=False, allow_empty=True
     )
     kill_switch_enabled = serializers.BooleanField(required=False)
+    version = serializers.IntegerField(
+        min_value=1,
+        required=False,
+        help_text="Changes only: the flag's version as you read it; 409 if it has changed since.",
+    )
 
     def validate_owner(self, value: str | None) -> Any:
         if not value:
@@ -106,6 +113,39 @@ class FlagWriteSerializer(StrictSerializer):
         if user is None:
             raise serializers.ValidationError(f"No user named '{value}'.")
         return user
+
+
+RULE_HELP = "{name, segments, constraints, serve}, as in the flag's ``rules`` (docs/flags.md)."
+VERSION_HELP = "The flag's version as you read it; 409 if it has changed since."
+
+
+class RuleAddSerializer(StrictSerializer):
+    rule = serializers.JSONField(help_text=RULE_HELP)
+    version = serializers.IntegerField(
+        min_value=1,
+        required=False,
+        help_text=f"{VERSION_HELP} Without it the rule is appended to the rules as they are.",
+    )
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class RuleUpdateSerializer(StrictSerializer):
+    rule = serializers.JSONField(help_text=RULE_HELP)
+    version = serializers.IntegerField(min_value=1, help_text=VERSION_HELP)
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class RuleMoveSerializer(StrictSerializer):
+    to = serializers.IntegerField(min_value=0, help_text="The rule's new position, from 0.")
+    version = serializers.IntegerField(min_value=1, help_text=VERSION_HELP)
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class RuleDeleteSerializer(StrictSerializer):
+    """The query of a rule's DELETE."""
+
+    version = serializers.IntegerField(min_value=1, help_text=VERSION_HELP)
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
 
 
 class KillSerializer(StrictSerializer):

@@ -9,7 +9,8 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ParseError
@@ -28,6 +29,10 @@ from flags.api.serializers import (
     KillSerializer,
     ReasonSerializer,
     RolloutSerializer,
+    RuleAddSerializer,
+    RuleDeleteSerializer,
+    RuleMoveSerializer,
+    RuleUpdateSerializer,
     SegmentSerializer,
     SegmentWriteSerializer,
 )
@@ -36,6 +41,9 @@ from flags.models import Flag, Segment
 
 F = TypeVar("F", bound=Callable[..., Any])
 KEY_IN_PATH = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+RULE_INDEX = OpenApiParameter(
+    "index", OpenApiTypes.INT, OpenApiParameter.PATH, description="The rule's position, from 0."
+)
 
 
 def requires(permission: str) -> Callable[[F], F]:
@@ -88,6 +96,8 @@ class FlagViewSet(viewsets.ModelViewSet):
 
     Verbs: ``enable``, ``disable``, ``kill`` (a reason is required), ``rollout`` (the default
     rule's percentage) and ``evaluate`` (a context in, the result and why out; read-only).
+    Rules one at a time, by position, against the flag's ``version`` as the client read it:
+    ``rules/`` (add), ``rules/{index}/`` (PUT, DELETE) and ``rules/{index}/move/``.
     """
 
     queryset = Flag.objects.all()
@@ -106,6 +116,11 @@ class FlagViewSet(viewsets.ModelViewSet):
         data = _validated(FlagWriteSerializer, request.data)
         if "key" not in data:
             raise ValidationFailed("A key is required.", field="key")
+        if "version" in data:
+            raise ValidationFailed(
+                "A new flag starts at version 1; send a version only with a change.",
+                field="version",
+            )
         flag = services.flag_create(**data, actor=request.user, source=Source.API)
         return Response(self._read(flag.key), status=status.HTTP_201_CREATED)
 
@@ -113,7 +128,14 @@ class FlagViewSet(viewsets.ModelViewSet):
     def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         flag = self.get_object()
         data = _validated(FlagWriteSerializer, request.data)
-        services.flag_update(flag=flag, changes=data, actor=request.user, source=Source.API)
+        expected = data.pop("version", None)
+        services.flag_update(
+            flag=flag,
+            changes=data,
+            expected_version=expected,
+            actor=request.user,
+            source=Source.API,
+        )
         return Response(self._read(flag.key))
 
     @extend_schema(request=FlagWriteSerializer, responses=FlagSerializer)
@@ -161,6 +183,76 @@ class FlagViewSet(viewsets.ModelViewSet):
         data = _validated(RolloutSerializer, request.data)
         flag = services.flag_set_rollout(
             flag=self.get_object(), actor=request.user, source=Source.API, **data
+        )
+        return Response(self._read(flag.key))
+
+    @extend_schema(request=RuleAddSerializer, responses={201: FlagSerializer})
+    @action(detail=True, methods=["post"], url_path="rules")
+    @requires("flags.change_flag")
+    def rule_add(self, request: Request, key: str | None = None) -> Response:
+        data = _validated(RuleAddSerializer, request.data)
+        flag = services.flag_rule_add(
+            flag=self.get_object(),
+            rule=data["rule"],
+            expected_version=data.get("version"),
+            reason=data["reason"],
+            actor=request.user,
+            source=Source.API,
+        )
+        return Response(self._read(flag.key), status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        methods=["PUT"],
+        request=RuleUpdateSerializer,
+        responses=FlagSerializer,
+        parameters=[RULE_INDEX],
+    )
+    @extend_schema(
+        methods=["DELETE"],
+        request=None,
+        responses={200: FlagSerializer},
+        parameters=[RULE_INDEX, RuleDeleteSerializer],
+    )
+    @action(detail=True, methods=["put", "delete"], url_path=r"rules/(?P<index>[0-9]+)")
+    @requires("flags.change_flag")
+    def rule(self, request: Request, key: str | None = None, index: str = "") -> Response:
+        flag = self.get_object()
+        if request.method == "DELETE":
+            data = _validated(RuleDeleteSerializer, request.query_params.dict())
+            flag = services.flag_rule_delete(
+                flag=flag,
+                index=int(index),
+                expected_version=data["version"],
+                reason=data["reason"],
+                actor=request.user,
+                source=Source.API,
+            )
+        else:
+            data = _validated(RuleUpdateSerializer, request.data)
+            flag = services.flag_rule_update(
+                flag=flag,
+                index=int(index),
+                rule=data["rule"],
+                expected_version=data["version"],
+                reason=data["reason"],
+                actor=request.user,
+                source=Source.API,
+            )
+        return Response(self._read(flag.key))
+
+    @extend_schema(request=RuleMoveSerializer, responses=FlagSerializer, parameters=[RULE_INDEX])
+    @action(detail=True, methods=["post"], url_path=r"rules/(?P<index>[0-9]+)/move")
+    @requires("flags.change_flag")
+    def rule_move(self, request: Request, key: str | None = None, index: str = "") -> Response:
+        data = _validated(RuleMoveSerializer, request.data)
+        flag = services.flag_rule_move(
+            flag=self.get_object(),
+            index=int(index),
+            to=data["to"],
+            expected_version=data["version"],
+            reason=data["reason"],
+            actor=request.user,
+            source=Source.API,
         )
         return Response(self._read(flag.key))
 

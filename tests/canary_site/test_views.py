@@ -126,11 +126,52 @@ def test_healthz__answers_ok_without_login():
     assert Client().get("/healthz").json() == {"status": "ok"}
 
 
-def test_readyz__checks_database_and_broker():
+def test_readyz__checks_database_broker_and_cache():
     response = Client().get("/readyz")
 
     assert response.status_code == 200
-    assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "broker": "ok", "cache": "ok"},
+    }
+
+
+UNREACHABLE_CACHE = {
+    "default": {
+        # A real connection attempt to a port where nothing listens.
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",
+    }
+}
+
+
+def test_readyz__with_an_unreachable_cache__is_200_degraded_naming_it(settings):
+    settings.CACHES = UNREACHABLE_CACHE
+
+    response = Client().get("/readyz")
+
+    body = response.json()
+    assert response.status_code == 200
+    assert body["status"] == "degraded"
+    assert body["checks"]["cache"].startswith("error")
+    assert body["checks"]["database"] == body["checks"]["broker"] == "ok"
+
+
+def test_readyz__with_an_unreachable_broker_and_cache__is_503_naming_both(monkeypatch, settings):
+    from kombu import Connection
+
+    from canary_site.celery import app
+
+    settings.CACHES = UNREACHABLE_CACHE
+    monkeypatch.setattr(app, "connection_for_write", lambda: Connection("redis://127.0.0.1:1/0"))
+
+    response = Client().get("/readyz")
+
+    body = response.json()
+    assert response.status_code == 503
+    assert body["status"] == "unavailable"
+    assert body["checks"]["broker"].startswith("error")
+    assert body["checks"]["cache"].startswith("error")
 
 
 def test_readyz__with_an_unreachable_broker__is_503_naming_it(monkeypatch):
@@ -166,3 +207,19 @@ def test_metrics__exposes_requests_by_view_latency_and_celery_task_counts(client
 def test_static__plotly_and_htmx_are_served_from_installed_packages(client):
     assert client.get("/static/vendor/plotly.min.js").status_code == 200
     assert client.get("/static/django_htmx/htmx-2.min.js").status_code == 200
+
+
+def test_audit_page__a_since_the_database_cannot_hold__is_a_form_error_not_a_500(client):
+    response = client.get("/audit/", {"since": "2026-01-01T00:00:00+23:00"})
+
+    assert response.status_code == 200
+    assert b"out of range" in response.content
+    assert b"since" in response.content
+
+
+def test_profile__an_expiry_the_database_cannot_hold__is_400_next_to_the_field(client):
+    response = client.post("/profile/", {"name": "ci", "expires_at": "2030-01-01T00:00:00+23:00"})
+
+    assert response.status_code == 400
+    assert 'id="id_expires_at-error"' in response.content.decode()
+    assert not ApiToken.objects.exists()

@@ -425,3 +425,130 @@ def test_every_write_endpoint__with_a_malformed_body__is_4xx(api, make_flag, pat
 def test_unknown_flag__is_404_with_the_error_body(api):
     assert_error(api.get("/api/v1/flags/ghost/"), 404)
     assert_error(api.post("/api/v1/flags/ghost/kill/", {"reason": "x"}, format="json"), 404)
+
+
+# --- rules, one at a time -----------------------------------------------------------------------
+
+RULE_A = {"name": "a", "serve": {"variant": "on"}}
+RULE_B = {"name": "b", "serve": {"variant": "off"}}
+
+
+def rule_names() -> list[str]:
+    return [rule["name"] for rule in Flag.objects.get().rules]
+
+
+def test_rules__add_update_move_delete__each_against_the_version_read(api, make_flag):
+    make_flag(rules=[RULE_A])
+    url = "/api/v1/flags/new-checkout/rules/"
+
+    added = api.post(url, {"rule": RULE_B, "version": 1}, format="json")
+    updated = api.put(f"{url}0/", {"rule": {**RULE_A, "name": "a2"}, "version": 2}, format="json")
+    moved = api.post(f"{url}1/move/", {"to": 0, "version": 3}, format="json")
+    deleted = api.delete(f"{url}1/?version=4&reason=unused")
+
+    assert (added.status_code, added.json()["version"]) == (201, 2)
+    assert (updated.status_code, updated.json()["version"]) == (200, 3)
+    assert (moved.status_code, moved.json()["version"]) == (200, 4)
+    assert (deleted.status_code, deleted.json()["version"]) == (200, 5)
+    assert rule_names() == ["b"]
+    verbs = list(
+        AuditEntry.objects.filter(object_repr="new-checkout")
+        .order_by("timestamp")
+        .values_list("verb", flat=True)
+    )
+    assert verbs[-4:] == ["rule_add", "rule_update", "rule_move", "rule_delete"]
+
+
+def test_rules__add_without_a_version__appends_to_the_rules_as_they_are(api, make_flag):
+    flag = make_flag(rules=[RULE_A])
+    services.flag_rule_add(flag=flag, rule=RULE_B)
+
+    response = api.post(
+        "/api/v1/flags/new-checkout/rules/", {"rule": {**RULE_B, "name": "c"}}, format="json"
+    )
+
+    assert response.status_code == 201
+    assert rule_names() == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "", {"rule": RULE_B, "version": 1}),
+        ("put", "0/", {"rule": RULE_B, "version": 1}),
+        ("post", "0/move/", {"to": 1, "version": 1}),
+        ("delete", "0/?version=1", None),
+    ],
+)
+def test_rules__against_a_stale_version__are_409_stale_and_change_nothing(
+    api, make_flag, method, path, body
+):
+    flag = make_flag(rules=[RULE_A, RULE_B])
+    services.flag_update(flag=flag, changes={"name": "renamed"})  # version 2 now
+
+    response = getattr(api, method)(f"/api/v1/flags/new-checkout/rules/{path}", body, format="json")
+
+    error = assert_error(response, 409, "version")
+    assert error["code"] == "stale"
+    assert "version 2" in error["message"]
+    assert rule_names() == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("put", "0/", {"rule": RULE_B}, "version"),
+        ("post", "0/move/", {"version": 1}, "to"),
+        ("post", "0/move/", {"to": 5, "version": 1}, "to"),
+        ("delete", "0/", None, "version"),
+        ("post", "", {"rule": [1], "version": 1}, "rule"),
+        ("post", "", {"rule": {"serve": {"variant": "nope"}}, "version": 1}, "rule.serve.variant"),
+        (
+            "put",
+            "0/",
+            {"rule": {"segments": ["missing"], "serve": {"variant": "on"}}, "version": 1},
+            "rule.segments[0]",
+        ),
+        ("post", "", {"rule": RULE_B, "version": 1, "index": 3}, "index"),
+    ],
+)
+def test_rules__with_bad_input__are_400_naming_the_field(api, make_flag, method, path, body, field):
+    make_flag(rules=[RULE_A, RULE_B])
+
+    response = getattr(api, method)(f"/api/v1/flags/new-checkout/rules/{path}", body, format="json")
+
+    assert_error(response, 400, field)
+    assert rule_names() == ["a", "b"]
+
+
+def test_rules__at_an_index_the_flag_does_not_have__is_404(api, make_flag):
+    make_flag(rules=[RULE_A])
+
+    response = api.put(
+        "/api/v1/flags/new-checkout/rules/3/", {"rule": RULE_B, "version": 1}, format="json"
+    )
+
+    assert_error(response, 404)
+
+
+def test_patch__with_a_stale_version__is_409_and_with_the_current_one_saves(api, make_flag):
+    make_flag()
+
+    saved = api.patch("/api/v1/flags/new-checkout/", {"name": "one", "version": 1}, format="json")
+    stale = api.patch("/api/v1/flags/new-checkout/", {"name": "two", "version": 1}, format="json")
+
+    assert saved.status_code == 200
+    assert_error(stale, 409, "version")
+    assert Flag.objects.get().name == "one"
+
+
+def test_rules__readers__may_not_change_them(make_user, make_flag):
+    make_flag(rules=[RULE_A])
+    viewer = client_for(make_user("vera", roles=["viewer"]))
+
+    response = viewer.post(
+        "/api/v1/flags/new-checkout/rules/", {"rule": RULE_B, "version": 1}, format="json"
+    )
+
+    assert_error(response, 403)
+    assert rule_names() == ["a"]

@@ -3,17 +3,27 @@ flags version, the audit trail, and the verbs' transitions."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 
-from canary_site.exceptions import NotFound, TransitionNotAllowed, ValidationFailed
+from canary_site.exceptions import (
+    CanaryError,
+    Conflict,
+    NotFound,
+    TransitionNotAllowed,
+    ValidationFailed,
+)
 from canary_site.models import AuditEntry
 from canary_site.selectors import audit_entries_for
 from flags import services, snapshot
 from flags.models import EvaluationKey, Flag, FlagExposure
 from flags.snapshot import read_version
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -434,7 +444,7 @@ def test_exposures_prune__deletes_counts_past_retention():
     assert FlagExposure.objects.count() == 1
 
 
-def test_a_write__bumps_the_shared_version_again_when_its_transaction_commits(
+def test_a_write__publishes_the_shared_version_when_its_transaction_commits(
     make_flag, django_capture_on_commit_callbacks
 ):
     flag = make_flag()
@@ -442,3 +452,177 @@ def test_a_write__bumps_the_shared_version_again_when_its_transaction_commits(
         services.flag_update(flag=flag, changes={"name": "x"})
 
     assert snapshot.bump_version in callbacks
+
+
+def test_a_write__counts_in_its_transaction_and_moves_the_cache_token_only_after_commit(
+    make_flag, django_capture_on_commit_callbacks
+):
+    from django.core.cache import cache
+
+    from canary_site.versions import counter_value
+    from flags.models import FlagsVersion
+
+    flag = make_flag()
+    count, token = counter_value(FlagsVersion), cache.get(snapshot.VERSION_CACHE_KEY)
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.flag_kill(flag=flag, reason="errors")
+
+    assert counter_value(FlagsVersion) == count + 1
+    assert cache.get(snapshot.VERSION_CACHE_KEY) == token
+    for callback in callbacks:
+        callback()
+    assert cache.get(snapshot.VERSION_CACHE_KEY) != token
+
+
+# --- rules --------------------------------------------------------------------------------------
+
+RULE_A = {"name": "a", "serve": {"variant": "on"}}
+RULE_B = {"name": "b", "serve": {"variant": "off"}}
+RULE_C = {"name": "c", "serve": {"variant": "on"}}
+
+
+def names(flag_key: str = "new-checkout") -> list[str]:
+    return [rule["name"] for rule in Flag.objects.get(key=flag_key).rules]
+
+
+def test_flag_rule_verbs__splice_the_rules_and_bump_the_version(make_flag):
+    flag = make_flag(rules=[RULE_A, RULE_B])
+
+    flag = services.flag_rule_add(flag=flag, rule=RULE_C, expected_version=1)
+    flag = services.flag_rule_move(flag=flag, index=2, to=0, expected_version=2)
+    flag = services.flag_rule_update(
+        flag=flag, index=1, rule={**RULE_A, "name": "a2"}, expected_version=3
+    )
+    flag = services.flag_rule_delete(flag=flag, index=2, expected_version=4)
+
+    assert flag.version == 5
+    assert names() == ["c", "a2"]
+
+
+@pytest.mark.parametrize(
+    ("verb", "arguments"),
+    [
+        (services.flag_rule_add, {"rule": RULE_C}),
+        (services.flag_rule_update, {"index": 0, "rule": RULE_C}),
+        (services.flag_rule_move, {"index": 0, "to": 1}),
+        (services.flag_rule_delete, {"index": 0}),
+    ],
+)
+def test_flag_rule_verbs__against_a_stale_version__are_refused_as_conflicts(
+    make_flag, verb, arguments
+):
+    flag = make_flag(rules=[RULE_A, RULE_B])
+    services.flag_update(flag=flag, changes={"description": "moved on"})
+
+    with pytest.raises(Conflict) as refused:
+        verb(flag=flag, expected_version=1, **arguments)
+
+    assert refused.value.status_code == 409
+    assert "version" in refused.value.fields
+    assert names() == ["a", "b"]
+
+
+def test_flag_rule_update__of_an_index_the_flag_lacks__is_not_found(make_flag):
+    flag = make_flag(rules=[RULE_A])
+
+    with pytest.raises(NotFound):
+        services.flag_rule_update(flag=flag, index=1, rule=RULE_B, expected_version=1)
+
+
+def test_flag_rule_add__with_a_bad_rule__names_the_field_within_the_rule(make_flag):
+    flag = make_flag(rules=[RULE_A])
+
+    with pytest.raises(ValidationFailed) as refused:
+        services.flag_rule_add(flag=flag, rule={"serve": {"variant": "nope"}}, expected_version=1)
+
+    assert list(refused.value.fields) == ["rule.serve.variant"]
+
+
+# --- rules edited at the same moment (two connections) ------------------------------------------
+
+
+def _in_thread(target: Any) -> threading.Thread:
+    def run() -> None:
+        try:
+            target()
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _waiting_for_a_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0] > 0
+
+
+def _race(first: Any, second: Any) -> dict[str, Any]:
+    """Run ``first`` in a transaction that stays open until ``second``, in another connection,
+    is waiting for the flag's row lock; then commit ``first`` and let ``second`` finish."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks are PostgreSQL's; SQLite runs one write transaction at a time")
+    holding, release = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def hold() -> None:
+        with transaction.atomic():
+            outcome["first"] = first()
+            holding.set()
+            release.wait(30)
+
+    def wait_then_write() -> None:
+        try:
+            outcome["second"] = second()
+        except CanaryError as error:
+            outcome["second"] = error
+
+    one = _in_thread(hold)
+    assert holding.wait(30)
+    two = _in_thread(wait_then_write)
+    blocked = wait_for(_waiting_for_a_lock, timeout=30, interval=0.02)
+    release.set()
+    one.join(30)
+    two.join(30)
+    assert blocked, "the second edit never waited for the first one's lock"
+    return outcome
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_edits_of_one_version_at_once__the_second_is_a_conflict_and_nothing_is_lost(
+    make_flag,
+):
+    flag = make_flag(rules=[RULE_A, RULE_B])
+
+    outcome = _race(
+        lambda: services.flag_rule_update(
+            flag=flag, index=0, rule={**RULE_A, "name": "a2"}, expected_version=1
+        ),
+        lambda: services.flag_rule_update(
+            flag=flag, index=1, rule={**RULE_B, "name": "b2"}, expected_version=1
+        ),
+    )
+
+    assert outcome["first"].version == 2
+    assert isinstance(outcome["second"], Conflict)
+    assert names() == ["a2", "b"]
+    assert Flag.objects.get().version == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_adds_at_once__both_rules_are_kept(make_flag):
+    flag = make_flag(rules=[RULE_A])
+
+    outcome = _race(
+        lambda: services.flag_rule_add(flag=flag, rule=RULE_B),
+        lambda: services.flag_rule_add(flag=flag, rule=RULE_C),
+    )
+
+    assert outcome["second"].version == 3
+    assert names() == ["a", "b", "c"]

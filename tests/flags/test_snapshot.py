@@ -35,7 +35,8 @@ def test_current__loads_every_flag_segment_and_key_once(make_flag, make_segment,
     assert store.loads == 1
 
 
-def test_current__while_the_version_stands__neither_reloads_nor_queries(make_flag):
+def test_current__while_the_version_stands__neither_reloads_nor_queries(make_flag, settings):
+    settings.CANARY_FLAGS_DB_VERSION_SECONDS = 3600  # the database's turn is tested below
     make_flag()
     first = store.current()
 
@@ -72,6 +73,50 @@ def test_current__after_a_write__reloads_because_the_version_changed(make_flag, 
     assert after.flags["new-checkout"].status == "killed"
     assert store.loads == 2
     assert "reloaded because the version changed" in caplog.text
+
+
+def test_current__reads_the_database_version_once_per_interval_and_reloads_only_on_change(
+    make_flag, settings
+):
+    settings.CANARY_FLAGS_SNAPSHOT_CHECK_SECONDS = 0
+    settings.CANARY_FLAGS_DB_VERSION_SECONDS = 0.05
+    make_flag()
+    first = store.current()
+    time.sleep(0.06)  # past one database interval
+
+    with CaptureQueriesContext(connection) as queries:
+        again = store.current()
+
+    assert again is first
+    assert len(queries) == 1
+    assert "flags_flagsversion" in queries[0]["sql"]
+
+
+def test_change_whose_token_never_reached_the_cache__is_served_within_the_database_interval(
+    make_flag, settings
+):
+    """A writer that could not reach the cache (or a cache that lost the bump) still moves the
+    database's count, which every process reads at its interval."""
+    from django.db.models import F
+
+    from canary_site.versions import counter_bump
+    from flags.models import Flag, FlagsVersion
+
+    settings.CANARY_FLAGS_DB_VERSION_SECONDS = 0.2
+    make_flag()
+    assert store.current().flags["new-checkout"].status == "enabled"
+    token = cache.get(VERSION_CACHE_KEY)
+
+    # What another process's kill commits when its cache is unreachable: rows and the count.
+    Flag.objects.filter(key="new-checkout").update(status="killed", version=F("version") + 1)
+    counter_bump(FlagsVersion)
+
+    served = wait_for(
+        lambda: store.current().flags["new-checkout"].status == "killed", timeout=10, interval=0.05
+    )
+    assert served
+    assert cache.get(VERSION_CACHE_KEY) == token
+    assert store.loads == 2
 
 
 def test_version__lost_from_the_cache__is_recreated_and_costs_one_reload(make_flag):

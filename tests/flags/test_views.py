@@ -312,6 +312,7 @@ def rule_post(**overrides: str) -> dict[str, str]:
         "rule-serve_kind": "rollout",
         "rule-rollout_percentage": "10",
         "rule-rollout_variant": "on",
+        "rule-version": "1",
         "save": "1",
     }
     data.update(overrides)
@@ -382,10 +383,67 @@ def test_rule_editor__edits_moves_and_deletes_rules(web, make_flag):
         ]
     )
 
-    assert 'value="a"' in html_of(web.get("/flags/new-checkout/rules/0/"))
-    web.post("/flags/new-checkout/rules/1/change/", {"operation": "up"})
+    editor = html_of(web.get("/flags/new-checkout/rules/0/"))
+    assert 'value="a"' in editor
+    assert 'name="rule-version" value="1"' in editor
+    assert 'name="version" value="1"' in html_of(web.get("/flags/new-checkout/"))
+    web.post("/flags/new-checkout/rules/1/change/", {"operation": "up", "version": "1"})
     assert [rule["name"] for rule in Flag.objects.get().rules] == ["b", "a"]
-    web.post("/flags/new-checkout/rules/0/change/", {"operation": "delete"})
+    web.post("/flags/new-checkout/rules/0/change/", {"operation": "delete", "version": "2"})
+    assert [rule["name"] for rule in Flag.objects.get().rules] == ["a"]
+
+
+def test_rule_editor__save_against_rules_changed_since_the_page_opened__is_409_and_keeps_both(
+    web, make_flag
+):
+    flag = make_flag(
+        rules=[
+            {"name": "a", "serve": {"variant": "on"}},
+            {"name": "b", "serve": {"variant": "off"}},
+        ]
+    )
+    web.get("/flags/new-checkout/rules/1/")  # the page opens at version 1
+    services.flag_rule_delete(flag=flag, index=0, expected_version=1)  # someone else, meanwhile
+
+    response = web.post(
+        "/flags/new-checkout/rules/1/",
+        rule_post(**{"rule-name": "b2", "rule-segments": None, "constraints-0-attribute": ""}),
+    )
+
+    html = html_of(response)
+    assert response.status_code == 409
+    assert "has changed since version 1" in html
+    assert 'value="b2"' in html  # what was typed is kept
+    assert [rule["name"] for rule in Flag.objects.get().rules] == ["b"]
+
+
+def test_rule_change__move_or_delete_from_a_stale_page__changes_nothing_and_says_why(
+    web, make_flag
+):
+    flag = make_flag(
+        rules=[
+            {"name": "a", "serve": {"variant": "on"}},
+            {"name": "b", "serve": {"variant": "off"}},
+        ]
+    )
+    services.flag_rule_add(flag=flag, rule={"name": "c", "serve": {"variant": "on"}})
+
+    moved = web.post("/flags/new-checkout/rules/1/change/", {"operation": "up", "version": "1"})
+    deleted = web.post(
+        "/flags/new-checkout/rules/0/change/", {"operation": "delete", "version": "1"}, follow=True
+    )
+
+    assert moved.status_code == 302
+    assert "has changed since version 1" in html_of(deleted)
+    assert [rule["name"] for rule in Flag.objects.get().rules] == ["a", "b", "c"]
+
+
+def test_rule_change__without_the_pages_version__changes_nothing(web, make_flag):
+    make_flag(rules=[{"name": "a", "serve": {"variant": "on"}}])
+
+    response = web.post("/flags/new-checkout/rules/0/change/", {"operation": "delete"}, follow=True)
+
+    assert "out of date" in html_of(response)
     assert [rule["name"] for rule in Flag.objects.get().rules] == ["a"]
 
 

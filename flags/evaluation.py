@@ -99,15 +99,17 @@ counts as no match, then ``negate`` applies.
 * ``regex`` searches (``re.search``) the text, so anchor with ``^`` and ``$`` to match the
   whole value; ``case_insensitive`` adds ``re.IGNORECASE``. Python's backtracking engine can
   take exponential or high polynomial time on hostile input, and contexts come from clients,
-  so patterns are screened when the flag is saved: at most 256 characters, no backreferences,
-  no quantifier that can match what follows it inside an unbounded repeated group (``(a+)+`` is
-  refused, ``^([a-z]+\.)+com$`` is fine), no alternatives inside a repeated group that can
-  start with the same character (``(a|ab)+`` is refused, ``(?:foo|bar)+`` is fine), and a
-  pessimistic estimate of the backtracking on the worst input must stay small: it admits one
-  unbounded quantifier that can match what follows it in an unanchored pattern
-  (``.*@example\.com$``), two in a pattern anchored with ``^`` (``^.*-.*$``), and any number
-  that cannot (``\w+@\w+\.com``). At evaluation a value longer than 256 characters never
-  matches. Together these bound the worst case to a few milliseconds per constraint.
+  so patterns are screened when the flag is saved, by the screen that routing conditions share
+  (``canary_site.regex_guard``): at most 256 characters, no backreferences, no quantifier that
+  can match what follows it inside an unbounded repeated group (``(a+)+`` is refused,
+  ``^([a-z]+\.)+com$`` is fine), no alternatives inside a repeated group that can start with
+  the same character (``(a|ab)+`` is refused, ``(?:foo|bar)+`` is fine), and a pessimistic
+  count of the character tests a search makes on the worst input of 256 characters must stay
+  within ``MAX_REGEX_BACKTRACKING``: it admits one unbounded quantifier that can match what
+  follows it in an unanchored pattern (``.*@example\.com$``), two in a pattern anchored with
+  ``^`` (``^.*-.*$``), and any number that cannot (``\w+@\w+\.com``). At evaluation a value
+  longer than 256 characters never matches. Together these bound the worst case to a few
+  milliseconds per constraint.
 * ``num_eq`` (one or more values), ``num_gt``, ``num_gte``, ``num_lt``, ``num_lte`` (one
   value) compare numbers. Context numbers and numeric strings count; booleans and NaN do not.
 * ``semver_eq`` (one or more), ``semver_gt``, ``semver_lt`` (one value) compare Semantic
@@ -138,11 +140,10 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
-from re import _constants as _sre  # the parsed-pattern opcodes, for screening regexes
-from re import _parser as _sre_parser
 from types import MappingProxyType
 from typing import Any, NamedTuple, NoReturn
 
+from canary_site import regex_guard
 from canary_site.bucketing import BUCKET_COUNT, bucket_with_prefix, percentage_to_buckets
 
 __all__ = [
@@ -185,14 +186,11 @@ DEFAULT_STICKINESS = "targetingKey"
 TARGETING_KEY = "targetingKey"
 SPLIT_SALT_SUFFIX = "/split"
 
-MAX_REGEX_PATTERN_LENGTH = 256
+MAX_REGEX_PATTERN_LENGTH = regex_guard.MAX_PATTERN_LENGTH
 MAX_REGEX_INPUT_LENGTH = 256
-# The most backtracking a regex may need on the worst input of the capped length, in steps as
-# _regex_backtracking_risk estimates them: about a millisecond of sre. It admits one unbounded
-# quantifier that can match what follows it in an unanchored pattern (.*@example\.com$), two in
-# a pattern anchored with ^ (^.*-.*$), and any number that cannot (\w+@\w+\.com).
-MAX_REGEX_BACKTRACKING = 4 * (MAX_REGEX_INPUT_LENGTH + 1) ** 2
-_UNBOUNDED = 1 << 16
+# The most character tests a regex may need on the worst input of the capped length, as the
+# shared screen (canary_site.regex_guard) counts them: a few milliseconds of sre.
+MAX_REGEX_BACKTRACKING = regex_guard.MAX_BACKTRACKING
 
 
 class FlagStatus(StrEnum):
@@ -597,17 +595,12 @@ def _compile_semver(operator: Operator, versions: list[SemverKey]) -> Predicate:
 
 
 def _compile_regex(pattern: str, case_insensitive: bool) -> Predicate:
-    if len(pattern) > MAX_REGEX_PATTERN_LENGTH:
-        _invalid("values[0]", f"regex is longer than {MAX_REGEX_PATTERN_LENGTH} characters")
-    flags = re.IGNORECASE if case_insensitive else 0
     try:
-        parsed = _sre_parser.parse(pattern, flags)
-        compiled = re.compile(pattern, flags)
-    except (re.error, OverflowError, RecursionError) as error:
-        _invalid("values[0]", f"invalid regex: {error}")
-    problem = _regex_backtracking_risk(parsed)
-    if problem:
-        _invalid("values[0]", f"regex could take too long to match: {problem}")
+        compiled = regex_guard.compile_screened(
+            pattern, ignore_case=case_insensitive, max_input=MAX_REGEX_INPUT_LENGTH
+        )
+    except regex_guard.UnsafeRegex as error:
+        _invalid("values[0]", error.message)
     search = compiled.search
     limit = MAX_REGEX_INPUT_LENGTH
 
@@ -616,184 +609,6 @@ def _compile_regex(pattern: str, case_insensitive: bool) -> Predicate:
         return text is not None and len(text) <= limit and search(text) is not None
 
     return matches
-
-
-_REPEAT_OPCODES = frozenset({_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT})
-_CATEGORY_PATTERNS = {
-    _sre.CATEGORY_DIGIT: re.compile(r"\d"),
-    _sre.CATEGORY_NOT_DIGIT: re.compile(r"\D"),
-    _sre.CATEGORY_SPACE: re.compile(r"\s"),
-    _sre.CATEGORY_NOT_SPACE: re.compile(r"\S"),
-    _sre.CATEGORY_WORD: re.compile(r"\w"),
-    _sre.CATEGORY_NOT_WORD: re.compile(r"\W"),
-}
-# Characters that stand in for the whole of Unicode when deciding whether two character classes
-# can match the same character: Latin-1 and a few of every other kind.
-_CHARACTER_SAMPLE = tuple(chr(code) for code in range(256)) + tuple(
-    "ĀāİıŁłŒœſΣσςΩωЖжא٣ب中文日本한글€…\u2028\u3000\U0001f600"
-)
-
-
-def _regex_backtracking_risk(parsed: Any) -> str | None:
-    r"""Why a parsed pattern could backtrack catastrophically, or None if it cannot.
-
-    A deliberately pessimistic estimate of the steps a search takes on the worst input of the
-    capped length. A search tries every start position (one, when the pattern is anchored with
-    ``^``). A quantifier is *forced* when what it repeats cannot start the way what follows it
-    must start (``\d+\.``, ``[^@]+@``): it can only stop in one place, so trying its lengths
-    costs steps but leaves one way to go on. Any other variable quantifier multiplies the ways
-    to go on by its span (an unbounded one spans every length up to the input cap), once more
-    for every time an enclosing group repeats it. An unforced quantifier inside an unbounded
-    repetition (``(a+)+``), alternatives inside a repetition that can start alike
-    (``(a|ab)+``) and backreferences are exponential and refused outright; otherwise the
-    estimate must stay within ``MAX_REGEX_BACKTRACKING``.
-    """
-    anchored = (
-        len(parsed) > 0
-        and parsed[0][0] is _sre.AT
-        and parsed[0][1] in (_sre.AT_BEGINNING, _sre.AT_BEGINNING_STRING)
-        and not parsed.state.flags & re.MULTILINE
-    )
-    cap = MAX_REGEX_INPUT_LENGTH + 1
-    budget = MAX_REGEX_BACKTRACKING / (1 if anchored else cap)
-    ways = 1.0  # ways to have matched everything so far
-    steps = 0.0
-
-    def walk(items: Any, repetitions: int) -> str | None:
-        # repetitions: how many times the enclosing groups may run, _UNBOUNDED if without limit.
-        nonlocal ways, steps
-        items = list(items)
-        for index, (opcode, argument) in enumerate(items):
-            problem: str | None = None
-            if opcode in _REPEAT_OPCODES:
-                low, high, body = argument
-                if high != low:
-                    longest = MAX_REGEX_INPUT_LENGTH if high == _sre.MAXREPEAT else high
-                    span = max(min(longest, MAX_REGEX_INPUT_LENGTH) - low, 0) + 1
-                    if _is_forced(body, items[index + 1 :]):
-                        # However often it runs, it cannot consume more than the whole input.
-                        steps += ways * min(span * min(repetitions, cap), cap)
-                    elif repetitions >= _UNBOUNDED:
-                        return "a quantifier inside a repeated group, such as (a+)+"
-                    elif repetitions * math.log(span) > math.log(budget):
-                        return _TOO_MANY_WAYS
-                    else:
-                        ways *= span**repetitions
-                        steps += ways
-                    if steps > budget:
-                        return _TOO_MANY_WAYS
-                if high <= 1:
-                    inner = repetitions
-                elif high == _sre.MAXREPEAT:
-                    inner = _UNBOUNDED
-                else:
-                    inner = min(repetitions * high, _UNBOUNDED)
-                problem = walk(body, inner)
-            elif opcode is _sre.SUBPATTERN:
-                problem = walk(argument[3], repetitions)
-            elif opcode is _sre.ATOMIC_GROUP:
-                problem = walk(argument, repetitions)
-            elif opcode in (_sre.ASSERT, _sre.ASSERT_NOT):
-                problem = walk(argument[1], repetitions)
-            elif opcode is _sre.BRANCH:
-                branches = argument[1]
-                if repetitions > 1 and not _branches_start_apart(branches):
-                    return (
-                        "alternatives inside a repeated group must start with characters "
-                        "that tell them apart"
-                    )
-                # Walking the branches one after another over-counts, which only errs safe.
-                for branch in branches:
-                    problem = problem or walk(branch, repetitions)
-            elif opcode in (_sre.GROUPREF, _sre.GROUPREF_EXISTS):
-                return "backreferences are not allowed"
-            if problem:
-                return problem
-        return None
-
-    return walk(parsed, 1)
-
-
-_TOO_MANY_WAYS = (
-    "too many ways to match, such as several unbounded quantifiers that can match the same "
-    "characters (.*.*x); anchoring the pattern with ^ helps"
-)
-
-
-def _is_forced(body: Any, following: list[Any]) -> bool:
-    """Whether a repetition of ``body`` can only stop where the ``following`` items start."""
-    repeated = _leading_characters(list(body))
-    after = _leading_characters(following)
-    return repeated is not None and after is not None and repeated.isdisjoint(after)
-
-
-def _branches_start_apart(branches: Sequence[Any]) -> bool:
-    seen: set[str] = set()
-    for branch in branches:
-        leading = _leading_characters(list(branch))
-        if leading is None or not seen.isdisjoint(leading):
-            return False
-        seen |= leading
-    return True
-
-
-def _leading_characters(items: Sequence[Any]) -> frozenset[str] | None:
-    """The characters a sequence must start with, when its first item is one character."""
-    if not items:
-        return None
-    opcode, argument = items[0]
-    if opcode is _sre.SUBPATTERN:
-        return _leading_characters(list(argument[3]))
-    if opcode in _REPEAT_OPCODES:
-        return _leading_characters(list(argument[2])) if argument[0] >= 1 else None
-    return _character_set(items[0])
-
-
-def _character_set(item: Any) -> frozenset[str] | None:
-    """The sample characters one parsed item matches, or None if it is not one character.
-
-    Case is ignored and ``.`` matches everything, whatever the flags: a larger set can only make
-    the screening refuse more.
-    """
-    predicate = _character_predicate(item)
-    if predicate is None:
-        return None
-    return frozenset(
-        character
-        for character in _CHARACTER_SAMPLE
-        if any(
-            predicate(variant)
-            for variant in (character, character.lower(), character.upper())
-            if len(variant) == 1
-        )
-    )
-
-
-def _character_predicate(item: Any) -> Callable[[str], bool] | None:
-    opcode, argument = item
-    if opcode is _sre.LITERAL:
-        return chr(argument).__eq__
-    if opcode is _sre.NOT_LITERAL:
-        return chr(argument).__ne__
-    if opcode is _sre.ANY:
-        return lambda character: True
-    if opcode is not _sre.IN:
-        return None
-    negated = bool(argument) and argument[0][0] is _sre.NEGATE
-    tests: list[Callable[[str], bool]] = []
-    for member_opcode, member in argument[1:] if negated else argument:
-        if member_opcode is _sre.LITERAL:
-            tests.append(chr(member).__eq__)
-        elif member_opcode is _sre.RANGE:
-            low, high = member
-            tests.append(lambda character, low=low, high=high: low <= ord(character) <= high)
-        elif member_opcode is _sre.CATEGORY and member in _CATEGORY_PATTERNS:
-            tests.append(
-                lambda character, match=_CATEGORY_PATTERNS[member].match: bool(match(character))
-            )
-        else:
-            return None
-    return lambda character: any(test(character) for test in tests) is not negated
 
 
 # --- snapshots ----------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ and ignored, any other unknown key is an error)::
     }
 
 Every validation error is an :class:`InvalidRoutingDefinition` naming the field with its path,
-for example ``rules[0].conditions[1].values`` for an unsafe regular expression.
+for example ``rules[0].conditions[1].values[0]`` for an unsafe regular expression.
 """
 
 from __future__ import annotations
@@ -99,11 +99,10 @@ from bisect import bisect_right
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
-from re import _constants as sre_constants
-from re import _parser as sre_parser
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from canary_site import regex_guard
 from canary_site.bucketing import BUCKET_COUNT, bucket
 
 __all__ = [
@@ -129,16 +128,17 @@ __all__ = [
     "TokenBucket",
     "build_service_snapshot",
     "check_endpoint",
+    "check_text",
     "decide",
 ]
 
 BUCKETS = BUCKET_COUNT
 """Buckets of the shared bucketing function (10,000); weights are basis points of this."""
 
-MAX_REGEX_LENGTH = 256
+MAX_REGEX_LENGTH = regex_guard.MAX_PATTERN_LENGTH
 """Longest regular expression a condition may hold."""
 
-MAX_REGEX_INPUT = 1024
+MAX_REGEX_INPUT = regex_guard.MAX_INPUT_LENGTH
 """A regular expression sees at most this many leading characters of the request value."""
 
 RuleId = int | str
@@ -239,8 +239,11 @@ class TargetSnapshot:
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
             raise InvalidRoutingDefinition("id", "must be a non-empty string")
+        check_text("id", self.id)
+        check_text("name", self.name)
         if not isinstance(self.version, str) or not self.version:
             raise InvalidRoutingDefinition("version", "must be a non-empty string")
+        check_text("version", self.version)
         check_endpoint(self.endpoint)
         if isinstance(self.weight, bool) or not isinstance(self.weight, int):
             raise InvalidRoutingDefinition("weight", "must be an integer number of basis points")
@@ -253,10 +256,31 @@ class TargetSnapshot:
         return (self.name, self.endpoint, self.version, self.healthy)
 
 
+# C0 controls, DEL and C1 controls. A line break in a name or a value would end a comment or a
+# directive of an exported configuration (nginx) or split a header the proxy writes.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\.?\Z)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+)
+
+
+def check_text(field: str, value: object) -> None:
+    """Raise :class:`InvalidRoutingDefinition` if ``value`` holds a control character."""
+    if isinstance(value, str) and _CONTROL_CHARACTERS.search(value):
+        raise InvalidRoutingDefinition(
+            field, "must not contain control characters (line breaks, tabs, NUL and the like)"
+        )
+
+
 def check_endpoint(endpoint: object) -> None:
-    """Raise :class:`InvalidRoutingDefinition` unless ``endpoint`` is an http(s) URL with a host."""
+    """Raise :class:`InvalidRoutingDefinition` unless ``endpoint`` is an http(s) URL with a host
+    name or an IP address."""
     if not isinstance(endpoint, str):
         raise InvalidRoutingDefinition("endpoint", "must be an http or https URL")
+    # urlsplit silently drops tabs and line breaks, so look before it does.
+    if _CONTROL_CHARACTERS.search(endpoint) or any(c.isspace() for c in endpoint):
+        raise InvalidRoutingDefinition("endpoint", "must not contain spaces or control characters")
     try:
         parts = urlsplit(endpoint)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
@@ -264,6 +288,16 @@ def check_endpoint(endpoint: object) -> None:
         raise InvalidRoutingDefinition("endpoint", "is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRoutingDefinition("endpoint", "must be an http or https URL with a host")
+    host = parts.hostname
+    if not _HOST_NAME.fullmatch(host):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            # The host becomes an nginx upstream address, and anything but a name or an address
+            # would be read as configuration there.
+            raise InvalidRoutingDefinition(
+                "endpoint", "must name its host by a DNS name or an IP address"
+            ) from None
 
 
 Matcher = Callable[["RequestContext"], bool]
@@ -294,12 +328,15 @@ class Condition:
             ) from None
         if source in _NAMED_SOURCES and (not isinstance(self.name, str) or not self.name):
             raise InvalidRoutingDefinition("name", f"is required for a {source} condition")
+        check_text("name", self.name)
         values = self.values
         if isinstance(values, str) or not isinstance(values, Iterable):
             raise InvalidRoutingDefinition("values", "must be a list of strings")
         values = tuple(values)
         if not values or not all(isinstance(value, str) for value in values):
             raise InvalidRoutingDefinition("values", "must be a non-empty list of strings")
+        for index, value in enumerate(values):
+            check_text(f"values[{index}]", value)
         if operator is Operator.EQUALS and len(values) != 1:
             raise InvalidRoutingDefinition(
                 "values", "equals takes exactly one value; use in for several"
@@ -399,7 +436,10 @@ def _compile_test(operator: Operator, values: tuple[str, ...], case_sensitive: b
 
         return contains
     if operator is Operator.REGEX:
-        patterns = tuple(_compile_regex(value, case_sensitive) for value in values)
+        patterns = tuple(
+            _compile_regex(value, case_sensitive, f"values[{index}]")
+            for index, value in enumerate(values)
+        )
 
         def search(value: str) -> bool:
             value = value[:MAX_REGEX_INPUT]
@@ -429,57 +469,16 @@ def _parse_network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise InvalidRoutingDefinition("values", f"{value!r} is not an IP network") from None
 
 
-_REPEATS = (sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT)
-_BACKREFERENCES = (sre_constants.GROUPREF, sre_constants.GROUPREF_EXISTS)
-
-
-def _compile_regex(pattern: str, case_sensitive: bool) -> re.Pattern[str]:
-    """Compile a condition's regular expression, refusing shapes that backtrack exponentially."""
-    if len(pattern) > MAX_REGEX_LENGTH:
-        raise InvalidRoutingDefinition(
-            "values", f"a regular expression is limited to {MAX_REGEX_LENGTH} characters"
-        )
-    flags = 0 if case_sensitive else re.IGNORECASE
+def _compile_regex(pattern: str, case_sensitive: bool, field: str) -> re.Pattern[str]:
+    """Compile a condition's regular expression through the shared screen
+    (``canary_site.regex_guard``), which refuses what could backtrack for too long on the
+    prefix of ``MAX_REGEX_INPUT`` characters the matcher looks at."""
     try:
-        compiled = re.compile(pattern, flags)
-        # The parse tree is the reliable way to see quantifier nesting; text heuristics miss
-        # groups, classes and escapes.
-        problem = _regex_hazard(sre_parser.parse(pattern, flags), inside_repeat=False)
-    except re.error as error:
-        raise InvalidRoutingDefinition(
-            "values", f"{pattern!r} is not a valid regular expression: {error}"
-        ) from None
-    if problem:
-        raise InvalidRoutingDefinition("values", f"{pattern!r} is refused: {problem}")
-    return compiled
-
-
-def _regex_hazard(items: Iterable[tuple[Any, Any]], *, inside_repeat: bool) -> str | None:
-    for op, argument in items:
-        if op in _REPEATS:
-            _low, high, body = argument
-            repeats = high == sre_constants.MAXREPEAT or high > 1
-            if repeats and inside_repeat:
-                return "nested quantifiers can backtrack exponentially"
-            problem = _regex_hazard(body, inside_repeat=inside_repeat or repeats)
-        elif op == sre_constants.SUBPATTERN:
-            problem = _regex_hazard(argument[-1], inside_repeat=inside_repeat)
-        elif op == sre_constants.BRANCH:
-            if inside_repeat:
-                return "a repeated alternation can backtrack exponentially"
-            problem = next(
-                filter(None, (_regex_hazard(b, inside_repeat=False) for b in argument[1])),
-                None,
-            )
-        elif op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
-            problem = _regex_hazard(argument[1], inside_repeat=inside_repeat)
-        elif op in _BACKREFERENCES:
-            return "backreferences are not supported"
-        else:
-            problem = None
-        if problem:
-            return problem
-    return None
+        return regex_guard.compile_screened(
+            pattern, ignore_case=not case_sensitive, max_input=MAX_REGEX_INPUT
+        )
+    except regex_guard.UnsafeRegex as error:
+        raise InvalidRoutingDefinition(field, error.message) from None
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -592,6 +591,11 @@ class RuleSnapshot:
     def __post_init__(self) -> None:
         if isinstance(self.id, bool) or not isinstance(self.id, int | str) or self.id == "":
             raise InvalidRoutingDefinition("id", "must be an integer or a non-empty string")
+        check_text("id", self.id)
+        if not isinstance(self.name, str):
+            raise InvalidRoutingDefinition("name", "must be a string")
+        check_text("name", self.name)
+        check_text("strategy_key", self.strategy_key)
         if isinstance(self.priority, bool) or not isinstance(self.priority, int):
             raise InvalidRoutingDefinition("priority", "must be an integer")
         try:
@@ -646,8 +650,10 @@ class ServiceSnapshot:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise InvalidRoutingDefinition("name", "must be a non-empty string")
+        check_text("name", self.name)
         if not isinstance(self.stable_version, str) or not self.stable_version:
             raise InvalidRoutingDefinition("stable_version", "must be a non-empty string")
+        check_text("stable_version", self.stable_version)
         _check_count("version", self.version, minimum=0)
         by_id: dict[str, TargetSnapshot] = {}
         for index, target in enumerate(self.targets):

@@ -27,6 +27,13 @@
 
 What nginx cannot express is left out with a comment saying so (cookie and query parameter
 names outside ``[A-Za-z0-9_]``, which nginx variables cannot name).
+
+Every value that comes from a definition is written quoted and escaped (:func:`quote`; in values
+nginx expands, a ``$`` is spelt through a variable that holds one, :meth:`_Builder.text`), map
+keys that nginx would read as a keyword or a regular expression are escaped with its leading
+backslash, literal match values are regex-escaped, and comments that quote a definition escape
+control characters (:func:`comment`), so no name or value can end a string, a comment or a
+directive. The engine refuses control characters in every name and value before they get here.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from urllib.parse import urlsplit
 
 from django.template.loader import render_to_string
@@ -50,14 +57,46 @@ from routing.engine import (
     TargetSnapshot,
 )
 
-_NGINX_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_NGINX_NAME = re.compile(r"^[A-Za-z0-9_]+\Z")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9_-]+\Z")
+# Map keys nginx reads as its own parameters rather than as values to compare with.
+_MAP_KEYWORDS = frozenset({"default", "hostnames", "include", "volatile"})
+# What would end a comment line, or make one hard to read: C0 and C1 controls, DEL, and the
+# Unicode line and paragraph separators.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# What nginx's parser un-escapes inside a quoted string.
+_QUOTED_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
 def quote(value: str) -> str:
-    """A double-quoted nginx string that reads back as ``value`` (nginx un-escapes ``\\\\`` and
-    ``\\"`` in every token)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A double-quoted nginx string that reads back as ``value``: nginx un-escapes ``\\\\``,
+    ``\\"``, ``\\n``, ``\\r`` and ``\\t`` in every quoted token, and nothing else ends one.
+
+    Where nginx expands variables in the value (map results, ``split_clients`` keys, headers),
+    a ``$`` must also be spelt as a variable: :meth:`_Builder.text`.
+    """
+    return '"' + value.translate(_QUOTED_ESCAPES) + '"'
+
+
+def comment(text: str) -> str:
+    """``text`` made safe for a ``#`` comment: control characters (which could end the comment
+    and start configuration) are written as escapes, as is the backslash."""
+    return _UNPRINTABLE.sub(
+        lambda match: (
+            f"\\x{ord(match.group()):02x}"
+            if ord(match.group()) < 0x100
+            else f"\\u{ord(match.group()):04x}"
+        ),
+        text.replace("\\", "\\\\"),
+    )
+
+
+def map_key(value: str) -> str:
+    """A map key that nginx compares literally: a leading ``~`` (a regex) or a keyword
+    (``default``, ``include``, ...) is escaped with the backslash nginx strips."""
+    if value.startswith(("~", "\\")) or value in _MAP_KEYWORDS:
+        value = "\\" + value
+    return quote(value)
 
 
 def _ident(name: str) -> str:
@@ -75,6 +114,9 @@ class Upstream:
     servers: list[str]
     least_conn: bool = False
 
+    def __post_init__(self) -> None:
+        self.comment = comment(self.comment)
+
 
 @dataclass
 class MapBlock:
@@ -84,6 +126,9 @@ class MapBlock:
     default: str
     comment: str = ""
 
+    def __post_init__(self) -> None:
+        self.comment = comment(self.comment)
+
 
 @dataclass
 class SplitBlock:
@@ -91,6 +136,9 @@ class SplitBlock:
     variable: str
     entries: list[tuple[str, str]]
     comment: str = ""
+
+    def __post_init__(self) -> None:
+        self.comment = comment(self.comment)
 
 
 @dataclass
@@ -112,6 +160,7 @@ class ExportContext:
     splits: list[SplitBlock] = field(default_factory=list)
     limits: list[LimitZone] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    dollar_variable: str = ""  # set when a value needs a literal $
     upstream_variable: str = ""
     version_variable: str = ""
     planned_version_variable: str = ""
@@ -121,6 +170,14 @@ class ExportContext:
     next_upstream_tries: int = 1
     listen: str = "8080"
     server_name: str = "_"
+
+    @property
+    def service_comment(self) -> str:
+        return comment(self.service)
+
+    @property
+    def notes_comments(self) -> list[str]:
+        return [comment(note) for note in self.notes]
 
 
 def _server_address(target: TargetSnapshot) -> str:
@@ -161,6 +218,15 @@ class _Builder:
 
     def var(self, suffix: str) -> str:
         return f"${self.prefix}_{suffix}"
+
+    def text(self, value: str) -> str:
+        """``value`` as a quoted string for a place where nginx expands variables: each ``$`` is
+        spelt ``${<prefix>_dollar}``, a variable that holds one (nginx has no escape for it)."""
+        if "$" not in value:
+            return quote(value)
+        self.context.dollar_variable = self.var("dollar")
+        spelt = "${" + self.context.dollar_variable[1:] + "}"
+        return quote(value).replace("$", spelt)
 
     def new_upstream(
         self,
@@ -208,7 +274,11 @@ class _Builder:
         described = condition.describe()
         if condition.source is Source.CLIENT_IP:
             if condition.operator is Operator.CIDR:
-                networks = [(value.strip(), hit) for value in condition.values]
+                # Written as parsed: the canonical network, never the text as given.
+                networks = [
+                    (str(ip_network(value.strip(), strict=False)), hit)
+                    for value in condition.values
+                ]
                 self.context.geos.append(
                     MapBlock("$remote_addr", variable, networks, miss, comment=described)
                 )
@@ -322,7 +392,7 @@ class _Builder:
             f"{target.name} {target.weight * 100 / (total or 1):.2f}%" for target in layout
         )
         self.context.splits.append(
-            SplitBlock(f'"{salt}{key_variable}"', variable, entries, described)
+            SplitBlock(self.text(salt)[:-1] + key_variable + '"', variable, entries, described)
         )
         return variable
 
@@ -377,9 +447,7 @@ class _Builder:
             for target in rule.targets:
                 value = getattr(target, attribute)
                 if target.id in upstream_of:
-                    # A leading ~ would make the key a regex; nginx reads "\~" as a literal one.
-                    key = quote("\\" + value if value.startswith("~") else value)
-                    entries.setdefault(key, upstream_of[target.id])
+                    entries.setdefault(map_key(value), upstream_of[target.id])
         variable = self.var(f"{rule_key}_pin")
         self.context.maps.append(
             MapBlock(
@@ -483,7 +551,7 @@ class _Builder:
             MapBlock(
                 upstream_variable,
                 planned,
-                sorted(self.versions.items()),
+                [(name, self.text(value)) for name, value in sorted(self.versions.items())],
                 '""',
                 comment="version of the chosen upstream",
             )
@@ -498,7 +566,7 @@ class _Builder:
             except ValueError:
                 continue  # $upstream_addr holds resolved addresses; a host name never matches
             address = re.escape(_server_address(target))
-            by_address.append((quote(f"~(^|\\s){address}$"), target.version))
+            by_address.append((quote(f"~(^|\\s){address}$"), self.text(target.version)))
         context.maps.append(
             MapBlock(
                 "$upstream_addr",
@@ -529,19 +597,21 @@ class _Builder:
                 affinity = rule.affinity
                 assert affinity is not None
                 source += "|${cookie_" + affinity.name + "}"
-                attributes = [
-                    f"{affinity.name}=$request_id",
-                    f"Path={affinity.path}",
-                    "SameSite=Lax",
-                ]
+                attributes = [f"Path={affinity.path}", "SameSite=Lax"]
                 if affinity.ttl_s is not None:
                     attributes.append(f"Max-Age={affinity.ttl_s}")
                 if affinity.secure:
                     attributes.append("Secure")
                 if affinity.httponly:
                     attributes.append("HttpOnly")
+                # The value is the request id, the one variable here; the rest is literal.
+                cookie = (
+                    self.text(f"{affinity.name}=")[:-1]
+                    + "${request_id}"
+                    + self.text("; " + "; ".join(attributes))[1:]
+                )
                 pattern = f"~^{rule_key}\\|" + "[^|]*\\|" * index + "(\\||$)"
-                entries.append((quote(pattern), quote("; ".join(attributes))))
+                entries.append((quote(pattern), cookie))
             context.maps.append(
                 MapBlock(
                     f'"{source}"',

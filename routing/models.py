@@ -18,7 +18,7 @@ from django.db import models
 
 from canary_site import audit
 from routing.choices import Strategy
-from routing.engine import InvalidRoutingDefinition, check_endpoint
+from routing.engine import InvalidRoutingDefinition, check_endpoint, check_text
 
 
 def validate_endpoint(value: str) -> None:
@@ -31,9 +31,36 @@ def validate_endpoint(value: str) -> None:
 # The metric store keys its series by version with this alphabet, so a version the proxy records
 # outcomes for must fit it.
 validate_version = RegexValidator(
-    r"^[A-Za-z0-9_.:\-/@+]{1,100}$",
+    # \Z, not $: "$" also matches before a final line break.
+    r"^[A-Za-z0-9_.:\-/@+]{1,100}\Z",
     "A version is 1 to 100 letters, digits or _.:-/@+ (no spaces).",
 )
+
+
+def validate_metadata(value: object) -> None:
+    """Refuse control characters in any key or string of a target's metadata."""
+
+    def walk(item: object, path: str) -> None:
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                walk(key, path)
+                walk(inner, f"{path}.{key}" if path else str(key))
+        elif isinstance(item, list):
+            for index, inner in enumerate(item):
+                walk(inner, f"{path}[{index}]")
+        else:
+            try:
+                check_text(path, item)
+            except InvalidRoutingDefinition as error:
+                where = f" ({error.field})" if error.field else ""
+                raise ValidationError(
+                    f"Metadata{where} must not contain control characters (line breaks, tabs, "
+                    "NUL and the like).",
+                    code="invalid",
+                ) from None
+
+    walk(value, "")
+
 
 PERCENT_VALIDATORS = [MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("100"))]
 
@@ -83,7 +110,7 @@ class Target(models.Model):
         ),
     )
     healthy = models.BooleanField(default=True)
-    metadata = models.JSONField(default=dict, blank=True)
+    metadata = models.JSONField(default=dict, blank=True, validators=[validate_metadata])
     health_check = models.JSONField(
         null=True,
         blank=True,

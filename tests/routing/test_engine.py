@@ -826,19 +826,19 @@ def _with_rule(**rule: Any) -> dict[str, Any]:
                     {"source": "path", "operator": "regex", "values": ["(unclosed"]},
                 ]
             ),
-            "rules[0].conditions[1].values",
+            "rules[0].conditions[1].values[0]",
         ),
         (
             _with_rule(conditions=[{"source": "path", "operator": "regex", "values": ["(a+)+$"]}]),
-            "rules[0].conditions[0].values",
+            "rules[0].conditions[0].values[0]",
         ),
         (
             _with_rule(conditions=[{"source": "path", "operator": "regex", "values": ["(a|ab)*"]}]),
-            "rules[0].conditions[0].values",
+            "rules[0].conditions[0].values[0]",
         ),
         (
             _with_rule(conditions=[{"source": "path", "operator": "regex", "values": ["x" * 300]}]),
-            "rules[0].conditions[0].values",
+            "rules[0].conditions[0].values[0]",
         ),
         (
             _with_rule(
@@ -985,3 +985,130 @@ def test_build_service_snapshot__with_inline_targets__collects_all_targets() -> 
     assert service.targets_by_id["stable-1"].name == "Stable"
     assert service.version == 9
     assert [rule.id for rule in service.rules] == [1, 2]
+
+
+# -- text that reaches exported configuration and headers --------------------------------------
+
+
+@pytest.mark.parametrize("character", ["\n", "\r", "\x00", "\t", "\x1f", "\x7f", "\x80", "\x9f"])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda c: {"name": f"checkout{c}"}, "name"),
+        (lambda c: {"stable_version": f"{STABLE}{c}"}, "stable_version"),
+        (lambda c: {"targets": [_target("stable-1", name=f"s{c}")]}, "targets[0].name"),
+        (lambda c: {"targets": [_target("stable-1", version=f"1{c}")]}, "targets[0].version"),
+        (lambda c: {"rules": [_rule(name=f"r{c}")]}, "rules[0].name"),
+        (
+            lambda c: {"rules": [_rule(strategy="header", strategy_key=f"x{c}")]},
+            "rules[0].strategy_key",
+        ),
+        (
+            lambda c: {"rules": [_rule(conditions=[_prefix("/", f"/a{c}b")])]},
+            "rules[0].conditions[0].values[1]",
+        ),
+        (
+            lambda c: {
+                "rules": [
+                    _rule(
+                        conditions=[
+                            {
+                                "source": "header",
+                                "name": f"x{c}",
+                                "operator": "equals",
+                                "values": ["1"],
+                            }
+                        ]
+                    )
+                ]
+            },
+            "rules[0].conditions[0].name",
+        ),
+    ],
+    ids=[
+        "service",
+        "stable-version",
+        "target-name",
+        "target-version",
+        "rule-name",
+        "strategy-key",
+        "condition-value",
+        "condition-name",
+    ],
+)
+def test_build_service_snapshot__with_a_control_character__names_the_field(
+    change: Any, field: str, character: str
+) -> None:
+    definition = _with_rule() | change(character)
+
+    with pytest.raises(InvalidRoutingDefinition) as caught:
+        build_service_snapshot(definition)
+
+    assert caught.value.field == field
+    assert "control characters" in caught.value.message
+
+
+def _rule(**rule: Any) -> dict[str, Any]:
+    return {"id": 1, "targets": [{"id": "stable-1", "weight": BUCKETS}], **rule}
+
+
+def _prefix(*values: str) -> dict[str, Any]:
+    return {"source": "path", "operator": "prefix", "values": list(values)}
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://a\n:80",
+        "http://a:80/\tx",
+        "http://a b:80",
+        "http://x;}server{listen:80",
+        'http://a"b:80',
+        "http://a{b}:80",
+        "http://-a:80",
+    ],
+)
+def test_target__whose_endpoint_host_is_not_a_name_or_an_address__is_refused(
+    endpoint: str,
+) -> None:
+    with pytest.raises(InvalidRoutingDefinition) as caught:
+        build_service_snapshot(
+            _with_rule()
+            | {"targets": [_target("stable-1", endpoint=endpoint), _target("canary-1", CANARY)]}
+        )
+
+    assert caught.value.field == "targets[0].endpoint"
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://10.0.0.5:8080",
+        "https://[fd00::1]:8443/base",
+        "http://checkout_canary-2.svc.:80",
+        "http://localhost",
+    ],
+)
+def test_target__with_a_host_name_or_an_address__is_accepted(endpoint: str) -> None:
+    snapshot = build_service_snapshot(
+        _with_rule()
+        | {"targets": [_target("stable-1", endpoint=endpoint), _target("canary-1", CANARY)]}
+    )
+
+    assert snapshot.targets_by_id["stable-1"].endpoint == endpoint
+
+
+def test_condition__regex_that_backtracks_polynomially_on_1024_characters__is_refused() -> None:
+    # Flags refused it already; the proxy hands a routing regex up to 1,024 client characters.
+    with pytest.raises(InvalidRoutingDefinition) as caught:
+        Condition("header", "regex", ("^/ok", ".*.*.*x"), name="x-user")
+
+    assert caught.value.field == "values[1]"
+    assert caught.value.message.startswith("regex could take too long to match")
+
+
+def test_condition__regex_whose_repetition_cannot_backtrack__is_accepted() -> None:
+    condition = Condition("path", "regex", (r"^/(?:foo|bar)+/\d+$",))
+
+    assert condition.matches(_request(path="/foobarfoo/42"))
+    assert not condition.matches(_request(path="/foobaz/42"))

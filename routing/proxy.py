@@ -8,17 +8,30 @@ the proxy's default service (``--service``). Anything else is a 404.
 
 Per request, nothing touches the database or the cache: the proxy keeps every service's
 compiled snapshot in memory and a :class:`~routing.engine.RuntimeState` per service (circuit
-breakers, rate limiters, round robin turns, connections in flight). Background tasks:
+breakers, rate limiters, round robin turns, connections in flight). The event loop never waits
+on the database or the cache either; each kind of background work has a thread of its own, so
+none queues behind another:
 
-- the poller reads the shared routing version key every ``poll_interval`` seconds (0.25) and,
-  only when its value changed, reloads every snapshot from the database in a worker thread;
+- the poller reads the shared routing version every ``poll_interval`` seconds (0.25) and,
+  only when its value changed, reloads every snapshot from the database (one consistent read,
+  which gives up rather than wait on a lock); the current snapshots serve until the new ones
+  are installed;
 - the flusher hands the outcomes aggregated in memory (requests, 5xx, latency histogram per
-  service, version and 10-second bucket) to the metric store every ``flush_interval`` seconds,
-  and publishes the breakers' states to the cache for the dashboard.
+  service, version and second) to the metric store every ``flush_interval`` seconds,
+  and once more on shutdown (SIGTERM);
+- the reporter publishes the breakers' states to the cache for the dashboard, best effort;
+- a watchdog logs when the event loop itself was held up (the time and for how long).
+
+A dependency that fails (the database, the cache) is logged once when it starts failing and
+once when it recovers, never once per attempt.
 
 Forwarding: the method, path, query, headers and body go to the chosen target; hop-by-hop
-headers are dropped, ``X-Forwarded-For``/``-Proto``/``-Host`` and ``X-Canary-Version`` are
-added, and the target's status, headers and body come back streamed, with ``X-Canary-Version``
+headers and every ``X-Canary-*`` header a client sent are dropped, and ``X-Canary-Version``
+is set by the proxy. ``X-Forwarded-For``/``-Proto``/``-Host`` (and ``Forwarded``,
+``X-Real-IP``) are believed only from a peer in ``trusted_proxies``
+(``CANARY_PROXY_TRUSTED_PROXIES``), whose chain is kept and extended; from anyone else they are
+replaced by what the proxy saw. The target's status, headers and body come back streamed,
+without any ``X-Canary-*`` header of the target's own, with the proxy's ``X-Canary-Version``
 and, for a newcomer on a cookie-affinity rule, its ``Set-Cookie``. A connection error, a
 timeout or a 5xx counts as a failure for the target's circuit breaker; idempotent requests
 whose body is small enough to replay are retried on another target (``failover.retries`` times,
@@ -31,18 +44,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import json
 import logging
 import math
 import os
+import queue
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
-
-from asgiref.sync import sync_to_async
 
 from canary_site.exceptions import CanaryError
 from health.histogram import Histogram
@@ -68,13 +82,22 @@ from routing.upstream import (
 
 logger = logging.getLogger("routing.proxy")
 
+T = TypeVar("T")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 SERVICE_HEADER = "x-canary-service"
 VERSION_HEADER = b"x-canary-version"
-OUTCOME_BUCKET_SECONDS = 10
+# Headers under this prefix are the proxy's to set: none from a client reaches a target, none
+# from a target reaches a client.
+OWN_PREFIX = "x-canary-"
+_OWN_PREFIX_BYTES = OWN_PREFIX.encode()
+# Finer than the metric store's buckets (which it floors into), so no outcome lands in a bucket
+# that has already been judged.
+OUTCOME_BUCKET_SECONDS = 1
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # A request body is kept for a retry only up to this size; larger ones stream through once.
 REPLAYABLE_BODY_BYTES = 64 * 1024
@@ -83,17 +106,21 @@ SMALL_RESPONSE_BYTES = 64 * 1024
 # Outcomes that cannot be flushed are kept and retried, but not for ever.
 MAX_UNFLUSHED_AGE_SECONDS = 300
 BREAKER_PUBLISH_SECONDS = 5.0
+# The last flush, on shutdown, waits this long for the metric store before giving up.
+SHUTDOWN_FLUSH_SECONDS = 10.0
+# The watchdog wakes this often and reports a wake-up this much later than it asked for.
+WATCHDOG_SECONDS = 0.25
+LOOP_LAG_WARNING_SECONDS = 0.5
+# A reload or a flush slower than this is logged with its time.
+SLOW_WORK_SECONDS = 1.0
 
+# Headers a client's peer could use to claim another address, scheme or host.
+FORWARDING_HEADERS = frozenset(
+    {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"}
+)
 # Framing (Content-Length, Transfer-Encoding) is the upstream client's to write, and the
 # forwarding headers are rewritten.
-_DROP_REQUEST = HOP_BY_HOP | {
-    "host",
-    "content-length",
-    SERVICE_HEADER,
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "expect",
-}
+_DROP_REQUEST = HOP_BY_HOP | FORWARDING_HEADERS | {"host", "content-length", "expect"}
 
 
 class ClientDisconnected(Exception):
@@ -137,7 +164,7 @@ def error_response_body(code: str, message: str) -> bytes:
 
 
 class Outcomes:
-    """Per (service, version, 10-second bucket) counts and latency histograms, in memory."""
+    """Per (service, version, second) counts and latency histograms, in memory."""
 
     __slots__ = ("_data",)
 
@@ -153,6 +180,10 @@ class Outcomes:
         if error:
             entry[1] += 1
         entry[2].record(latency_ms)
+
+    def pending(self) -> tuple[int, int]:
+        """Buckets and requests not flushed yet."""
+        return len(self._data), sum(entry[0] for entry in self._data.values())
 
     def drain(self) -> dict[tuple[str, str, int], list[Any]]:
         data, self._data = self._data, {}
@@ -178,19 +209,32 @@ class Outcomes:
 
 def load_snapshots_from_database() -> tuple[Any, dict[str, ServiceSnapshot]]:
     """Read the routing version, then every snapshot (in this order: a change committed in
-    between is seen now or by the next poll, never lost)."""
-    from django.db import close_old_connections
+    between is seen now or by the next poll, never lost).
+
+    On PostgreSQL the four reads share one snapshot of the database (REPEATABLE READ, read
+    only), so a tick committing between two of them cannot hand the proxy half of its change.
+    Plain reads never wait on the row locks a tick holds."""
+    from django.db import close_old_connections, connection, transaction
 
     from routing import selectors
 
     close_old_connections()
     version = selectors.routing_version()
-    return version, selectors.all_snapshots()
+    if connection.vendor != "postgresql":
+        # SQLite: the project's transactions take the write lock (IMMEDIATE), which a reader
+        # must not hold; its reads outside one each see a committed state.
+        return version, selectors.all_snapshots()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return version, selectors.all_snapshots()
 
 
 def read_routing_version() -> Any:
+    from django.db import close_old_connections
+
     from routing import selectors
 
+    close_old_connections()
     return selectors.routing_version()
 
 
@@ -201,6 +245,28 @@ def record_outcomes_in_metric_store(items: list[Any]) -> None:
 
     close_old_connections()
     health_services.metrics_record_outcomes(outcomes=items)
+
+
+# The database connections of the proxy's threads, by thread name: how long a statement may wait
+# for a lock, and run at all (milliseconds). A table lock (a migration's) would hold even plain
+# reads; a reload gives up quickly instead and the current snapshots keep serving. A flush waits
+# for rows a tick has locked, but not for ever: it is retried at the next flush.
+DATABASE_TIMEOUTS_MS = {
+    "routing-reload": (500, 10_000),
+    "routing-flush": (5_000, 30_000),
+}
+
+
+def limit_database_waits(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """``connection_created`` receiver: bound lock waits and statements of the proxy's own
+    threads (set per connection, so a reconnect is bounded too)."""
+    timeouts = DATABASE_TIMEOUTS_MS.get(threading.current_thread().name)
+    if timeouts is None or connection.vendor != "postgresql":
+        return
+    lock_ms, statement_ms = timeouts
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET lock_timeout = {lock_ms}")
+        cursor.execute(f"SET statement_timeout = {statement_ms}")
 
 
 def publish_breakers(proxy_id: str, services: dict[str, dict[str, str]]) -> None:
@@ -220,6 +286,111 @@ def publish_breakers(proxy_id: str, services: dict[str, dict[str, str]]) -> None
     cache.set(selectors.BREAKERS_KEY, reports, timeout=int(selectors.BREAKER_REPORT_MAX_AGE * 4))
 
 
+def close_database_connection() -> None:
+    from django.db import connection
+
+    connection.close()
+
+
+def services_summary(snapshots: Iterable[ServiceSnapshot], limit: int = 20) -> str:
+    """``a@3, b@7`` for a log line, the first ``limit`` of them (a reload of a thousand services
+    must not write a line of a thousand names)."""
+    items = [f"{snapshot.name}@{snapshot.version}" for snapshot in snapshots]
+    shown = ", ".join(items[:limit])
+    return f"{shown}, and {len(items) - limit} more" if len(items) > limit else shown
+
+
+class Worker:
+    """One daemon thread running blocking calls in order for the event loop.
+
+    Each kind of background work (reloads, flushes, cache reports) has its own, so a flush
+    waiting on the metric store never delays a reload. The thread is a daemon: a call stuck on
+    a dead cache or database cannot keep the process from exiting on SIGTERM."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+            self._thread.start()
+        self._calls.put((loop, future, function, args))
+        return await future
+
+    def _serve(self) -> None:
+        while True:
+            loop, future, function, args = self._calls.get()
+            try:
+                result = function(*args)
+            except BaseException as error:  # handed to the awaiting task, whatever it is
+                loop.call_soon_threadsafe(_settle, future, None, error)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a background future's failure as seen (it was logged where it happened)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the awaiting task was cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class OutageLog:
+    """Logs a dependency that fails once when it starts failing (a warning) and once when it
+    works again (an info), however many attempts fail in between."""
+
+    __slots__ = ("_failures", "_since", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._since: float | None = None
+        self._failures = 0
+
+    @property
+    def failing(self) -> bool:
+        return self._since is not None
+
+    def failed(self, error: BaseException, consequence: str) -> None:
+        self._failures += 1
+        if self._since is None:
+            self._since = time.monotonic()
+            logger.warning(
+                "%s failed (%s: %s); %s. Logged once until it recovers.",
+                self.what,
+                type(error).__name__,
+                str(error).strip().splitlines()[0] if str(error).strip() else "no message",
+                consequence,
+                exc_info=logger.isEnabledFor(logging.DEBUG),
+            )
+
+    def succeeded(self) -> None:
+        if self._since is not None:
+            logger.info(
+                "%s works again after %.1f s (%d failed attempt(s)).",
+                self.what,
+                time.monotonic() - self._since,
+                self._failures,
+            )
+            self._since = None
+            self._failures = 0
+
+
 class RoutingProxy:
     """The ASGI application. Hooks are injectable so tests and benchmarks can run it without a
     database; the defaults read Django's database, cache and metric store."""
@@ -234,6 +405,7 @@ class RoutingProxy:
         read_timeout: float = 60.0,
         pool_size: int = 512,
         upstream_client: str = "fast",
+        trusted_proxies: Iterable[IPNetwork] = (),
         load_snapshots: Callable[[], tuple[Any, dict[str, ServiceSnapshot]]] | None = None,
         read_version: Callable[[], Any] | None = None,
         record_outcomes: Callable[[list[Any]], None] | None = None,
@@ -248,6 +420,8 @@ class RoutingProxy:
         if upstream_client not in ("fast", "aiohttp"):
             raise ValueError("upstream_client must be fast or aiohttp")
         self.upstream_client = upstream_client
+        self.trusted_proxies = tuple(trusted_proxies)
+        self._trusted_peers: dict[str, bool] = {}
         self._load = load_snapshots or load_snapshots_from_database
         self._read_version = read_version or read_routing_version
         self._record = record_outcomes or record_outcomes_in_metric_store
@@ -260,8 +434,15 @@ class RoutingProxy:
         self.client: UpstreamClient | None = None
         self.proxy_id = f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
+        self._flushing: asyncio.Future[None] | None = None
         self._last_breakers: dict[str, dict[str, str]] | None = None
         self._breakers_published_at = 0.0
+        self._loader = Worker("routing-reload")
+        self._flusher = Worker("routing-flush")
+        self._reporter = Worker("routing-report")
+        self._database = OutageLog("Reading the routing from the database")
+        self._store = OutageLog("Flushing outcomes to the metric store")
+        self._cache = OutageLog("Publishing circuit breaker states to the cache")
 
     # -- ASGI entry points ------------------------------------------------------------------
 
@@ -291,6 +472,12 @@ class RoutingProxy:
                 return
 
     async def startup(self) -> None:
+        if self._load is load_snapshots_from_database:
+            from django.db.backends.signals import connection_created
+
+            connection_created.connect(
+                limit_database_waits, dispatch_uid="routing_proxy_database_waits"
+            )
         if self.upstream_client == "aiohttp":
             self.client = AiohttpUpstreamClient(
                 connect_timeout=self.connect_timeout,
@@ -303,11 +490,9 @@ class RoutingProxy:
                 read_timeout=self.read_timeout,
                 max_idle_per_endpoint=self.pool_size,
             )
-        try:
-            await self.reload()
-        except Exception:
-            # The database may come up after the proxy; the poller keeps trying.
-            logger.exception("Could not load routing snapshots; will retry")
+        # The database may come up after the proxy: until it does, requests are answered 503
+        # and the poller keeps trying.
+        await self._reload_quietly()
         # Everything loaded so far (Django, the snapshots) lives as long as the process: keep it
         # out of the garbage collector's scans, which otherwise stall requests now and then.
         gc.collect()
@@ -315,88 +500,164 @@ class RoutingProxy:
         self._tasks = [
             asyncio.create_task(self._poll_loop(), name="routing-poll"),
             asyncio.create_task(self._flush_loop(), name="routing-flush"),
+            asyncio.create_task(self._report_loop(), name="routing-report"),
+            asyncio.create_task(self._watchdog(), name="routing-watchdog"),
         ]
 
     async def shutdown(self) -> None:
+        """Stop the background work, then flush what the last requests left (uvicorn calls
+        this once every request in flight has been answered)."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        with contextlib.suppress(Exception):
-            await self.flush()
+        if self._flushing is not None and not self._flushing.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._flushing), SHUTDOWN_FLUSH_SECONDS)
+        pending = self.outcomes.pending()
+        if pending[0]:
+            try:
+                await asyncio.wait_for(self.flush(), SHUTDOWN_FLUSH_SECONDS)
+            except Exception as error:
+                logger.error(
+                    "Shutting down: %d outcome bucket(s) (%d requests) could not be flushed "
+                    "to the metric store and are lost: %s: %s",
+                    *pending,
+                    type(error).__name__,
+                    error,
+                )
+            else:
+                logger.info(
+                    "Shutting down: flushed %d outcome bucket(s) (%d requests) to the metric "
+                    "store.",
+                    *pending,
+                )
         if self.client is not None:
             await self.client.close()
+        for worker in (self._loader, self._flusher):
+            if not worker.started:
+                continue
+            # Their database connections end cleanly rather than with the process.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(worker.run(close_database_connection), 1.0)
 
     # -- Background work -------------------------------------------------------------------
 
     async def reload(self) -> None:
-        version, snapshots = await sync_to_async(self._load, thread_sensitive=True)()
-        self.install(snapshots, version)
+        started = time.perf_counter()
+        version, snapshots = await self._loader.run(self._load)
+        self.install(snapshots, version, time.perf_counter() - started)
 
-    def install(self, snapshots: dict[str, ServiceSnapshot], version: Any) -> None:
+    async def _reload_quietly(self) -> None:
+        try:
+            await self.reload()
+        except Exception as error:
+            self._database.failed(
+                error,
+                "keeping the current snapshots" if self.loaded else "answering 503 until it works",
+            )
+        else:
+            self._database.succeeded()
+
+    def install(
+        self, snapshots: dict[str, ServiceSnapshot], version: Any, took: float = 0.0
+    ) -> None:
         """Swap in new snapshots; breakers and limiters of the services that remain carry over
         (the engine resyncs a state when it first sees the new snapshot)."""
         self.states = {name: self.states.get(name) or RuntimeState() for name in snapshots}
         self.snapshots = snapshots
         self.version = version
         self.loaded = True
-        logger.info(
-            "Routing version %s: %d service(s) %s",
+        log = logger.warning if took > SLOW_WORK_SECONDS else logger.info
+        log(
+            "Routing version %s loaded in %.0f ms: %d service(s) %s",
             version,
+            took * 1000,
             len(snapshots),
-            ", ".join(f"{s.name}@{s.version}" for s in snapshots.values()),
+            services_summary(snapshots.values()),
         )
 
     async def _poll_loop(self) -> None:
-        read = sync_to_async(self._read_version, thread_sensitive=False)
         while True:
             await asyncio.sleep(self.poll_interval)
             try:
-                version = await read()
-                if version != self.version or not self.loaded:
-                    await self.reload()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("Routing reload failed; keeping the current snapshots")
+                version = await self._loader.run(self._read_version)
+            except Exception as error:
+                self._database.failed(error, "keeping the current snapshots")
+                continue
+            if version != self.version or not self.loaded or self._database.failing:
+                await self._reload_quietly()
 
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self.flush_interval)
-            try:
-                await self.flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("Outcome flush failed")
+            # Shielded: stopping this loop must not abandon a batch half-way; shutdown waits
+            # for it instead.
+            self._flushing = asyncio.ensure_future(self.flush())
+            self._flushing.add_done_callback(_retrieve)
+            with contextlib.suppress(Exception):  # logged by flush, retried next time
+                await asyncio.shield(self._flushing)
 
     async def flush(self) -> None:
+        """Hand the outcomes aggregated so far to the metric store. A failure keeps them for
+        the next flush (raised after it is logged); a batch the store refuses is dropped."""
         drained = self.outcomes.drain()
-        if drained:
-            items = outcome_items(drained)
-            try:
-                await sync_to_async(self._record, thread_sensitive=True)(items)
-            except CanaryError:
-                # The store refused the batch itself (not an outage): retrying cannot help.
-                logger.exception("The metric store refused %d outcome bucket(s)", len(items))
-            except Exception:
-                self.outcomes.restore(drained)
-                raise
-        await self._publish_breakers()
+        if not drained:
+            return
+        items = outcome_items(drained)
+        started = time.perf_counter()
+        try:
+            await self._flusher.run(self._record, items)
+        except CanaryError:
+            # The store refused the batch itself (not an outage): retrying cannot help.
+            logger.exception("The metric store refused %d outcome bucket(s)", len(items))
+            return
+        except Exception as error:
+            self.outcomes.restore(drained)
+            self._store.failed(error, "keeping the outcomes in memory to retry")
+            raise
+        # Cancelled (a shutdown that could wait no longer): the worker thread may still write
+        # the batch, so it is not put back to be written twice.
+        self._store.succeeded()
+        took = time.perf_counter() - started
+        if took > SLOW_WORK_SECONDS:
+            logger.warning("Flushing %d outcome bucket(s) took %.1f s", len(items), took)
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self._publish_breakers()
 
     async def _publish_breakers(self) -> None:
+        """Best effort: the report is for the dashboard; a cache outage loses nothing else."""
         if self._publish is None:
             return
         states = self.breaker_states()
         now = time.monotonic()
-        if states == self._last_breakers and now - self._breakers_published_at < (
-            BREAKER_PUBLISH_SECONDS
+        if (
+            states == self._last_breakers
+            and now - self._breakers_published_at < BREAKER_PUBLISH_SECONDS
         ):
             return
-        await sync_to_async(self._publish, thread_sensitive=False)(self.proxy_id, states)
+        try:
+            await self._reporter.run(self._publish, self.proxy_id, states)
+        except Exception as error:
+            self._cache.failed(error, "the dashboard shows this proxy's breakers as stale")
+            return
+        self._cache.succeeded()
         self._last_breakers = states
         self._breakers_published_at = now
+
+    async def _watchdog(self) -> None:
+        """Report the event loop being held up: requests wait for as long as it is."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(WATCHDOG_SECONDS)
+            lag = loop.time() - before - WATCHDOG_SECONDS
+            if lag > LOOP_LAG_WARNING_SECONDS:
+                logger.warning("The event loop was held up for %.2f s", lag)
 
     def breaker_states(self) -> dict[str, dict[str, str]]:
         states: dict[str, dict[str, str]] = {}
@@ -410,6 +671,39 @@ class RoutingProxy:
             }
         return states
 
+    def trusts(self, peer: str) -> bool:
+        """Whether ``peer`` (an address) is one of the trusted proxies."""
+        known = self._trusted_peers.get(peer)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(peer)
+            except ValueError:
+                known = False
+            else:
+                known = any(address in network for network in self.trusted_proxies)
+            if len(self._trusted_peers) > 4096:  # peers come and go; the memo must not grow
+                self._trusted_peers.clear()
+            self._trusted_peers[peer] = known
+        return known
+
+    def client_address(self, peer: str, chain: str | None) -> str:
+        """The address a request comes from: for a trusted peer, the right-most address in its
+        ``X-Forwarded-For`` that is not itself a trusted proxy (as nginx's real_ip_recursive
+        reads it); otherwise the peer."""
+        address = peer
+        if not chain:
+            return address
+        for item in reversed(chain.split(",")):
+            candidate = item.strip()
+            try:
+                ipaddress.ip_address(candidate)
+            except ValueError:
+                break  # not an address: the chain cannot be followed further
+            address = candidate
+            if not self.trusts(candidate):
+                break
+        return address
+
     # -- Requests ----------------------------------------------------------------------------
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -421,7 +715,7 @@ class RoutingProxy:
         for raw_name, raw_value in scope["headers"]:
             name = raw_name.decode("latin-1")
             value = raw_value.decode("latin-1")
-            if name not in drop:
+            if name not in drop and not name.startswith(OWN_PREFIX):
                 forwarded.append((name, value))
             if name in headers:
                 # Repeated headers combine as HTTP defines it; cookies with their own separator.
@@ -449,13 +743,15 @@ class RoutingProxy:
         cookie_header = headers.get("cookie")
         query_string = scope.get("query_string", b"")
         client = scope.get("client")
+        peer = client[0] if client else ""
+        trusted = bool(self.trusted_proxies) and self.trusts(peer)
         context = RequestContext(
             scope["method"],
             scope["path"],
             headers,
             parse_cookies(cookie_header) if cookie_header else {},
             parse_query(query_string) if query_string else {},
-            client[0] if client else "",
+            self.client_address(peer, headers.get("x-forwarded-for")) if trusted else peer,
         )
         decision = decide(snapshot, context, state=state)
         target = decision.target
@@ -477,8 +773,9 @@ class RoutingProxy:
                     f"No available target for service {snapshot.name}: {decision.explain()}",
                 )
             return
+        upstream_headers = forward_headers(scope, headers, forwarded, trusted=trusted)
         await self.forward(
-            scope, receive, send, headers, forwarded, snapshot, state, context, decision
+            scope, receive, send, headers, upstream_headers, snapshot, state, context, decision
         )
 
     async def forward(
@@ -525,7 +822,7 @@ class RoutingProxy:
         if not idempotent:
             retries = 0
 
-        upstream_headers = forward_headers(scope, headers, forwarded)
+        upstream_headers = forwarded
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         query_string = scope.get("query_string")
         if query_string:
@@ -616,7 +913,11 @@ class RoutingProxy:
     ) -> None:
         """Send the target's answer to the client, streamed, and record its outcome."""
         status = response.status
-        out_headers = response.headers
+        out_headers = [
+            (name, value)
+            for name, value in response.headers
+            if not name.lower().startswith(_OWN_PREFIX_BYTES)
+        ]
         out_headers.append((VERSION_HEADER, target.version.encode("latin-1")))
         if set_cookie is not None:
             out_headers.append((b"set-cookie", set_cookie.encode("latin-1")))
@@ -661,19 +962,38 @@ class RoutingProxy:
 
 
 def forward_headers(
-    scope: Scope, headers: Mapping[str, str], forwarded: list[tuple[str, str]]
+    scope: Scope,
+    headers: Mapping[str, str],
+    forwarded: list[tuple[str, str]],
+    *,
+    trusted: bool,
 ) -> list[tuple[str, str]]:
     """Add the forwarding headers to the request's end-to-end ones; the last slot is kept for
-    X-Canary-Version."""
+    X-Canary-Version.
+
+    From a trusted proxy its ``X-Forwarded-For`` chain is extended with its address and its
+    ``X-Forwarded-Proto``/``-Host``, ``Forwarded`` and ``X-Real-IP`` pass as they came; from
+    anyone else those are what this proxy saw: the peer's address, the scheme it spoke, the
+    Host it asked for."""
     client = scope.get("client")
-    prior = headers.get("x-forwarded-for")
-    if client:
-        forwarded.append(("X-Forwarded-For", f"{prior}, {client[0]}" if prior else client[0]))
-    elif prior:
-        forwarded.append(("X-Forwarded-For", prior))
-    if "x-forwarded-proto" not in headers:
-        forwarded.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
+    peer = client[0] if client else None
+    scheme = scope.get("scheme", "http")
     host = headers.get("host")
+    if trusted:
+        prior = headers.get("x-forwarded-for")
+        chain = f"{prior}, {peer}" if prior and peer else prior or peer
+        if chain:
+            forwarded.append(("X-Forwarded-For", chain))
+        forwarded.append(("X-Forwarded-Proto", headers.get("x-forwarded-proto") or scheme))
+        host = headers.get("x-forwarded-host") or host
+        for name in ("forwarded", "x-real-ip"):
+            value = headers.get(name)
+            if value is not None:
+                forwarded.append((name, value))
+    else:
+        if peer:
+            forwarded.append(("X-Forwarded-For", peer))
+        forwarded.append(("X-Forwarded-Proto", scheme))
     if host:
         forwarded.append(("X-Forwarded-Host", host))
     forwarded.append(("X-Canary-Version", ""))

@@ -3,27 +3,28 @@
 Every write is validated by compiling the service's whole routing definition with the proposed
 change through ``routing.engine.build_service_snapshot`` (a bad rule never saves), is recorded on
 the audit trail with its actor, source and reason, and bumps the routing version: the service's
-``routing_version`` column inside the transaction and the shared cache key after commit, which is
-what the proxies poll.
+``routing_version`` column inside the transaction and the shared cache token after commit, both
+of which the proxies poll (``routing.selectors.ROUTING_VERSION``).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, ProtectedError
 from django.utils import timezone
 
-from canary_site.audit import audit_context
+from canary_site.audit import audit_context, audit_updates
 from canary_site.choices import Source
 from canary_site.exceptions import TransitionNotAllowed, ValidationFailed
 from routing import probes, selectors
@@ -63,32 +64,16 @@ _RULE_FIELDS = frozenset(
 
 
 def routing_version_bump(*, service_ids: Iterable[int]) -> None:
-    """Mark the services' routing as changed: their column now, the shared key after commit.
+    """Mark the services' routing as changed: their column now, the shared token after commit.
 
-    The cache key moves only once the transaction has committed, so a proxy that sees the new
-    value and reloads always reads the committed rows.
+    The columns are the routing version's database part; the cache's token moves only once the
+    transaction has committed (best effort: a cache outage delays proxies' reloads to the
+    database interval but never turns a saved change into an error).
     """
     ids = list(service_ids)
     if ids:
         Service.objects.filter(pk__in=ids).update(routing_version=F("routing_version") + 1)
-    transaction.on_commit(_bump_cache_version)
-
-
-def _bump_cache_version() -> None:
-    key = selectors.ROUTING_VERSION_KEY
-    try:
-        try:
-            cache.incr(key)
-        except ValueError:  # no counter yet (a fresh or flushed cache): start one
-            cache.add(key, 1, timeout=None)
-            return
-        # Some backends re-set the key with the default timeout on incr; the counter must not
-        # expire, or every proxy would see it vanish and reload for nothing.
-        cache.touch(key, None)
-    except Exception:
-        # The write has committed; a cache outage delays proxies' reloads but must not turn a
-        # saved change into an error.
-        logger.warning("Could not bump the routing version in the cache", exc_info=True)
+    selectors.ROUTING_VERSION.changed()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,12 +213,21 @@ def service_update(
 def service_delete(
     *, service: Service, actor: Any = None, source: str = Source.SYSTEM, reason: str = ""
 ) -> None:
-    with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
-        # Rules go first: their target links protect the targets from deletion.
-        for rule in RoutingRule.objects.filter(service=service):
-            rule.delete()
-        service.delete()
-        routing_version_bump(service_ids=[])
+    try:
+        with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
+            # Rules go first: their target links protect the targets from deletion.
+            for rule in RoutingRule.objects.filter(service=service):
+                rule.delete()
+            service.delete()
+            routing_version_bump(service_ids=[])
+    except ProtectedError as error:
+        # Records of other apps (deployments) keep the service; nothing was deleted.
+        raise TransitionNotAllowed(
+            f"Service '{service.name}' is still referred to by "
+            f"{len(error.protected_objects)} record(s), such as deployments; "
+            "delete those first.",
+            code="in_use",
+        ) from None
 
 
 def _check_names(changes: Mapping[str, Any], allowed: frozenset[str]) -> None:
@@ -515,6 +509,108 @@ def rule_set_weights(
         rule.save(update_fields=["updated_at"])
         routing_version_bump(service_ids=[rule.service_id])
     return rule
+
+
+@dataclass(frozen=True)
+class RuleChange:
+    """One rule's change for `rules_update_many`: ``weights`` maps target names of the rule to
+    percentages (targets left out keep theirs), ``enabled`` turns it on or off (None: as it
+    is), ``reason`` replaces the call's reason on this rule's audit entries."""
+
+    rule_id: int
+    weights: Mapping[str, Decimal | int | float | str] | None = None
+    enabled: bool | None = None
+    reason: str = ""
+
+
+def rules_update_many(
+    *,
+    changes: Sequence[RuleChange],
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> dict[int, RoutingRule]:
+    """`rule_set_weights` (and enabling or disabling) for many rules in one transaction, in a
+    number of queries that does not grow with them: the rules locked in one statement, each
+    service compiled once with all of its changes, the target rows, the rules, the audit
+    entries and the routing versions written in one statement each. A change that names a
+    target outside its rule, or that would not compile, raises `ValidationFailed` naming the
+    rule, and nothing is written. Returns the rules by id."""
+    if not changes:
+        return {}
+    ids = list(dict.fromkeys(change.rule_id for change in changes))
+    with (
+        transaction.atomic(),
+        audit_context(actor=actor, source=source, reason=reason, verb="set_weights"),
+    ):
+        rules = {
+            rule.pk: rule
+            for rule in RoutingRule.objects.select_for_update(of=("self",))
+            .select_related("service")
+            .filter(pk__in=ids)
+            .order_by("pk")
+        }
+        missing = [rule_id for rule_id in ids if rule_id not in rules]
+        if missing:
+            raise ValidationFailed(f"rules: there is no rule {missing[0]}.", field="rules")
+        items: dict[int, list[RuleTarget]] = defaultdict(list)
+        for item in (
+            RuleTarget.objects.filter(rule_id__in=ids)
+            .select_related("target")
+            .order_by("position", "id")
+        ):
+            items[item.rule_id].append(item)
+        services = {rule.service_id: rule.service for rule in rules.values()}
+        data = selectors._snapshot_data(Service.objects.filter(pk__in=services))
+        audited: list[tuple[Any, Any, Mapping[str, str]]] = []
+        changed_items: list[RuleTarget] = []
+        switched: dict[bool, list[int]] = {True: [], False: []}
+        for change in changes:
+            rule = rules[change.rule_id]
+            attribution = {"reason": change.reason} if change.reason else {}
+            by_name = {item.target.name: item for item in items[rule.pk]}
+            for name, value in (change.weights or {}).items():
+                field = f"weights.{name}"
+                item = by_name.get(name)
+                if item is None:
+                    raise ValidationFailed(
+                        f"{field}: is not a target of rule {rule.pk}.", field=field
+                    )
+                weight = _percent(value, field)
+                if weight != item.weight:
+                    audited.append((copy.copy(item), item, attribution))
+                    item.weight = weight
+                    changed_items.append(item)
+            if change.enabled is not None and change.enabled != rule.enabled:
+                audited.append((copy.copy(rule), rule, attribution))
+                rule.enabled = change.enabled
+                switched[change.enabled].append(rule.pk)
+        for rule in rules.values():
+            definition = data[services[rule.service_id].name]
+            names = {item.target_id: item.target.name for item in items[rule.pk]}
+            index = next(i for i, row in enumerate(definition["rules"]) if row["id"] == rule.pk)
+            definition["rules"][index] = selectors.rule_data(rule, items[rule.pk], names)
+        for service in services.values():
+            try:
+                build_service_snapshot(data[service.name])
+            except InvalidRoutingDefinition as error:
+                raise ValidationFailed(
+                    f"Service {service.name}: this change would break its routing: "
+                    f"{error.field} {error.message}.",
+                    field="rules",
+                ) from None
+        if changed_items:
+            RuleTarget.objects.bulk_update(changed_items, ["weight"], batch_size=5000)
+        now = timezone.now()
+        for enabled, rule_ids in switched.items():
+            if rule_ids:
+                RoutingRule.objects.filter(pk__in=rule_ids).update(enabled=enabled)
+        RoutingRule.objects.filter(pk__in=ids).update(updated_at=now)
+        for rule in rules.values():
+            rule.updated_at = now
+        audit_updates(audited)
+        routing_version_bump(service_ids=list(services))
+    return rules
 
 
 def rule_delete(

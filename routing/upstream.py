@@ -19,6 +19,7 @@ reached or breaks off.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -45,6 +46,22 @@ HOP_BY_HOP = frozenset(
 """Headers that concern one connection, never forwarded (RFC 9110, section 7.6.1)."""
 
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+
+# Linux only; elsewhere the ACKs stay the kernel's business.
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> Any:
+    """Turn Nagle off on a TCP transport's socket (a small write leaves at once, not after the
+    previous one's ACK); returns the socket, or None when there is none to tune."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        return None
+    return sock
 
 
 def connection_tokens(value: str | bytes) -> set[str]:
@@ -246,6 +263,7 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_drain",
         "_paused_reading",
+        "_quickack",
         "_write_paused",
         "client",
         "closed",
@@ -269,14 +287,34 @@ class _Connection(asyncio.Protocol):
         self._paused_reading = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
+        self._quickack: Any = None
 
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = set_nodelay(transport)
+        if sock is not None and _TCP_QUICKACK is not None:
+            self._quickack = sock
+
+    def quickack(self) -> None:
+        """Ask the kernel to ACK the next segments at once instead of delaying the ACK.
+
+        A target that writes its head and its body apart with Nagle on (Python's http.server)
+        sends the body only once the head is acknowledged; on a keep-alive connection Linux
+        delays that ACK by up to 40 ms, waiting for a reply to carry it, and nothing replies.
+        The kernel clears the flag as it sees fit, so it is set again before every read."""
+        sock = self._quickack
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            except OSError:
+                self._quickack = None
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        if self._quickack is not None:
+            self.quickack()
         if self.response is None:
             # Bytes nobody asked for (a target talking out of turn): the connection is unusable.
             self.abort()
@@ -526,6 +564,7 @@ class FastUpstreamClient:
             conn.got_bytes = False
             assert conn.transport is not None
             conn.transport.write(head)
+            conn.quickack()
             try:
                 if streamed:
                     await _send_stream(conn, body, chunked=body_length is None)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from canary_site.api.serializers import ErrorSerializer
 from canary_site.choices import Source
 from canary_site.exceptions import NotFound, ValidationFailed
 from routing import exporters, selectors, services
@@ -186,7 +187,10 @@ class DecideView(APIView):
 
     required_permission = "routing.view_routingrule"
 
-    @extend_schema(request=DecideRequestSerializer, responses=DecisionSerializer)
+    # 404 when the body names no known service.
+    @extend_schema(
+        request=DecideRequestSerializer, responses={200: DecisionSerializer, 404: ErrorSerializer}
+    )
     def post(self, request: Request) -> Response:
         serializer = DecideRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -10,6 +10,8 @@ told to fail.
 - ``/bytes/<n>``: streams n bytes in chunks (no Content-Length);
 - ``/slow/<ms>``: answers after that many milliseconds;
 - ``/health``: 200, or 503 while failing;
+- ``/canary-headers``: 200 with ``X-Canary-*`` headers of its own (which the proxy must not
+  relay);
 - ``POST /_control/fail`` makes every other path answer 500; ``POST /_control/recover`` undoes it.
 """
 
@@ -70,6 +72,10 @@ def build_app(version: str) -> web.Application:
         await asyncio.sleep(int(request.match_info["ms"]) / 1000)
         return web.Response(text=version, headers=headers)
 
+    async def canary_headers(request: web.Request) -> web.Response:
+        forged = {**headers, "X-Canary-Version": "forged", "X-Canary-Debug": "leak"}
+        return web.Response(text=version, headers=forged)
+
     async def anything(request: web.Request) -> web.Response:
         await request.read()
         return web.Response(text=version, headers=headers)
@@ -88,6 +94,7 @@ def build_app(version: str) -> web.Application:
     app.router.add_route("*", "/status/{code:\\d+}", status)
     app.router.add_get("/bytes/{size:\\d+}", stream)
     app.router.add_get("/slow/{ms:\\d+}", slow)
+    app.router.add_get("/canary-headers", canary_headers)
     app.router.add_route("*", "/{tail:.*}", anything)
     return app
 

@@ -111,7 +111,7 @@ class Proxy:
 def start_proxy(spawn: Callable[..., ManagedProcess]) -> Callable[..., Proxy]:
     """``manage.py runproxy`` as a real process; returns once it routes ``service``."""
 
-    def start(service: str, *extra: str) -> Proxy:
+    def start(service: str, *extra: str, **env: str) -> Proxy:
         port = free_port()
         process = spawn(
             "proxy",
@@ -127,6 +127,7 @@ def start_proxy(spawn: Callable[..., ManagedProcess]) -> Callable[..., Proxy]:
                 "info",
                 *extra,
             ],
+            **env,
         )
         proxy = Proxy(port, process)
 

@@ -160,7 +160,7 @@ RULE = {
                     {"source": "header", "name": "x", "operator": "regex", "values": ["(x+)+"]}
                 ]
             },
-            "conditions[0].values",
+            "conditions[0].values[0]",
         ),
         (
             {
@@ -168,7 +168,7 @@ RULE = {
                     {"source": "header", "name": "x", "operator": "regex", "values": ["("]}
                 ]
             },
-            "conditions[0].values",
+            "conditions[0].values[0]",
         ),
         (
             {
@@ -330,3 +330,103 @@ def test_schema__documents_the_routing_paths(client):
         "/api/v1/routing/services/{name}/nginx.conf",
     ]:
         assert path in schema["paths"], path
+
+
+# A line break would end the comment the nginx export quotes a value in, and what follows would
+# be configuration: refused in every name and value, as are the other control characters.
+HOSTILE = "/a\nserver { listen 9998; location / { return 200; } }\n#"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        (
+            {"conditions": [{"source": "path", "operator": "prefix", "values": ["/", HOSTILE]}]},
+            "conditions[0].values[1]",
+        ),
+        (
+            {
+                "conditions": [
+                    {
+                        "source": "header",
+                        "name": "x\r\nx-evil",
+                        "operator": "equals",
+                        "values": ["1"],
+                    }
+                ]
+            },
+            "conditions[0].name",
+        ),
+        (
+            {"conditions": [{"source": "path", "operator": "regex", "values": ["^/a\x00"]}]},
+            "conditions[0].values[0]",
+        ),
+        ({"name": "split }\nserver {"}, "name"),
+        ({"strategy": "header", "strategy_key": "x-pin\x1b"}, "strategy_key"),
+        ({"name": "tab\tname"}, "name"),
+        ({"name": "next\x85line"}, "name"),
+        ({"name": "delete\x7f"}, "name"),
+    ],
+    ids=[
+        "line-break-in-value",
+        "crlf-in-header-name",
+        "nul-in-regex",
+        "line-break-in-rule-name",
+        "escape-in-strategy-key",
+        "tab-in-rule-name",
+        "c1-in-rule-name",
+        "del-in-rule-name",
+    ],
+)
+def test_rule_create__with_a_control_character__is_400_naming_the_field(
+    client, shop, changes, field
+):
+    response = client.post("/api/v1/routing/rules/", RULE | changes, format="json")
+
+    body = assert_error(response, 400, field)
+    assert "control characters" in body["message"]
+    assert not RoutingRule.objects.exists()
+    export = client.get("/api/v1/routing/services/shop/nginx.conf").content.decode()
+    assert "9998" not in export and export.count("server {") == 1
+
+
+def test_rule_update__with_a_line_break__is_400_and_the_rule_is_unchanged(client, rule):
+    response = client.patch(
+        f"/api/v1/routing/rules/{rule.pk}/",
+        {"conditions": [{"source": "path", "operator": "prefix", "values": [HOSTILE]}]},
+        format="json",
+    )
+
+    assert_error(response, 400, "conditions[0].values[0]")
+    rule.refresh_from_db()
+    assert rule.conditions == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"endpoint": "http://n:1/\nserver {"}, "endpoint"),
+        ({"endpoint": "http://a;}server{listen:1"}, "endpoint"),
+        ({"endpoint": "http://a b:1"}, "endpoint"),
+        ({"version": "3.0\n.0"}, "version"),
+        ({"metadata": {"team": "payments\n}"}}, "metadata"),
+        ({"metadata": {"owners": [{"name\r": "x"}]}}, "metadata"),
+    ],
+    ids=[
+        "line-break-url",
+        "config-in-host",
+        "space-in-host",
+        "line-break-in-version",
+        "metadata-value",
+        "metadata-key",
+    ],
+)
+def test_target_create__with_a_control_character_or_a_bad_host__is_400_naming_the_field(
+    client, shop, changes, field
+):
+    body = {"service": "shop", "name": "new", "endpoint": "http://n:1", "version": "3.0.0"}
+
+    response = client.post("/api/v1/routing/targets/", body | changes, format="json")
+
+    assert_error(response, 400, field)
+    assert not Target.objects.filter(name="new").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -11,13 +12,14 @@ import uvloop
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from routing.server import CoalescingHttpToolsProtocol
+from routing.server import ProxyHttpProtocol, protocol_class
 
 
 class MemoryTransport:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
         self.closed = False
+        self.eof = False
 
     def write(self, data: bytes) -> None:
         self.writes.append(bytes(data))
@@ -27,6 +29,12 @@ class MemoryTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 50000)}.get(
@@ -40,9 +48,16 @@ class MemoryTransport:
         pass
 
 
-def run(app: Any, requests: bytes, *, keep_alive: float = 5, settle: float = 0.05) -> Any:
-    """Feed ``requests`` to one connection of the protocol; returns the transport after the
-    answers (and ``settle`` seconds more) have gone out."""
+def run(
+    app: Any,
+    requests: bytes | list[bytes],
+    *,
+    keep_alive: float = 5,
+    settle: float = 0.05,
+    protocol: type[ProxyHttpProtocol] = ProxyHttpProtocol,
+) -> Any:
+    """Feed ``requests`` (one read, or several in turn) to one connection of the protocol;
+    returns the transport after the answers (and ``settle`` seconds more) have gone out."""
 
     async def main() -> MemoryTransport:
         config = Config(
@@ -50,15 +65,17 @@ def run(app: Any, requests: bytes, *, keep_alive: float = 5, settle: float = 0.0
         )
         config.timeout_keep_alive = keep_alive
         config.load()
-        protocol = CoalescingHttpToolsProtocol(
+        connection = protocol(
             config=config,
             server_state=ServerState(),
             app_state={},
             _loop=asyncio.get_running_loop(),
         )
         transport = MemoryTransport()
-        protocol.connection_made(transport)  # type: ignore[arg-type]
-        protocol.data_received(requests)
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        for data in [requests] if isinstance(requests, bytes) else requests:
+            connection.data_received(data)
+            await asyncio.sleep(0)
         await asyncio.sleep(settle)
         return transport
 
@@ -147,3 +164,51 @@ def test_busy_connection__is_not_closed_while_requests_keep_coming():
     transport = run(small_app(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", keep_alive=5, settle=0.3)
 
     assert transport.writes and not transport.closed
+
+
+def refused(transport: MemoryTransport) -> dict[str, Any]:
+    head, _, body = b"".join(transport.writes).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), head
+    assert b"connection: close" in head
+    return json.loads(body)
+
+
+def test_head_over_the_limit__is_answered_431__and_the_app_never_sees_it():
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await small_app()(scope, receive, send)
+
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n"
+    transport = run(app, request, protocol=protocol_class(max_head_bytes=1024))
+
+    body = refused(transport)
+    assert body["error"]["code"] == "request_header_fields_too_large"
+    assert "1024 bytes" in body["error"]["message"]
+    assert seen == []
+    # Half-closed: the client reads the 431; what it still sends is read and dropped.
+    assert transport.eof
+
+
+def test_head_arriving_in_pieces__is_refused_before_its_end():
+    # One header that never ends: refused once more than the limit has arrived, not buffered on.
+    pieces = [b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: "] + [b"a" * 512] * 40
+    transport = run(small_app(), pieces, protocol=protocol_class(max_head_bytes=4096))
+
+    refused(transport)
+    assert len(transport.writes) == 1  # the pieces after the refusal are dropped
+
+
+def test_head_within_the_limit__is_served():
+    request = b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 900 + b"\r\n\r\n"
+    transport = run(small_app(), request, protocol=protocol_class(max_head_bytes=1024))
+
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n/ok"]
+
+
+def test_default_limit__is_16_kib():
+    assert ProxyHttpProtocol.max_head_bytes == 16 * 1024
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (16 * 1024) + b"\r\n\r\n"
+
+    refused(run(small_app(), request))

@@ -65,11 +65,11 @@ def test_rule_create__compiles_into_the_engine_snapshot(shop):
         ({"targets": {"stable": 120, "canary": -20}}, "targets[0].weight"),
         (
             {"conditions": [{"source": "path", "operator": "regex", "values": ["(a+)+$"]}]},
-            "conditions[0].values",
+            "conditions[0].values[0]",
         ),
         (
             {"conditions": [{"source": "path", "operator": "regex", "values": ["[unclosed"]}]},
-            "conditions[0].values",
+            "conditions[0].values[0]",
         ),
         ({"affinity": {"type": "cookie", "name": "s", "ttl_s": -5}}, "affinity.ttl_s"),
         ({"rate_limit": {"rps": 0, "burst": 1}}, "rate_limit.rps"),
@@ -263,3 +263,86 @@ def test_default_route__spreads_over_stable_targets_by_their_weight(shop):
 
     assert {decision.target.name for decision in decisions} == {"stable"}
     assert {decision.reason for decision in decisions} == {Reason.NO_RULE}
+
+
+def _fill(value: Any, character: str) -> Any:
+    """``value`` with every ``{c}`` in its strings replaced by ``character``."""
+    if isinstance(value, str):
+        return value.replace("{c}", character)
+    if isinstance(value, list):
+        return [_fill(item, character) for item in value]
+    if isinstance(value, dict):
+        return {key: _fill(item, character) for key, item in value.items()}
+    return value
+
+
+@pytest.mark.parametrize("character", ["\n", "\r", "\x00", "\t", "\x1b", "\x7f", "\x85", "\x9f"])
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"name": "split{c}server"}, "name"),
+        ({"strategy": "cookie", "strategy_key": "pin{c}"}, "strategy_key"),
+        (
+            {
+                "conditions": [
+                    {"source": "cookie", "name": "b{c}", "operator": "in", "values": ["1"]}
+                ]
+            },
+            "conditions[0].name",
+        ),
+        (
+            {"conditions": [{"source": "path", "operator": "contains", "values": ["/", "a{c}b"]}]},
+            "conditions[0].values[1]",
+        ),
+        (
+            {"conditions": [{"source": "path", "operator": "regex", "values": ["^/a{c}"]}]},
+            "conditions[0].values[0]",
+        ),
+    ],
+    ids=["rule-name", "strategy-key", "condition-name", "condition-value", "regex"],
+)
+def test_rule_create__with_a_control_character__is_refused_naming_the_field(
+    shop, options, field, character
+):
+    filled = _fill(options, character)
+
+    error = refused(
+        services.rule_create, service=shop, targets={"stable": 90, "canary": 10}, **filled
+    )
+
+    assert field in error.fields, error.fields
+    assert "control characters" in error.message
+    assert not RoutingRule.objects.exists()
+
+
+def test_rule_check__with_a_line_break__refuses_it_for_the_forms(shop):
+    rule = split(shop)
+    rule.conditions = [{"source": "path", "operator": "prefix", "values": ["/a\n}"]}]
+
+    with pytest.raises(ValidationFailed) as caught:
+        services.rule_check(rule=rule)
+
+    assert "conditions[0].values[0]" in caught.value.fields
+
+
+@pytest.mark.parametrize(
+    ("call", "options", "field"),
+    [
+        ("target", {"version": "3.0.0\n"}, "version"),
+        ("target", {"endpoint": "http://x:1\n"}, "endpoint"),
+        ("target", {"endpoint": "http://x{y}:1"}, "endpoint"),
+        ("target", {"metadata": {"note": "a\nb"}}, "metadata"),
+        ("service", {"stable_version": "1.0.0\n"}, "stable_version"),
+    ],
+    ids=["version", "endpoint", "endpoint-host", "metadata", "stable-version"],
+)
+def test_target_and_service_writes__with_a_control_character__are_refused(
+    shop, call, options, field
+):
+    if call == "target":
+        arguments = {"name": "x", "endpoint": "http://x:1", "version": "3.0.0"} | options
+        error = refused(services.target_create, service=shop, **arguments)
+    else:
+        error = refused(services.service_update, service=shop, **options)
+
+    assert field in error.fields, error.fields

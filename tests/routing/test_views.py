@@ -266,3 +266,30 @@ def test_admin__rule_form_refuses_what_the_engine_refuses(make_user, rule):
     assert RuleTarget.objects.get(target__name="canary").weight == Decimal("10.00")
     for model in ["service", "target", "routingrule"]:
         assert client.get(f"/admin/routing/{model}/").status_code == 200
+
+
+def test_rule_editor__with_a_line_break_in_a_condition__shows_the_error_on_the_field(client, rule):
+    data = {
+        "name": "split",
+        "priority": "5",
+        "enabled": "on",
+        "strategy": "weighted",
+        "strategy_key": "",
+        # JSON's \n is a real line break once parsed.
+        "conditions": '[{"source": "path", "operator": "prefix", '
+        '"values": ["/a\\nserver { listen 9998; }\\n#"]}]',
+        "affinity": "null",
+        "failover": "null",
+        "circuit_breaker": "null",
+        "rate_limit": "null",
+        "health_check": "null",
+    }
+
+    response = client.post(f"/routing/rules/{rule.pk}/", data, HTTP_HX_REQUEST="true")
+
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert 'id="id_conditions-error"' in html
+    assert "conditions[0].values[0]" in html and "control characters" in html
+    rule.refresh_from_db()
+    assert rule.conditions == []

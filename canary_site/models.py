@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from auditlog.models import AbstractLogEntry
 from django.conf import settings
 from django.db import models
@@ -9,6 +11,7 @@ from django.utils import timezone
 
 from canary_site import audit
 from canary_site.choices import Source
+from canary_site.exceptions import TransitionNotAllowed
 
 
 class AuditEntry(AbstractLogEntry):
@@ -34,6 +37,16 @@ class AuditEntry(AbstractLogEntry):
         return self.verb or self.get_action_display()
 
 
+class ApiTokenQuerySet(models.QuerySet):
+    def update(self, **kwargs: Any) -> int:
+        # A bulk update is a path round save() too: it may revoke, never un-revoke.
+        if "revoked_at" in kwargs and self.filter(revoked_at__isnull=False).exists():
+            raise TransitionNotAllowed(
+                "A revoked token stays revoked.", field="revoked_at", code="revoked"
+            )
+        return super().update(**kwargs)
+
+
 class ApiToken(models.Model):
     """A personal token for automation. Only a SHA-256 digest is stored; the token is shown once."""
 
@@ -49,6 +62,8 @@ class ApiToken(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
+    objects = ApiTokenQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at"]
         constraints = [
@@ -61,6 +76,21 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Revocation is final whichever path writes the row (a service, the admin, a shell): a
+        # leaked secret must never work again.
+        if self.pk is not None:
+            stored = (
+                ApiToken.objects.filter(pk=self.pk, revoked_at__isnull=False)
+                .values_list("revoked_at", flat=True)
+                .first()
+            )
+            if stored is not None and self.revoked_at != stored:
+                raise TransitionNotAllowed(
+                    "A revoked token stays revoked.", field="revoked_at", code="revoked"
+                )
+        super().save(*args, **kwargs)
 
     @property
     def is_active(self) -> bool:

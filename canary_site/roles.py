@@ -4,7 +4,13 @@
 - engineer: changes flags, routing, health policies and deployments; requests rollbacks and
   triggers kill switches (the ``request_*`` and ``trigger_*`` permissions of the rollback app).
 - approver: reads everything and approves or rejects (``approve_*`` permissions).
-- admin: everything.
+- admin: everything, except what no person does (below).
+
+Evidence (the audit trail, deployment timelines, metric buckets, health checks, alerts, flag
+exposures, and the records of pushes and notifications) is deleted only by retention tasks and
+never written by hand, so no role holds its ``delete_`` permission, nor any other write but the
+few in ``EVIDENCE_PERSON_PERMISSIONS``. The admins of those models refuse deletes to superusers
+too.
 
 The groups are created by a migration; their permissions are recomputed after every migrate,
 so a model added by a later migration is covered by the same rules without a data migration.
@@ -25,11 +31,48 @@ ENGINEER_APPS = frozenset({"flags", "routing", "health", "deployments"})
 ENGINEER_ACTION_PREFIXES = ("request_", "trigger_", "add_rollbackrequest")
 APPROVER_ACTION_PREFIXES = ("approve_",)
 DOMAIN_APPS = frozenset({"canary_site", "flags", "routing", "health", "deployments", "rollback"})
+EVIDENCE_MODELS = frozenset(
+    {
+        ("canary_site", "auditentry"),
+        ("deployments", "deploymentevent"),
+        ("flags", "flagexposure"),
+        ("health", "alert"),
+        ("health", "healthcheck"),
+        ("health", "metricbucket"),
+        ("health", "notificationoutbox"),
+        ("health", "pushbatch"),
+    }
+)
+# All that people do to evidence, and only through the services: push metrics, ask for a check
+# now, acknowledge and resolve alerts, retry a failed notification.
+EVIDENCE_PERSON_PERMISSIONS = frozenset(
+    {
+        "health.add_metricbucket",
+        "health.add_healthcheck",
+        "health.change_alert",
+        "health.change_notificationoutbox",
+    }
+)
+
+
+def is_evidence(app_label: str, model_name: str) -> bool:
+    """Rows only the control loop writes and only retention deletes."""
+    return (app_label, model_name) in EVIDENCE_MODELS
+
+
+def _person_may(app_label: str, codename: str) -> bool:
+    """False for the permissions no role holds: deleting evidence, or writing it by hand."""
+    verb, _, model_name = codename.partition("_")
+    if verb == "view" or not is_evidence(app_label, model_name):
+        return True
+    return f"{app_label}.{codename}" in EVIDENCE_PERSON_PERMISSIONS
 
 
 def role_grants(role: str, app_label: str, codename: str) -> bool:
     """Whether ``role`` holds the permission ``app_label.codename``."""
     if app_label not in DOMAIN_APPS and role != Role.ADMIN:
+        return False
+    if not _person_may(app_label, codename):
         return False
     if role == Role.ADMIN:
         return True
@@ -128,6 +171,10 @@ class HasRolePermissions(permissions.BasePermission):
         user = request.user
         if not (user and user.is_authenticated and has_any_role(user)):
             return False
+        if not hasattr(view, request.method.lower()):
+            # The view answers 405 to a method it does not route, whatever the role; a 403
+            # would say the verb exists and the role lacks it.
+            return True
         action = getattr(view, "action", None)
         action_handler = getattr(view, action, None) if action else None
         required = getattr(action_handler, "required_permission", None) or getattr(

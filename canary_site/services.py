@@ -50,13 +50,22 @@ def api_token_create(
     return token, secret
 
 
-def api_token_revoke(*, user: Any, token_id: int, source: str = Source.UI) -> ApiToken:
-    token = ApiToken.objects.filter(user=user, pk=token_id, revoked_at__isnull=True).first()
-    if token is None:
-        raise NotFound("No active token with that id.")
-    token.revoked_at = timezone.now()
-    with audit_context(actor=user, source=source, verb="revoke"):
-        token.save(update_fields=["revoked_at"])
+def api_token_revoke(
+    *, user: Any, token_id: int, actor: Any = None, source: str = Source.UI
+) -> ApiToken:
+    """Revoke ``user``'s active token ``token_id``, for good: nothing brings a revoked token
+    back. ``actor`` is who did it when that is not the owner (a superuser in the admin)."""
+    with transaction.atomic():
+        token = (
+            ApiToken.objects.select_for_update()
+            .filter(user=user, pk=token_id, revoked_at__isnull=True)
+            .first()
+        )
+        if token is None:
+            raise NotFound("No active token with that id.")
+        token.revoked_at = timezone.now()
+        with audit_context(actor=actor or user, source=source, verb="revoke"):
+            token.save(update_fields=["revoked_at"])
     return token
 
 

@@ -11,6 +11,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from canary_site.admin import RefusableDeleteMixin
 from canary_site.choices import Source
 from canary_site.exceptions import CanaryError
 from deployments import services
@@ -81,11 +82,14 @@ def _lifecycle_action(verb: Action, label: str) -> Callable[..., None]:
             modeladmin.message_user(request, f"{label}: {done} deployment(s).", messages.SUCCESS)
 
     run.__name__ = f"{verb}_deployments"
-    return admin.action(description=f"{label} the selected deployments")(run)
+    # A lifecycle verb needs the change permission, as its API twin does.
+    return admin.action(description=f"{label} the selected deployments", permissions=["change"])(
+        run
+    )
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin):
+class DeploymentAdmin(RefusableDeleteMixin, admin.ModelAdmin):
     list_display = [
         "name",
         "service",

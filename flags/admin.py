@@ -13,6 +13,7 @@ from django.forms.models import construct_instance
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
+from canary_site.admin import EvidenceAdminMixin, RefusableDeleteMixin
 from canary_site.choices import Source
 from canary_site.exceptions import CanaryError
 from flags import services
@@ -57,7 +58,7 @@ class FlagAdminForm(forms.ModelForm):
 
 
 @admin.register(Flag)
-class FlagAdmin(admin.ModelAdmin):
+class FlagAdmin(RefusableDeleteMixin, admin.ModelAdmin):
     form = FlagAdminForm
     list_display = ["key", "name", "status", "flag_type", "value_type", "version", "controlled_by"]
     list_filter = ["status", "flag_type", "value_type", "kill_switch_enabled"]
@@ -91,7 +92,10 @@ class FlagAdmin(admin.ModelAdmin):
         obj.refresh_from_db()
 
     def delete_model(self, request: HttpRequest, obj: Flag) -> None:
-        services.flag_delete(flag=obj, actor=request.user, source=Source.UI)
+        try:
+            services.flag_delete(flag=obj, actor=request.user, source=Source.UI)
+        except CanaryError as error:
+            self.message_user(request, error.message, messages.ERROR)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Flag]) -> None:
         for flag in queryset:
@@ -162,7 +166,7 @@ class SegmentAdminForm(forms.ModelForm):
 
 
 @admin.register(Segment)
-class SegmentAdmin(admin.ModelAdmin):
+class SegmentAdmin(RefusableDeleteMixin, admin.ModelAdmin):
     form = SegmentAdminForm
     list_display = ["key", "name", "version", "updated_at"]
     search_fields = ["key", "name", "description"]
@@ -186,32 +190,42 @@ class SegmentAdmin(admin.ModelAdmin):
         obj.refresh_from_db()
 
     def delete_model(self, request: HttpRequest, obj: Segment) -> None:
-        services.segment_delete(segment=obj, actor=request.user, source=Source.UI)
+        try:
+            services.segment_delete(segment=obj, actor=request.user, source=Source.UI)
+        except CanaryError as error:
+            self.message_user(request, error.message, messages.ERROR)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Segment]) -> None:
         for segment in queryset:
-            try:
-                services.segment_delete(segment=segment, actor=request.user, source=Source.UI)
-            except CanaryError as error:
-                self.message_user(request, error.message, messages.ERROR)
+            self.delete_model(request, segment)
 
 
 @admin.register(EvaluationKey)
 class EvaluationKeyAdmin(admin.ModelAdmin):
+    """Keys are created on the evaluation keys page, where the secret is shown once; here they
+    are looked at and revoked, for good. The digest is shown to no one."""
+
     list_display = ["name", "prefix", "rate_limit", "created_by", "created_at", "revoked_at"]
-    list_filter = ["revoked_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix"]
-    readonly_fields = ["name", "prefix", "digest", "rate_limit", "created_by", "created_at"]
+    fields = ["name", "prefix", "rate_limit", "created_by", "created_at", "revoked_at"]
+    readonly_fields = fields
     actions = ["revoke_keys"]
 
-    # Keys are created on the evaluation keys page, where the secret is shown once.
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Revoking is the only change, through the action below.
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    @admin.action(description="Revoke the selected keys", permissions=["change"])
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("flags.change_evaluationkey")
+
+    @admin.action(description="Revoke the selected keys", permissions=["revoke"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[EvaluationKey]) -> None:
         revoked = 0
         for key in queryset.filter(revoked_at__isnull=True):
@@ -221,16 +235,10 @@ class EvaluationKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(FlagExposure)
-class FlagExposureAdmin(admin.ModelAdmin):
-    """Read-only: counts come from serving, not from people."""
+class FlagExposureAdmin(EvidenceAdminMixin, admin.ModelAdmin):
+    """Read-only: counts come from serving, and only retention deletes them."""
 
     list_display = ["flag_key", "variant", "bucket_start", "count"]
     list_filter = ["variant"]
     search_fields = ["flag_key"]
     date_hierarchy = "bucket_start"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

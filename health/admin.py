@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from canary_site.admin import EvidenceAdminMixin
 from canary_site.choices import Source
 from canary_site.exceptions import CanaryError
 from health import services
@@ -24,14 +25,9 @@ from health.models import (
 )
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Records written by the loop: looked at, never edited by hand."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+class ReadOnlyAdmin(EvidenceAdminMixin, admin.ModelAdmin):
+    """Records written by the loop: looked at, never edited by hand, deleted only by retention
+    (``metrics_compact``). Actions that move an alert or a notification on call the services."""
 
 
 @admin.register(MetricBucket)
@@ -79,11 +75,11 @@ class AlertAdmin(ReadOnlyAdmin):
     readonly_fields = [field.name for field in Alert._meta.fields]
     actions = ["acknowledge", "resolve"]
 
-    @admin.action(description="Acknowledge the selected open alerts")
+    @admin.action(description="Acknowledge the selected open alerts", permissions=["change"])
     def acknowledge(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
         self._each(request, queryset.filter(status=AlertStatus.OPEN), services.alert_acknowledge)
 
-    @admin.action(description="Resolve the selected alerts")
+    @admin.action(description="Resolve the selected alerts", permissions=["change"])
     def resolve(self, request: HttpRequest, queryset: QuerySet[Alert]) -> None:
         self._each(request, queryset.exclude(status=AlertStatus.RESOLVED), services.alert_resolve)
 
@@ -98,8 +94,9 @@ class AlertAdmin(ReadOnlyAdmin):
         self.message_user(request, f"{done} alert(s) updated.")
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # The actions need the change permission; the form itself stays read-only.
-        return request.user.has_perm("health.change_alert")
+        # The actions (asked without an object) need the change permission; the form of one
+        # alert stays read-only, since its lifecycle moves only through the services.
+        return obj is None and request.user.has_perm("health.change_alert")
 
 
 @admin.register(NotificationOutbox)
@@ -110,7 +107,7 @@ class NotificationOutboxAdmin(ReadOnlyAdmin):
     readonly_fields = [field.name for field in NotificationOutbox._meta.fields]
     actions = ["retry"]
 
-    @admin.action(description="Retry the selected failed notifications")
+    @admin.action(description="Retry the selected failed notifications", permissions=["change"])
     def retry(self, request: HttpRequest, queryset: QuerySet[NotificationOutbox]) -> None:
         rows = list(queryset.filter(status=NotificationStatus.FAILED))
         for row in rows:
@@ -118,7 +115,7 @@ class NotificationOutboxAdmin(ReadOnlyAdmin):
         self.message_user(request, f"{len(rows)} notification(s) queued again.")
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.has_perm("health.change_notificationoutbox")
+        return obj is None and request.user.has_perm("health.change_notificationoutbox")
 
 
 @admin.register(PushBatch)

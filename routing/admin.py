@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from canary_site.admin import RefusableDeleteMixin, drop_needed_permission
 from canary_site.choices import Source
 from canary_site.exceptions import CanaryError
 from routing import services
@@ -20,12 +21,20 @@ def _writer(request: HttpRequest) -> dict[str, Any]:
     return {"actor": request.user, "source": Source.UI, "reason": "admin"}
 
 
-class ServiceActionsMixin:
+class ServiceActionsMixin(RefusableDeleteMixin):
     """Deletes one by one through the services; a refused delete is reported, not raised."""
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
         for obj in queryset:
             self.delete_model(request, obj)  # type: ignore[attr-defined]
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(  # type: ignore[misc]
+            objs, request
+        )
+        # A rule's weights are removed with it by the services; they are never deleted alone.
+        drop_needed_permission(perms_needed, RuleTarget)
+        return deleted, counts, perms_needed, protected
 
 
 class TargetInline(admin.TabularInline):
@@ -58,7 +67,10 @@ class ServiceAdmin(ServiceActionsMixin, admin.ModelAdmin):
         obj.routing_version = saved.routing_version
 
     def delete_model(self, request: HttpRequest, obj: Service) -> None:
-        services.service_delete(service=obj, **_writer(request))
+        try:
+            services.service_delete(service=obj, **_writer(request))
+        except CanaryError as error:
+            messages.error(request, error.message)
 
 
 @admin.register(Target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from canary_site.models import ApiToken, AuditEntry
@@ -21,9 +22,19 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+@extend_schema_field(
+    {"anyOf": [{"type": "string", "format": "uri"}, {"type": "string", "enum": [""]}]}
+)
+class BlankableURLField(serializers.URLField):
+    """A URL, or the empty string where none is set: the schema says both, since an empty
+    string is no ``uri``."""
+
+
 class AuditEntrySerializer(serializers.ModelSerializer):
     object_type = serializers.CharField(source="content_type.model", read_only=True)
-    actor = serializers.CharField(source="actor.username", read_only=True, default=None)
+    actor = serializers.CharField(
+        source="actor.username", read_only=True, default=None, allow_null=True
+    )
     action = serializers.CharField(source="action_name", read_only=True)
 
     class Meta:
@@ -62,6 +73,22 @@ class ApiTokenCreatedSerializer(ApiTokenSerializer):
     class Meta(ApiTokenSerializer.Meta):
         fields = [*ApiTokenSerializer.Meta.fields, "token"]
         read_only_fields = fields
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="What kind of error, e.g. 'invalid' or 'conflict'.")
+    message = serializers.CharField(help_text="A sentence for a person.")
+    fields = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text="The fields at fault, as paths such as 'rules[0].operator', each with its "
+        "messages; empty when the error concerns no one field.",
+    )
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one body of every error the API answers."""
+
+    error = ErrorDetailSerializer()
 
 
 class MeSerializer(serializers.Serializer):

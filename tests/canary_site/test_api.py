@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta, timezone
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -159,3 +161,76 @@ def test_schema__is_openapi_3_and_lists_the_shell_routes(client):
     assert schema["openapi"].startswith("3.")
     assert "/api/v1/tokens/" in schema["paths"]
     assert "/api/v1/audit/" in schema["paths"]
+
+
+@pytest.mark.parametrize("field", ["since", "until"])
+@pytest.mark.parametrize(
+    "value",
+    ["2026-01-01T00:00:00+23:00", "2026-01-01T00:00:00-16:00", "9999-12-31T23:00:00-05:00"],
+    ids=["offset-too-far-east", "offset-too-far-west", "past-year-9999-in-utc"],
+)
+def test_audit__a_time_the_database_cannot_hold__is_400_naming_the_filter(client, field, value):
+    response = client.get("/api/v1/audit/", {field: value})
+
+    assert_error(response, 400, field=field)
+
+
+def test_audit__since_with_an_offset__compares_the_same_moment_in_utc(client):
+    client.post("/api/v1/tokens/", {"name": "ci"}, format="json")
+    created = AuditEntry.objects.get().timestamp
+    just_after = created.astimezone(timezone(timedelta(hours=15, minutes=59))) + timedelta(
+        seconds=1
+    )
+
+    after = client.get("/api/v1/audit/", {"since": just_after.isoformat()})
+    before = client.get("/api/v1/audit/", {"until": just_after.isoformat()})
+
+    assert after.status_code == before.status_code == 200
+    assert after.json()["count"] == 0
+    assert before.json()["count"] == 1
+
+
+def test_bad_input__a_body_over_the_upload_limit__is_413_with_the_error_body(client, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1_000
+
+    response = client.post("/api/v1/tokens/", {"name": "ci", "pad": "x" * 2_000}, format="json")
+
+    assert_error(response, 413, code="payload_too_large")
+    assert not ApiToken.objects.exists()
+
+
+def openapi(client) -> dict:
+    return client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+
+
+def test_schema__documents_every_error_status_with_the_one_error_body(client):
+    schema = openapi(client)
+    error = "#/components/schemas/Error"
+
+    assert set(schema["components"]["schemas"]["Error"]["properties"]) == {"error"}
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert {"401", "403", "503"} <= set(responses), (method, path)
+            for status, response in responses.items():
+                if status >= "400":
+                    body = response["content"]["application/json"]["schema"]
+                    assert body == {"$ref": error}, (method, path, status)
+                    assert response["description"], (method, path, status)
+            assert "Retry-After" in responses["503"]["headers"]
+    create = schema["paths"]["/api/v1/tokens/"]["post"]["responses"]
+    assert {"400", "409", "413", "415"} <= set(create)
+    assert "404" in schema["paths"]["/api/v1/tokens/{id}/"]["delete"]["responses"]
+    assert "400" not in schema["paths"]["/api/v1/me/"]["get"]["responses"]
+
+
+def test_schema__nullable_and_blank_fields_are_declared_as_the_api_sends_them(client):
+    components = openapi(client)["components"]["schemas"]
+
+    assert components["AuditEntry"]["properties"]["actor"]["nullable"] is True
+    deployment = components["Deployment"]["properties"]
+    for name in ("health_policy", "stable_target", "canary_target", "created_by"):
+        assert deployment[name]["nullable"] is True, name
+    webhook = components["HealthPolicy"]["properties"]["webhook_url"]
+    assert "format" not in webhook
+    assert {"type": "string", "enum": [""]} in webhook["anyOf"]

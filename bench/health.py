@@ -5,17 +5,18 @@
    same rows written with psycopg's COPY into a plain table, one transaction per batch.
    The same batches through the REST endpoint (in-process client, signed in, best of three
    rounds after one untimed request) are timed too.
-2. One evaluation pass over N running canaries (default 1,000), each with one hour of
-   10-second buckets for its canary and its stable version, under a policy with thresholds,
-   comparison, trend and auto-rollback: the pass's time and its SQL queries, cold (no earlier
-   check, every history window read from the buckets) and steady (earlier passes' checks hold
-   the history windows, as in a running loop), and the query count of a pass over a tenth of
-   the canaries, to show it does not grow.
+2. One evaluation pass over N running canaries (default 1,000), each in a phase of 55 minutes
+   with one hour of 2-second buckets for its canary and its stable version, under a policy
+   with thresholds, comparison, trend and auto-rollback: the pass's time and its SQL queries,
+   steady (earlier passes' checks hold the history windows and the phase's sums, as in a
+   running loop), the phase's first pass, a cold pass (no carried sums: the whole phase read
+   from the buckets), and the query count of a pass over a tenth of the canaries, to show it
+   does not grow.
 
 The script creates a scratch database (``canary_bench``), migrates it and drops it afterwards.
 
     .venv/bin/python bench/health.py [--server postgres://postgres@127.0.0.1:5432]
-        [--batches 60] [--canaries 1000]
+        [--batches 60] [--canaries 1000] [--skip-ingestion]
 """
 
 from __future__ import annotations
@@ -149,10 +150,16 @@ def bench_ingestion(server: str, batches: list[list[dict[str, Any]]]) -> dict[st
 # --------------------------------------------------------------------------- evaluation
 
 
+BUCKET = 2  # the store's fine resolution
+PHASE_SECONDS = 3300  # how long the canaries' phase has been running at the timed pass
+
+
 def load_hour(server: str, canaries: int, end: datetime) -> int:
-    """One hour of 10-second buckets for each canary and its stable version, by COPY."""
-    healthy = json.dumps(_histogram(80.0))
-    slow = json.dumps(_histogram(120.0))
+    """One hour of 2-second buckets for each canary and its stable version, by COPY: 20
+    requests a bucket (10 requests a second), one canary in twenty failing 5% of them and
+    half again slower."""
+    healthy = json.dumps(_histogram(20, 80.0))
+    slow = json.dumps(_histogram(20, 120.0))
     first = int(end.timestamp()) - 3600
     rows = 0
     with psycopg.connect(f"{server}/{BENCH_DB}") as conn:
@@ -165,27 +172,30 @@ def load_hour(server: str, canaries: int, end: datetime) -> int:
         ):
             for number in range(canaries):
                 service = f"svc-{number:04d}"
-                bad = number % 20 == 0  # one canary in twenty is unhealthy
+                bad = number % 20 == 0
+                lines = []
                 for version in ("1.0", "2.0"):
                     canary = version == "2.0"
-                    for offset in range(0, 3600, 10):
-                        start = datetime.fromtimestamp(first + offset, tz=UTC)
-                        errors = (5 if bad and canary else 0) + (offset // 10) % 2
-                        latency = slow if bad and canary else healthy
-                        copy.write_row(
-                            (service, version, "requests", start, 10, 100, errors, latency, 0.0, 0)
+                    latency = slow if bad and canary else healthy
+                    for offset in range(0, 3600, BUCKET):
+                        start = datetime.fromtimestamp(first + offset, tz=UTC).isoformat()
+                        errors = 1 if bad and canary else int(offset % 20 == 0)
+                        lines.append(
+                            f"{service}\t{version}\trequests\t{start}\t{BUCKET}\t20\t"
+                            f"{errors}\t{latency}\t0\t0\n"
                         )
-                        rows += 1
+                copy.write("".join(lines))
+                rows += len(lines)
         conn.commit()
         conn.execute("ANALYZE health_metricbucket")
         conn.commit()
     return rows
 
 
-def _histogram(median_ms: float) -> list[list[int]]:
+def _histogram(count: int, median_ms: float) -> list[list[int]]:
     from health.histogram import Histogram
 
-    return Histogram.from_values(lognormal(100, median_ms)).to_list()
+    return Histogram.from_values(lognormal(count, median_ms)).to_list()
 
 
 def bench_evaluation(server: str, canaries: int) -> dict[str, Any]:
@@ -211,7 +221,6 @@ def bench_evaluation(server: str, canaries: int) -> dict[str, Any]:
                     "consecutive_failures": 3,
                 },
             ],
-            "comparison": {"tolerance_percent": 10.0},
             "trend": {"windows": 10, "min_windows": 5},
             "sample_ratio": {"enabled": True},
             "auto_rollback": {
@@ -228,12 +237,12 @@ def bench_evaluation(server: str, canaries: int) -> dict[str, Any]:
         alert_channels=["email"],
         alert_recipients=["oncall@example.com"],
     )
-    # "now" 5 s into a bucket: windows end on the bucket boundary before it (the settle time).
+    # Windows end on the bucket boundary before "now" less the settle time.
     end = datetime.fromtimestamp(int(time.time() // 10) * 10, tz=UTC)
-    now = end + timedelta(seconds=5)
     load_started = time.perf_counter()
     rows = load_hour(server, canaries, end)
     load_seconds = time.perf_counter() - load_started
+    phase_start = end - timedelta(seconds=PHASE_SECONDS)
 
     def requests_for(count: int) -> list[EvaluationRequest]:
         return [
@@ -243,11 +252,13 @@ def bench_evaluation(server: str, canaries: int) -> dict[str, Any]:
                 stable_version="1.0",
                 policy=policy,
                 planned_canary_share=50.0,
+                window_start=phase_start,
             )
             for number in range(count)
         ]
 
-    def timed_pass(at: datetime, count: int) -> tuple[float, int, list[Any]]:
+    def timed_pass(window_end: datetime, count: int) -> tuple[float, int, list[Any]]:
+        at = window_end + timedelta(seconds=2.5)
         with CaptureQueriesContext(connection) as queries:
             started = time.perf_counter()
             checks = services.health_evaluate_many(requests=requests_for(count), now=at)
@@ -255,31 +266,37 @@ def bench_evaluation(server: str, canaries: int) -> dict[str, Any]:
         return seconds, len(queries), checks
 
     window = 300
-    # Cold: the first pass ever, every history window read from the buckets.
-    cold_at = now - timedelta(seconds=window * 10)
-    cold_seconds, cold_queries, _ = timed_pass(cold_at, canaries)
-    # The loop's earlier passes, one window apart, leave the checks a steady pass reads.
+    # Cold: the phase's first pass ever (five minutes old), nothing carried.
+    first_seconds, first_queries, _ = timed_pass(end - timedelta(seconds=window * 10), canaries)
+    # The loop's earlier passes leave the checks a steady pass reads: one a window apart (the
+    # history windows, and the start of the current window), and the previous tick's.
     for k in range(9, 0, -1):
-        timed_pass(now - timedelta(seconds=window * k), canaries)
-    small_seconds, small_queries, _ = timed_pass(now - timedelta(seconds=5), canaries // 10)
+        timed_pass(end - timedelta(seconds=window * k), canaries)
+    # No carried sums within reach: the whole phase (50 minutes) is read from the buckets.
+    cold_seconds, cold_queries, _ = timed_pass(end - timedelta(seconds=10), canaries)
+    timed_pass(end - timedelta(seconds=6), canaries)
+    small_seconds, small_queries, _ = timed_pass(end - timedelta(seconds=2), canaries // 10)
     steady_runs = []
     for run in range(ROUNDS):
         if run:  # judge the same window afresh
             HealthCheck.objects.filter(window_end=end).delete()
-        steady_seconds, steady_queries, checks = timed_pass(now, canaries)
+        steady_seconds, steady_queries, checks = timed_pass(end, canaries)
         steady_runs.append(steady_seconds)
     # Again at the same window: idempotent, nothing new is stored.
-    repeat_seconds, repeat_queries, _ = timed_pass(now, canaries)
+    repeat_seconds, repeat_queries, _ = timed_pass(end, canaries)
     verdicts: dict[str, int] = {}
     for check in checks:
         verdicts[check.verdict] = verdicts.get(check.verdict, 0) + 1
     from_checks = statistics.mean(
         check.result["inputs"].get("history_from_checks", 0) for check in checks
     )
+    carried = sum(1 for check in checks if check.result["inputs"].get("phase_from_carry"))
     return {
         "canaries": canaries,
         "rows": rows,
         "load_seconds": load_seconds,
+        "first_seconds": first_seconds,
+        "first_queries": first_queries,
         "cold_seconds": cold_seconds,
         "cold_queries": cold_queries,
         "steady_seconds": min(steady_runs),
@@ -292,6 +309,8 @@ def bench_evaluation(server: str, canaries: int) -> dict[str, Any]:
         "repeat_queries": repeat_queries,
         "verdicts": verdicts,
         "history_from_checks": from_checks,
+        "carried": carried,
+        "rollbacks": sum(1 for check in checks if check.should_rollback),
         "checks": HealthCheck.objects.count(),
     }
 
@@ -300,35 +319,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=60, help="push batches of 1,000 samples")
     parser.add_argument("--canaries", type=int, default=1000)
+    parser.add_argument(
+        "--skip-ingestion", action="store_true", help="measure the evaluation pass only"
+    )
     add_scratch_arguments(parser)
     args = parser.parse_args()
 
     server = args.server.rstrip("/")
     with scratch_django(server, BENCH_DB, keep=args.keep):
         now = datetime.now(tz=UTC)
-        ingest = bench_ingestion(server, make_batches(args.batches, now))
-        print(f"push ingestion, {args.batches} batches of {SAMPLES_PER_BATCH:,} samples:")
-        print(f"  metrics_push           {ingest['ours']:>10,.0f} samples/s")
-        print(f"  REST POST /metrics     {ingest['api']:>10,.0f} samples/s")
-        print(f"  baseline (psycopg COPY){ingest['baseline']:>10,.0f} samples/s")
-        print(f"  ratio metrics_push / baseline: {ingest['ours'] / ingest['baseline']:.2f}")
-        print(f"  ({ingest['buckets']:,} buckets in the store)")
+        if not args.skip_ingestion:
+            ingest = bench_ingestion(server, make_batches(args.batches, now))
+            print(f"push ingestion, {args.batches} batches of {SAMPLES_PER_BATCH:,} samples:")
+            print(f"  metrics_push           {ingest['ours']:>10,.0f} samples/s")
+            print(f"  REST POST /metrics     {ingest['api']:>10,.0f} samples/s")
+            print(f"  baseline (psycopg COPY){ingest['baseline']:>10,.0f} samples/s")
+            print(f"  ratio metrics_push / baseline: {ingest['ours'] / ingest['baseline']:.2f}")
+            print(f"  ({ingest['buckets']:,} buckets in the store)")
 
         result = bench_evaluation(server, args.canaries)
         print(
-            f"evaluation pass, {result['canaries']:,} canaries, one hour of 10-second "
-            f"buckets each ({result['rows']:,} buckets, loaded in "
-            f"{result['load_seconds']:.1f} s):"
+            f"evaluation pass, {result['canaries']:,} canaries in a phase of "
+            f"{PHASE_SECONDS // 60} minutes, one hour of 2-second buckets each "
+            f"({result['rows']:,} buckets, loaded in {result['load_seconds']:.1f} s):"
         )
         print(
             f"  steady pass  {result['steady_seconds']:6.2f} s  (median of {ROUNDS}: "
             f"{result['steady_median']:.2f} s)  "
             f"{result['steady_queries']:3d} queries  (history windows from earlier checks: "
-            f"{result['history_from_checks']:.1f} per canary)"
+            f"{result['history_from_checks']:.1f} per canary; phase sums carried: "
+            f"{result['carried']:,})"
+        )
+        print(
+            f"  first pass   {result['first_seconds']:6.2f} s  {result['first_queries']:3d} "
+            "queries  (a phase five minutes old, nothing carried yet)"
         )
         print(
             f"  cold pass    {result['cold_seconds']:6.2f} s  {result['cold_queries']:3d} "
-            "queries  (no earlier check: history read from the buckets)"
+            "queries  (no carried sums within reach: the whole phase read from the buckets)"
         )
         print(
             f"  {result['small_canaries']:,} canaries  {result['small_seconds']:6.2f} s  "
@@ -338,7 +366,10 @@ def main() -> None:
             f"  same window again {result['repeat_seconds']:6.2f} s  "
             f"{result['repeat_queries']:3d} queries  (idempotent: nothing stored twice)"
         )
-        print(f"  verdicts: {result['verdicts']}; checks stored: {result['checks']:,}")
+        print(
+            f"  verdicts: {result['verdicts']}; rollbacks asked: {result['rollbacks']}; checks "
+            f"stored: {result['checks']:,}"
+        )
 
 
 if __name__ == "__main__":

@@ -34,6 +34,36 @@ def default_min_requests() -> int:
     return int(_get("CANARY_DEPLOYMENT_MIN_REQUESTS", 20))
 
 
+def phase_min_requests() -> int:
+    """The canary requests a phase needs of its own, judged healthy, before it may advance,
+    whatever its criteria (a phase without criteria too)."""
+    return int(_get("CANARY_DEPLOYMENT_PHASE_MIN_REQUESTS", 100))
+
+
+def threshold_z() -> float:
+    """How sure a breach of an error-rate or availability threshold must be: the z of the
+    one-sided Wilson bound that must lie beyond it (3.9: about 1 in 20,000 looks)."""
+    return float(_get("CANARY_DEPLOYMENT_THRESHOLD_Z", 3.9))
+
+
+def default_alert_channels() -> list[str]:
+    """The channels the default policy tells of its alerts: those the site has configured
+    (``CANARY_SLACK_WEBHOOK_URL``, ``CANARY_WEBHOOK_URL``), or the ones this setting lists."""
+    listed = _get("CANARY_DEPLOYMENT_ALERT_CHANNELS", None)
+    if listed:
+        if isinstance(listed, str):
+            listed = [part.strip() for part in listed.split(",")]
+        return [str(channel) for channel in listed if channel]
+    from health import conf as health_conf
+
+    channels = []
+    if health_conf.slack_webhook_url():
+        channels.append("slack")
+    if health_conf.webhook_url():
+        channels.append("webhook")
+    return channels
+
+
 def max_gap() -> timedelta:
     """How far apart two observations may be before a criterion's run counts as broken."""
     return timedelta(seconds=float(_get("CANARY_DEPLOYMENT_MAX_GAP_SECONDS", 60)))
@@ -61,8 +91,14 @@ def enqueue_follow_ups() -> bool:
 
 def timing() -> Timing:
     """The control loop's timing as the validator needs it for its estimates."""
+    from health import conf as health_conf
+    from routing import conf as routing_conf
+
+    delay = routing_conf.proxy_flush_seconds() + health_conf.bucket_seconds()
     return Timing(
         tick_interval_ms=int(tick_seconds() * 1000),
         evaluation_interval_ms=None,
         rollback_action_ms=rollback_action_ms(),
+        data_delay_ms=int((delay + health_conf.settle_seconds()) * 1000),
+        window_ms=default_window_seconds() * 1000,
     )

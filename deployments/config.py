@@ -870,6 +870,11 @@ def simple_canary_config(
     ``phase_duration_ms``. Each phase's default criterion holds for three fifths of the phase
     (the guide's 3 of 5 minutes). The maximum time defaults to the guide's hour, or to twice the
     phases' total when that is longer, so that a slow criterion does not fail the deployment.
+
+    The rollback thresholds are the second line, each breached only beyond doubt (a confidence
+    bound of the canary's rate beyond it, not one window's average); the first is the health
+    policy's comparison with stable, which the default policy acts on (a deployment that names
+    no policy is rolled back when its canary is significantly and materially worse).
     """
     percentages = traffic_steps(initial_percentage, steps, strategy)
     if phase_duration_ms <= 0:

@@ -57,10 +57,30 @@ and the observations of each metric (value None for a window without data):
 
 Only observations from the phase's start to now count: earlier ones measured another traffic
 share.
+
+**Evidence.** Besides the metric values, the judgement reads the latest health check of the
+canary (`Evidence`): its samples (requests and errors) in the fast and the current window, and
+the phase's own canary traffic so far (the health app's windows never reach back before the
+phase began) with whether the health policy's verdict over it is healthy. With it:
+
+- a phase advances only on traffic of its own: at least ``min_requests`` canary requests since
+  it began (100 by default), a healthy verdict over them, a check no older than ``max_gap``,
+  and a canary still receiving traffic (a fast window, the last few seconds, with no request
+  holds the phase, saying so). This holds whatever the criteria, and a phase without
+  criteria needs it too, so nothing is promoted on no evidence;
+- the error-rate and availability thresholds are breached on evidence, not on a point value:
+  when the lower bound of the canary's error rate (a one-sided Wilson bound at ``z``, 3.9 by
+  default: a false alarm about once in 20,000 looks at a canary sitting on its threshold) is
+  above ``errorRate``, or the upper bound of its availability below ``availability``, in
+  either window. One error in 48 requests is not 2.08% errors beyond doubt. Without evidence
+  (a replay of bare values) the latest value is compared as it is;
+- every breach and every advance says its sample: "2 errors in 48 requests, 4.2%, 95%
+  interval 1.2-14%".
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -444,6 +464,152 @@ class Series(Sequence[Observation]):
 _NO_OBSERVATIONS = Series([], [])
 
 
+DEFAULT_MIN_PHASE_REQUESTS = 100
+"""The canary requests a phase needs of its own before it may advance."""
+
+DEFAULT_THRESHOLD_Z = 3.9
+"""How sure a breach of an error-rate or availability threshold must be: the one-sided Wilson
+bound at this z (a chance of about 1 in 20,000 that a canary right on its threshold looks
+beyond it in one window)."""
+
+_Z95 = 1.959964
+
+
+def wilson_interval(errors: int, requests: int, z: float = _Z95) -> tuple[float, float] | None:
+    """The Wilson score interval of a rate (fractions 0 to 1), or None without requests."""
+    if requests <= 0:
+        return None
+    p = errors / requests
+    zz = z * z
+    denominator = 1 + zz / requests
+    centre = (p + zz / (2 * requests)) / denominator
+    margin = z * math.sqrt(p * (1 - p) / requests + zz / (4 * requests * requests)) / denominator
+    # The ends are exact at the edges; the arithmetic leaves crumbs such as 4e-17.
+    low = 0.0 if errors == 0 else max(0.0, centre - margin)
+    high = 1.0 if errors == requests else min(1.0, centre + margin)
+    return low, high
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """What one window saw of the canary: requests and errors (and the window's length)."""
+
+    requests: int
+    errors: int
+    seconds: float | None = None
+
+    @property
+    def error_rate(self) -> float | None:
+        return 100.0 * self.errors / self.requests if self.requests else None
+
+    def interval(self, z: float = _Z95) -> tuple[float, float] | None:
+        """The error rate's Wilson interval in percent (95% by default)."""
+        bounds = wilson_interval(self.errors, self.requests, z)
+        return None if bounds is None else (100.0 * bounds[0], 100.0 * bounds[1])
+
+    def describe(self) -> str:
+        """``2 errors in 48 requests, 4.2%, 95% interval 1.2-14%``."""
+        if not self.requests:
+            return "no requests"
+        errors = "1 error" if self.errors == 1 else f"{self.errors:,} errors"
+        requests = "1 request" if self.requests == 1 else f"{self.requests:,} requests"
+        low, high = self.interval() or (0.0, 0.0)
+        rate = self.error_rate or 0.0
+        return (
+            f"{errors} in {requests}, {_percent(rate)}, 95% interval "
+            f"{_percent(low, sign=False)}-{_percent(high)}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        interval = self.interval()
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "seconds": self.seconds,
+            "errorRate": None if self.error_rate is None else round(self.error_rate, 4),
+            "interval": None if interval is None else [round(v, 4) for v in interval],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Sample | None:
+        if not data:
+            return None
+        seconds = data.get("seconds")
+        return cls(
+            int(data.get("requests") or 0),
+            int(data.get("errors") or 0),
+            float(seconds) if seconds else None,
+        )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The latest health check of the canary, as the phase judgement reads it.
+
+    ``at`` is when its windows ended; ``windows`` the canary's samples by window name
+    (``fast``, the last few seconds; ``current``, the policy's window); ``phase`` the canary's
+    traffic since the phase began; ``healthy`` whether the health policy's verdict over it is
+    healthy, ``verdict`` that verdict and ``message`` its sentence.
+    """
+
+    at: datetime
+    windows: Mapping[str, Sample]
+    phase: Sample
+    healthy: bool
+    verdict: str = ""
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat(),
+            "windows": {name: sample.to_dict() for name, sample in self.windows.items()},
+            "phase": self.phase.to_dict(),
+            "healthy": self.healthy,
+            "verdict": self.verdict,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> Evidence | None:
+        """The evidence from `to_dict`, or None for anything else (an old log, nothing)."""
+        if not data or not data.get("at"):
+            return None
+        phase = Sample.from_dict(data.get("phase"))
+        if phase is None:
+            return None
+        windows = {}
+        for name, sample in (data.get("windows") or {}).items():
+            read = Sample.from_dict(sample)
+            if read is not None:
+                windows[name] = read
+        return cls(
+            at=datetime.fromisoformat(data["at"]),
+            windows=windows,
+            phase=phase,
+            healthy=bool(data.get("healthy")),
+            verdict=str(data.get("verdict") or ""),
+            message=str(data.get("message") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class OwnTraffic:
+    """Whether the phase has the traffic of its own that advancing needs, and the sentence."""
+
+    enough: bool
+    detail: str
+    requests: int = 0
+    needed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "enough": self.enough,
+            "detail": self.detail,
+            "requests": self.requests,
+            "needed": self.needed,
+        }
+
+
 class Outcome(StrEnum):
     ADVANCE = "advance"
     WAIT = "wait"
@@ -496,13 +662,24 @@ class Breach:
     limit: float
     observed: float
     at: datetime
+    # The window's sample when the breach was judged on evidence, and which window it was.
+    sample: Sample | None = None
+    window: str = ""
 
     @property
     def sentence(self) -> str:
         side = "above" if ROLLBACK_RULES[self.threshold].breached_above else "below"
-        return (
+        head = (
             f"{self.metric} {_number(self.observed)} is {side} the {self.threshold} rollback "
-            f"threshold {_number(self.limit)} (at {self.at.isoformat()})"
+            f"threshold {_number(self.limit)}"
+        )
+        if self.sample is None:
+            return f"{head} (at {self.at.isoformat()})"
+        span = f"the {self.window} window" if self.window else "the window"
+        if self.sample.seconds:
+            span += f" of {format_duration(int(self.sample.seconds * 1000))}"
+        return (
+            f"{head} beyond doubt: {self.sample.describe()} in {span} ending {self.at.isoformat()}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -512,6 +689,8 @@ class Breach:
             "limit": self.limit,
             "observed": self.observed,
             "at": self.at.isoformat(),
+            "window": self.window,
+            "sample": None if self.sample is None else self.sample.to_dict(),
         }
 
 
@@ -530,6 +709,8 @@ class PhaseJudgement:
     earliest_advance_ms: int
     criteria: tuple[CriterionProgress, ...]
     breaches: tuple[Breach, ...]
+    own_traffic: OwnTraffic | None = None
+    evidence: Evidence | None = None
 
     @property
     def not_held(self) -> tuple[CriterionProgress, ...]:
@@ -549,6 +730,8 @@ class PhaseJudgement:
             "earliestAdvanceMs": self.earliest_advance_ms,
             "criteria": [progress.to_dict() for progress in self.criteria],
             "breaches": [breach.to_dict() for breach in self.breaches],
+            "ownTraffic": None if self.own_traffic is None else self.own_traffic.to_dict(),
+            "evidence": None if self.evidence is None else self.evidence.to_dict(),
         }
 
 
@@ -559,6 +742,9 @@ def phase_judgement(
     now: datetime,
     observations: Mapping[str, Sequence[Observation]],
     max_gap: timedelta | None = DEFAULT_MAX_GAP,
+    evidence: Evidence | None = None,
+    min_requests: int = DEFAULT_MIN_PHASE_REQUESTS,
+    z: float = DEFAULT_THRESHOLD_Z,
 ) -> PhaseJudgement:
     """Judge a running phase: advance, wait or breach, with the sentence that says why.
 
@@ -566,6 +752,10 @@ def phase_judgement(
     `Series`): each metric a success criterion names, as written in the configuration, and
     ``error_rate``, ``latency_p95`` and ``availability`` for the rollback thresholds.
     ``max_gap`` None accepts any gap (for replaying history whose spacing is known).
+    ``evidence`` is the latest health check (see the module docstring): without it, or with
+    one from before the phase began, the phase has no traffic of its own and does not
+    advance. ``min_requests`` is the canary requests the phase needs of its own, ``z`` how
+    sure a breach of a rate threshold must be.
     """
     start, end = _micros(started_at), _micros(now)
     aware = started_at.tzinfo is not None and started_at.utcoffset() is not None
@@ -577,22 +767,25 @@ def phase_judgement(
     time_left_ms = max(0, phase.duration_ms - elapsed_ms)
     gap = None if max_gap is None else max_gap // _MICROSECOND
 
-    breaches = tuple(_breaches(phase, series))
+    if evidence is not None and evidence.at < started_at:
+        evidence = None  # measured another traffic share
+    breaches = tuple(_breaches(phase, series, evidence, z))
     criteria = tuple(
         _progress(criterion, series.get(criterion.metric, _NO_OBSERVATIONS), end, gap)
         for criterion in phase.success_criteria
     )
+    own = _own_traffic(evidence, now, max_gap, min_requests)
     earliest = max([time_left_ms, *(progress.remaining_ms for progress in criteria)])
 
     if breaches:
         outcome = Outcome.BREACH
         reason = "Roll back: " + "; ".join(breach.sentence for breach in breaches) + "."
-    elif time_left_ms == 0 and all(progress.held for progress in criteria):
+    elif time_left_ms == 0 and all(progress.held for progress in criteria) and own.enough:
         outcome = Outcome.ADVANCE
-        reason = _advance_reason(phase, criteria)
+        reason = _advance_reason(phase, criteria, own)
     else:
         outcome = Outcome.WAIT
-        reason = _wait_reason(phase, time_left_ms, criteria)
+        reason = _wait_reason(phase, time_left_ms, criteria, own)
     return PhaseJudgement(
         outcome=outcome,
         reason=reason,
@@ -601,13 +794,69 @@ def phase_judgement(
         earliest_advance_ms=earliest,
         criteria=criteria,
         breaches=breaches,
+        own_traffic=own,
+        evidence=evidence,
     )
 
 
-def _breaches(phase: PhaseConfig, series: Mapping[str, Series]) -> list[Breach]:
+def _own_traffic(
+    evidence: Evidence | None, now: datetime, max_gap: timedelta | None, min_requests: int
+) -> OwnTraffic:
+    """Whether the phase has, of its own, the healthy canary traffic advancing needs."""
+    if evidence is None:
+        return OwnTraffic(False, "no health check of the canary has judged this phase yet")
+    requests = evidence.phase.requests
+    needed = max(1, min_requests)
+
+    def short(detail: str) -> OwnTraffic:
+        return OwnTraffic(False, detail, requests, needed)
+
+    if max_gap is not None and now - evidence.at > max_gap:
+        age = format_duration(_ms(now - evidence.at))
+        return short(f"the latest health check of the canary is {age} old")
+    # The last few seconds say whether traffic still flows: a longer window would still hold
+    # the requests of a minute ago.
+    recent = evidence.windows.get("fast") or evidence.windows.get("current")
+    if requests == 0:
+        return short("the phase has no canary request of its own yet")
+    if recent is not None and recent.requests == 0:
+        seconds = f" of {format_duration(int(recent.seconds * 1000))}" if recent.seconds else ""
+        return short(
+            f"the canary's traffic has stopped: its latest window{seconds} had no request "
+            f"(the phase has {_requests(requests)} of its own)"
+        )
+    if requests < needed:
+        return short(f"the phase has {_requests(requests)} of its own; it needs {needed:,}")
+    if not evidence.healthy:
+        verdict = evidence.verdict or "not known"
+        why = f": {evidence.message}" if evidence.message else ""
+        return short(
+            f"the health policy's verdict over the phase's {_requests(requests)} is "
+            f"{verdict}, not pass{why.rstrip('.')}"
+        )
+    return OwnTraffic(
+        True,
+        f"on its own canary traffic ({evidence.phase.describe()}), judged healthy",
+        requests,
+        needed,
+    )
+
+
+def _requests(count: int) -> str:
+    return "1 canary request" if count == 1 else f"{count:,} canary requests"
+
+
+def _breaches(
+    phase: PhaseConfig, series: Mapping[str, Series], evidence: Evidence | None, z: float
+) -> list[Breach]:
     found = []
     for name, limit in phase.rollback_thresholds.items():
         rule = ROLLBACK_RULES[name]
+        if evidence is not None and rule.metric in _RATE_METRICS:
+            breach = _breach_on_evidence(name, limit, evidence, z)
+            if breach is not None:
+                found.append(breach)
+            continue
         values = series.get(rule.metric)
         if not values:
             continue
@@ -615,6 +864,28 @@ def _breaches(phase: PhaseConfig, series: Mapping[str, Series]) -> list[Breach]:
         if value is not None and rule.breached(value, limit):
             found.append(Breach(name, rule.metric, limit, value, values[-1].at))
     return found
+
+
+_RATE_METRICS = frozenset({"error_rate", "availability"})
+
+
+def _breach_on_evidence(name: str, limit: float, evidence: Evidence, z: float) -> Breach | None:
+    """A rate threshold breached beyond doubt in the current or the fast window: the bound of
+    the canary's error rate nearest to good is on the bad side of the threshold."""
+    rule = ROLLBACK_RULES[name]
+    for window in ("current", "fast"):
+        sample = evidence.windows.get(window)
+        if sample is None or not sample.requests:
+            continue
+        low = (sample.interval(z) or (0.0, 100.0))[0]
+        rate = sample.error_rate or 0.0
+        if rule.metric == "error_rate":
+            observed, beyond = rate, low > limit
+        else:
+            observed, beyond = 100.0 - rate, 100.0 - low < limit
+        if beyond:
+            return Breach(name, rule.metric, limit, round(observed, 4), evidence.at, sample, window)
+    return None
 
 
 def _progress(
@@ -683,23 +954,33 @@ def _progress(
     )
 
 
-def _advance_reason(phase: PhaseConfig, criteria: Sequence[CriterionProgress]) -> str:
-    minimum = f"Advance: the phase has run its minimum {format_duration(phase.duration_ms)}"
+def _advance_reason(
+    phase: PhaseConfig, criteria: Sequence[CriterionProgress], own: OwnTraffic
+) -> str:
+    minimum = (
+        f"Advance: the phase has run its minimum {format_duration(phase.duration_ms)} {own.detail}"
+    )
     if not criteria:
         return f"{minimum}, and it has no success criteria."
     held = "; ".join(progress.detail for progress in criteria)
-    return f"{minimum} and every success criterion held: {held}."
+    return f"{minimum}, and every success criterion held: {held}."
 
 
 def _wait_reason(
-    phase: PhaseConfig, time_left_ms: int, criteria: Sequence[CriterionProgress]
+    phase: PhaseConfig,
+    time_left_ms: int,
+    criteria: Sequence[CriterionProgress],
+    own: OwnTraffic,
 ) -> str:
     minimum = format_duration(phase.duration_ms)
-    pending = "; ".join(progress.detail for progress in criteria if not progress.held)
+    pending = [progress.detail for progress in criteria if not progress.held]
+    if not own.enough:
+        pending.append(own.detail)
+    text = "; ".join(pending)
     if time_left_ms:
         head = f"Wait: {format_duration(time_left_ms)} left of the phase's minimum {minimum}"
-        return f"{head}; {pending}." if pending else f"{head}."
-    return f"Wait: the phase's minimum {minimum} has passed, but {pending}."
+        return f"{head}; {text}." if text else f"{head}."
+    return f"Wait: the phase's minimum {minimum} has passed, but {text}."
 
 
 # --------------------------------------------------------------------------- formatting
@@ -716,3 +997,9 @@ def _ms_of(micros: int) -> int:
 
 def _number(value: float) -> str:
     return f"{value:g}"
+
+
+def _percent(value: float, *, sign: bool = True) -> str:
+    """A rate as people read it: two significant figures, ``4.2%``, ``0.31%``, ``14%``."""
+    text = "0" if value == 0 else f"{float(f'{value:.2g}'):g}"
+    return f"{text}%" if sign else text

@@ -18,18 +18,26 @@ policy's ``min_requests`` for availability and error rate, fewer latency samples
 percentiles, no sample at all for a custom metric. A sparse window neither passes a criterion
 nor breaches a threshold, which is what "no phase advances without the data its criteria
 need" asks.
+
+The health app never lets a window reach back before the phase began (the tick passes the
+phase's start as ``window_start``), so every observation is of the phase's own traffic. Beside
+the values, the log keeps the latest check's evidence under ``"e"`` (`evidence`: the canary's
+samples in the fast and the current window, the phase's own traffic, the policy's verdict),
+which the judgement needs for the phase's minimum of traffic and for judging rate thresholds
+on confidence bounds rather than point values.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from deployments.config import CUSTOM_PREFIX, ROLLBACK_RULES, PhaseConfig, health_metric
-from deployments.lifecycle import Series
+from deployments.lifecycle import Evidence, Sample, Series
 
 Log = dict[str, Any]
 
@@ -82,6 +90,125 @@ def canary_values(result: Mapping[str, Any], metrics: Iterable[str]) -> dict[str
             value = stat.get("sum", 0.0) / count if count else None
         values[metric] = float(value) if isinstance(value, int | float) else None
     return values
+
+
+EVIDENCE_WINDOWS = ("fast", "current")
+"""The windows of a health check whose canary samples judge the rate thresholds."""
+
+
+def evidence(result: Mapping[str, Any], *, at: datetime) -> Evidence:
+    """What a stored health check says of the canary beside its values (`Evidence`).
+
+    ``result`` is ``HealthCheck.result``: its ``windows`` hold the canary's counts in the
+    fast, the current and the phase window (see `health.analysis.Evaluation.to_dict`). A check
+    stored without them has only its current window (``inputs.canary``), which then stands
+    for the phase's traffic too. The verdict is healthy when it is pass, or when the policy
+    judged nothing at all (no checks configured: the phase's criteria and its minimum of
+    traffic decide)."""
+    windows = result.get("windows") or {}
+    inputs = result.get("inputs") or {}
+    samples: dict[str, Sample] = {}
+    for name in EVIDENCE_WINDOWS:
+        window = windows.get(name) or {}
+        counts = window.get("canary")
+        seconds = window.get("seconds")
+        if counts is None and name == "current":
+            counts = inputs.get("canary")
+            seconds = (counts or {}).get("seconds")
+        if counts is not None:
+            samples[name] = _sample(counts, seconds)
+    phase_window = windows.get("phase") or {}
+    phase = (
+        _sample(phase_window["canary"], phase_window.get("seconds"))
+        if phase_window.get("canary") is not None
+        else samples.get("current", Sample(0, 0))
+    )
+    verdict = str(result.get("verdict") or "")
+    healthy = verdict == "pass" or (verdict == "inconclusive" and not result.get("results"))
+    if result.get("should_rollback"):
+        healthy = False
+    return Evidence(
+        at=at,
+        windows=samples,
+        phase=phase,
+        healthy=healthy,
+        verdict=verdict,
+        message=str(result.get("message") or "")[:500],
+    )
+
+
+def fault_start(
+    canary: Sequence[tuple[float, float | None, float | None]],
+    stable: Sequence[tuple[float, float | None, float | None]],
+) -> int | None:
+    """The index of the first bad bucket of a fault that ends the series, or None when the
+    buckets show none: where the canary began to fail, for "time from the fault to the
+    rollback" measured from the fault rather than from the look that judged it.
+
+    Each bucket is ``(requests, error rate %, p95 ms)``, the canary's and stable's aligned,
+    oldest first. Errors: the change point of the canary's errors (the start of the run of
+    buckets, ending at the last, that is most likely at a raised rate rather than at stable's:
+    a CUSUM of log-likelihood ratios, kept only when that is at least 20 times as likely).
+    Latency: the start of the run, ending at the last bucket with traffic, of buckets whose
+    p95 is more than twice stable's median p95. The earlier of the two."""
+    found = [
+        index
+        for index in (_error_change(canary, stable), _latency_run(canary, stable))
+        if index is not None
+    ]
+    return min(found) if found else None
+
+
+_EVIDENCE = math.log(20.0)
+
+
+def _error_change(
+    canary: Sequence[tuple[float, float | None, float | None]],
+    stable: Sequence[tuple[float, float | None, float | None]],
+) -> int | None:
+    def counts(rows: Sequence[tuple[float, float | None, float | None]]) -> list[tuple[int, int]]:
+        return [(int(n or 0), round((n or 0) * (rate or 0.0) / 100.0)) for n, rate, _p95 in rows]
+
+    ours, theirs = counts(canary), counts(stable)
+    stable_n = sum(n for n, _ in theirs)
+    base = max(sum(e for _, e in theirs) / stable_n if stable_n else 0.0, 0.001)
+    total = sum(n for n, _ in ours)
+    raised = max(2 * base, sum(e for _, e in ours) / total if total else 0.0)
+    if raised >= 1.0:
+        raised = 0.999
+    up, down = math.log(raised / base), math.log((1 - raised) / (1 - base))
+    score, best, start = 0.0, 0.0, None
+    for index in range(len(ours) - 1, -1, -1):
+        n, errors = ours[index]
+        score += errors * up + (n - errors) * down
+        if score > best:
+            best, start = score, index
+    return start if best >= _EVIDENCE else None
+
+
+def _latency_run(
+    canary: Sequence[tuple[float, float | None, float | None]],
+    stable: Sequence[tuple[float, float | None, float | None]],
+) -> int | None:
+    usual = sorted(p95 for n, _rate, p95 in stable if n and p95 is not None)
+    if not usual:
+        return None
+    bound = 2.0 * usual[len(usual) // 2]
+    start = None
+    for index in range(len(canary) - 1, -1, -1):
+        n, _rate, p95 = canary[index]
+        if not n or p95 is None:
+            continue  # a bucket without traffic neither starts nor breaks the run
+        if p95 <= bound:
+            break
+        start = index
+    return start
+
+
+def _sample(counts: Mapping[str, Any], seconds: Any) -> Sample:
+    requests = int(counts.get("requests") or 0)
+    errors = min(requests, int(counts.get("errors") or 0))
+    return Sample(requests, errors, float(seconds) if seconds else None)
 
 
 def _moments(log: Mapping[str, Any] | None) -> list[float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -347,41 +347,63 @@ class ShareSeries:
     shares: list[float]
 
 
-def planned_share(deployment: Deployment, *, now: datetime | None = None) -> ShareSeries:
+def run_span(deployment: Deployment, *, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """The deployment's run: from its start (its creation, before one) to its end, or now."""
     now = now or timezone.now()
+    start = deployment.started_at or deployment.created_at
+    end = deployment.finished_at or now
+    return start, max(start, min(end, now))
+
+
+def planned_share(deployment: Deployment, *, now: datetime | None = None) -> ShareSeries:
+    """The canary's share as the run set it: from the start to the end (an earlier run's
+    steps, before a retry, are not this run's)."""
+    start, end = run_span(deployment, now=now)
     times: list[datetime] = []
     shares: list[float] = []
-    for event in deployment.events.exclude(canary_share=None).order_by("at", "id"):
+    events = deployment.events.exclude(canary_share=None).filter(at__gte=start, at__lte=end)
+    for event in events.order_by("at", "id"):
         times.append(event.at)
         shares.append(float(event.canary_share))
     if times and not deployment.is_terminal:
-        times.append(now)
+        times.append(end)
         shares.append(shares[-1])
     return ShareSeries(times, shares)
 
 
 def chart_window_seconds(deployment: Deployment, *, now: datetime | None = None) -> int:
-    """The charts' span: from a little before the start to now, at least five minutes."""
-    now = now or timezone.now()
-    start = deployment.started_at or deployment.created_at
-    end = deployment.finished_at or now
-    span = int((end - start).total_seconds()) + 120
-    return max(300, min(span, health_selectors.MAX_WINDOW_SECONDS))
+    """The charts' span: the run, from its start to its end (or now)."""
+    start, end = run_span(deployment, now=now)
+    span = int((end - start).total_seconds())
+    return max(1, min(span, health_selectors.MAX_WINDOW_SECONDS))
 
 
 def health_series(deployment: Deployment, *, now: datetime | None = None) -> dict[Any, Any]:
-    """Canary and stable over the deployment's span, from the metric store (one query)."""
+    """Canary and stable over the deployment's run only (one query): the steps from the one
+    holding its start to the last whole one before its end (or now), so another run's
+    traffic, before it or after it, does not show on its charts."""
     metrics = ["requests", "error_rate", "latency_p95"]
-    now = now or timezone.now()
-    if deployment.finished_at is not None:
-        now = min(now, deployment.finished_at + timedelta(minutes=2))
-    return health_selectors.series_many(
+    start, end = run_span(deployment, now=now)
+    window = chart_window_seconds(deployment, now=now)
+    step = health_selectors.series_step(max(window, 60))
+    # One step more than the span, so the step holding the start is read, then cut below.
+    found = health_selectors.series_many(
         service=deployment.service.name,
         versions=[deployment.canary_version, deployment.stable_version],
         metrics=metrics,
-        window_seconds=chart_window_seconds(deployment, now=now),
-        now=now,
+        window_seconds=window + step,
+        now=end,
+        step_seconds=step,
     )
+    width = timedelta(seconds=step)
+    for key, series in found.items():
+        keep = [i for i, moment in enumerate(series.timestamps) if moment + width > start]
+        found[key] = replace(
+            series,
+            timestamps=[series.timestamps[i] for i in keep],
+            values=[series.values[i] for i in keep],
+        )
+    return found
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -438,7 +460,7 @@ class Statistics:
 
 def statistics(*, since: datetime | None = None) -> Statistics:
     """Success rate of finished deployments, time per phase (by position) and the time from a
-    breach's observation to the canary being out of traffic, in four queries."""
+    fault's first bad bucket to the canary being out of traffic, in four queries."""
     rows = Deployment.objects.all()
     if since is not None:
         rows = rows.filter(created_at__gte=since)
@@ -505,7 +527,11 @@ def statistics(*, since: datetime | None = None) -> Statistics:
 
 
 def _breach_time(evidence: Any) -> datetime | None:
-    """When the breaching observation was measured (the end of its health window)."""
+    """When the fault began: its first bad bucket, as the tick found it when it rolled back;
+    for a rollback recorded without it, when the breaching observation was measured (the end
+    of its health window)."""
+    if (evidence or {}).get("faultStart"):
+        return datetime.fromisoformat(evidence["faultStart"])
     judgement = (evidence or {}).get("judgement") or {}
     moments = [item.get("at") for item in judgement.get("breaches", []) if item.get("at")]
     check = (evidence or {}).get("healthCheck") or {}

@@ -14,9 +14,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,7 +29,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
-from canary_site.audit import audit_context
+from canary_site.audit import audit_context, audit_updates
 from canary_site.choices import Source
 from canary_site.collector import collector_paused
 from canary_site.exceptions import CanaryError, NotFound, TransitionNotAllowed, ValidationFailed
@@ -45,6 +47,7 @@ from deployments.config import (
 )
 from deployments.lifecycle import (
     Action,
+    Evidence,
     Outcome,
     PhaseJudgement,
     TransitionRefused,
@@ -57,12 +60,15 @@ from deployments.validation import ValidationReport, validate
 from flags import services as flag_services
 from flags.choices import FlagStatus
 from flags.models import Flag
+from health import conf as health_conf
+from health import selectors as health_selectors
 from health import services as health_services
+from health import windows as health_windows
 from health.models import HealthPolicy
 from health.services import EvaluationRequest
 from routing import selectors as routing_selectors
 from routing import services as routing_services
-from routing.models import RoutingRule, Service, Target
+from routing.models import Service, Target
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +224,11 @@ def deployment_update(
 def deployment_delete(
     *, deployment_id: int, actor: Any = None, source: str = Source.SYSTEM, reason: str = ""
 ) -> None:
-    """Delete a deployment that is not under way, with its phases, timeline and routing rule."""
+    """Delete a deployment that never started, with its phases, timeline and routing rule.
+
+    Once started, its timeline is the evidence of what was judged and done, which only
+    retention removes, so it is kept (409).
+    """
     with (
         transaction.atomic(),
         audit_context(actor=actor, source=source, reason=reason, verb="delete"),
@@ -229,6 +239,12 @@ def deployment_delete(
                 f"A {deployment.get_status_display().lower()} deployment cannot be deleted; "
                 "abort it first.",
                 code="active",
+            )
+        if deployment.events.filter(kind=EventKind.START).exists():
+            raise TransitionNotAllowed(
+                "A deployment that has started keeps its timeline as evidence; "
+                "it cannot be deleted.",
+                code="has_run",
             )
         rule = deployment.routing_rule
         deployment.delete()
@@ -315,6 +331,34 @@ class DeploymentBusy(TransitionNotAllowed):
     code = "busy"
 
 
+@dataclass(frozen=True)
+class TransitionRequest:
+    """One lifecycle action for `deployments_transition`; its fields mean what the arguments
+    of `deployment_transition` of the same names mean."""
+
+    deployment_id: int
+    action: Action | str
+    reason: str = ""
+    evidence: Mapping[str, Any] | None = None
+    expected_phase: int | None = None
+    expected_status: str | None = None
+
+
+@dataclass
+class TransitionResult:
+    """What became of one request: the deployment as the request left it and the timeline
+    event it wrote, or the error that refused it (then nothing of it was written)."""
+
+    request: TransitionRequest
+    deployment: Deployment | None = None
+    event: DeploymentEvent | None = None
+    error: CanaryError | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.error is None
+
+
 @dataclass
 class _Change:
     """What an action did, gathered for the event's evidence and the after-commit follow-ups."""
@@ -336,7 +380,8 @@ def deployment_transition(
     skip_locked: bool = False,
     now: datetime | None = None,
 ) -> Deployment:
-    """Perform one lifecycle action on a deployment; every status change goes through here.
+    """Perform one lifecycle action on a deployment; every status change goes through here or
+    through `deployments_transition`, of which this is the one-request case.
 
     Inside one transaction: lock the deployment's row, check the lifecycle table (refused:
     `TransitionNotAllowed`, 409, with the table's reason), apply the action's effects, write
@@ -353,61 +398,437 @@ def deployment_transition(
       at once (weight 0, linked flags off).
     - ``retry``: back to pending, every phase to be run again.
 
+    The canary leaving traffic (rolled back, failed, aborted, succeeded) resolves the health
+    alerts open on it.
+
     ``expected_phase`` and ``expected_status`` refuse the action when the deployment has moved
     on since the caller looked (a double click, or two ticks deciding on the same phase).
     ``skip_locked`` makes a busy row an immediate `DeploymentBusy` instead of a wait.
     ``evidence`` is stored on the event (the tick's judgement behind an automatic decision).
     """
-    verb = Action(action) if isinstance(action, str) else action
-    reason = (reason or "").strip()
-    now = now or timezone.now()
-    with (
-        transaction.atomic(),
-        audit_context(actor=actor, source=source, reason=reason, verb=str(verb)),
-    ):
-        deployment = _locked(deployment_id, skip_locked=skip_locked)
-        if expected_status is not None and deployment.status != expected_status:
-            raise TransitionNotAllowed(
-                f"The deployment is {deployment.get_status_display().lower()} now, not "
-                f"{expected_status.replace('_', ' ')}; look again before deciding.",
-                code="moved_on",
-            )
-        if expected_phase is not None and deployment.current_phase != expected_phase:
-            raise TransitionNotAllowed(
-                f"The deployment is on phase {deployment.current_phase or '—'} now, not "
-                f"{expected_phase}; look again before deciding.",
-                code="moved_on",
-            )
-        phases = list(deployment.phases.order_by("order"))
-        effective = _effective_action(deployment, verb, phases)
-        before = deployment.status
-        try:
-            after = transition(before, effective)
-        except TransitionRefused as refused:
-            raise TransitionNotAllowed(refused.reason, code="transition_refused") from None
+    request = TransitionRequest(
+        deployment_id=deployment_id,
+        action=action,
+        reason=reason,
+        evidence=evidence,
+        expected_phase=expected_phase,
+        expected_status=expected_status,
+    )
+    (result,) = deployments_transition(
+        requests=[request], actor=actor, source=source, skip_locked=skip_locked, now=now
+    )
+    if result.error is not None:
+        raise result.error
+    assert result.deployment is not None
+    return result.deployment
 
-        change = _Change(evidence=dict(evidence or {}))
-        context = _ActionContext(deployment, phases, now, actor, source, reason, change)
-        _EFFECTS[effective](context)
-        deployment.status = after
-        deployment.save()
-        event = _event(
-            deployment,
-            EventKind(str(effective)),
-            actor=actor,
-            source=source,
-            reason=reason or _default_reason(effective, deployment),
-            evidence=change.evidence,
-            from_status=before,
-            to_status=after,
-            at=now,
+
+def deployments_transition(
+    *,
+    requests: Sequence[TransitionRequest],
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    skip_locked: bool = False,
+    now: datetime | None = None,
+) -> list[TransitionResult]:
+    """Perform many lifecycle actions in one transaction, each by the rules of
+    `deployment_transition`, in a number of queries that does not grow with them.
+
+    Every row is locked at once (one ``SELECT ... FOR UPDATE`` over the ids, skipping rows
+    another process holds when ``skip_locked``), each request is checked against the lifecycle
+    table and planned in memory, and then everything is written together: the phases, the
+    deployments, the timeline events and the audit entries in one statement each, the routing
+    weights through routing's bulk service, with the linked flags' percentages and the news,
+    all in the same transaction.
+
+    Requests run in order; several may name the same deployment (a rollback, then its end),
+    each seeing what the ones before it did. A refused request (the lifecycle table, a
+    deployment that moved on, a busy row, a reason missing) writes nothing and says why in its
+    result. Should writing the batch fail (a routing change that does not compile, say), each
+    request is tried again alone, so that one cannot hold back the others; a lone request's
+    failure is raised.
+    """
+    now = now or timezone.now()
+    if not requests:
+        return []
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                return _transition_batch(requests, actor, source, skip_locked, now)
+        except CanaryError:
+            if len(requests) == 1:
+                raise
+        results: list[TransitionResult] = []
+        for request in requests:
+            try:
+                with transaction.atomic():
+                    results += _transition_batch([request], actor, source, skip_locked, now)
+            except CanaryError as error:
+                results.append(TransitionResult(request, error=error))
+        return results
+
+
+@dataclass
+class _RulePlan:
+    """What a batch does to one deployment's routing rule, merged over its requests; the
+    evidence dicts it fills once the rule is written."""
+
+    deployment: Deployment
+    weights: dict[str, Decimal] | None = None
+    enabled: bool | None = None
+    create: bool = False
+    # Taking the canary out of traffic must not be stopped by a rule that cannot be changed.
+    tolerant: bool = False
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    reason: str = ""
+
+    def currently_enabled(self) -> bool:
+        if self.enabled is not None:
+            return self.enabled
+        rule = self.deployment.routing_rule
+        return rule is not None and rule.enabled
+
+
+@dataclass
+class _Planned:
+    """One request checked and planned: the transition and its event, not yet written."""
+
+    result: TransitionResult
+    deployment: Deployment
+    action: Action
+    before: str
+    after: str
+    change: _Change
+    reason: str
+    phase: int | None
+    share: Decimal
+
+
+class _Batch:
+    """The writes of one `deployments_transition` call, gathered while each request is planned
+    and made together by `apply`."""
+
+    def __init__(
+        self, *, now: datetime, actor: Any, source: str, flags: dict[int, list[Flag]]
+    ) -> None:
+        self.now = now
+        self.actor = actor
+        self.source = source
+        self.flags = flags
+        self.planned: list[_Planned] = []
+        self.rules: dict[int, _RulePlan] = {}
+        self.phases: dict[int, Phase] = {}
+        # Changes made by other apps' one-row services (flags, a service's stable version, a
+        # new rule), in the order the requests asked for them.
+        self.later: list[Callable[[], None]] = []
+        self.audit: list[tuple[Any, Any, dict[str, str]]] = []
+        # Deployment copies on the audit trail, whose rule is known only once it is created.
+        self.audit_copies: dict[int, list[Deployment]] = defaultdict(list)
+        self.left_traffic: list[Deployment] = []
+
+    def rule_plan(self, deployment: Deployment, reason: str) -> _RulePlan:
+        plan = self.rules.get(deployment.pk)
+        if plan is None:
+            plan = self.rules[deployment.pk] = _RulePlan(deployment, reason=reason)
+        return plan
+
+    def save_phase(self, phase: Phase) -> None:
+        self.phases[phase.pk] = phase
+
+    def apply(self) -> None:
+        if not self.planned:
+            return
+        self._write_rules()
+        for change in self.later:
+            change()
+        deployments = list({p.deployment.pk: p.deployment for p in self.planned}.values())
+        for deployment in deployments:
+            deployment.updated_at = self.now
+        _write_rows(Phase, list(self.phases.values()), _PHASE_FIELDS)
+        _write_rows(Deployment, deployments, _DEPLOYMENT_FIELDS)
+        events = [self._event(planned) for planned in self.planned]
+        DeploymentEvent.objects.bulk_create(events)
+        audit_updates(self.audit)
+        _resolve_alerts(self.left_traffic, self.now)
+        running: list[int] = []
+        for planned, event in zip(self.planned, events, strict=True):
+            planned.result.event = event
+            # The news is queued in this transaction: it exists exactly when the transition
+            # does.
+            notifications.transition_news(
+                deployment=planned.deployment,
+                event=event,
+                action=planned.action,
+                to_status=planned.after,
+            )
+            _after_commit(planned, event)
+            if planned.after == DeploymentStatus.RUNNING:
+                running.append(planned.deployment.pk)
+        _tick_after_commit(sorted(set(running)))
+
+    def _write_rules(self) -> None:
+        changes: list[routing_services.RuleChange] = []
+        plans: list[_RulePlan] = []
+        for plan in self.rules.values():
+            deployment = plan.deployment
+            if plan.create:
+                self._create_rule(plan)
+            elif plan.weights is not None or (
+                plan.enabled is not None and plan.enabled != deployment.routing_rule.enabled
+            ):
+                plans.append(plan)
+                changes.append(
+                    routing_services.RuleChange(
+                        rule_id=deployment.routing_rule_id,
+                        weights=plan.weights,
+                        enabled=plan.enabled,
+                        reason=plan.reason,
+                    )
+                )
+            else:
+                self._report(plan)
+        if not changes:
+            return
+        writer = {"actor": self.actor, "source": self.source}
+        try:
+            rules = routing_services.rules_update_many(changes=changes, **writer)
+        except ValidationFailed as error:
+            if len(changes) > 1:
+                raise  # the batch is tried again one request at a time
+            self._repair_rule(plans[0], error)
+            return
+        for plan in plans:
+            plan.deployment.routing_rule = rules[plan.deployment.routing_rule_id]
+            self._report(plan)
+
+    def _create_rule(self, plan: _RulePlan) -> None:
+        deployment = plan.deployment
+        rule = routing_services.rule_create(
+            service=deployment.service,
+            targets=plan.weights or {},
+            name=f"deployment {deployment.pk}: {deployment.name}"[:100],
+            priority=conf.rule_priority(),
+            enabled=plan.enabled if plan.enabled is not None else True,
+            actor=self.actor,
+            source=self.source,
+            reason=plan.reason,
         )
-        # The news is queued in this transaction: it exists exactly when the transition does.
-        notifications.transition_news(
-            deployment=deployment, event=event, action=effective, to_status=after
+        deployment.routing_rule = rule
+        for copied in self.audit_copies[deployment.pk]:
+            copied.routing_rule_id = rule.pk
+        self._report(plan)
+
+    def _repair_rule(self, plan: _RulePlan, error: ValidationFailed) -> None:
+        """A lone rule whose weights could not be set: someone changed its members, so make
+        them the deployment's two targets again. Taking the canary out of traffic reports a
+        rule it cannot change rather than stop."""
+        deployment = plan.deployment
+        changes: dict[str, Any] = {}
+        if plan.enabled is not None:
+            changes["enabled"] = plan.enabled
+        try:
+            deployment.routing_rule = routing_services.rule_update(
+                rule=deployment.routing_rule,
+                targets=plan.weights,
+                actor=self.actor,
+                source=self.source,
+                reason=plan.reason,
+                **changes,
+            )
+        except CanaryError as failure:
+            if not plan.tolerant:
+                raise
+            for report in plan.reports:
+                report.clear()
+                report["error"] = failure.message or error.message
+            return
+        self._report(plan)
+
+    def _report(self, plan: _RulePlan) -> None:
+        rule = plan.deployment.routing_rule
+        for report in plan.reports:
+            if rule is not None and "error" not in report:
+                report["id"] = rule.pk
+
+    def _event(self, planned: _Planned) -> DeploymentEvent:
+        return DeploymentEvent(
+            deployment=planned.deployment,
+            kind=EventKind(str(planned.action)),
+            from_status=planned.before,
+            to_status=planned.after,
+            phase=planned.phase,
+            canary_share=planned.share,
+            actor=_person(self.actor),
+            source=self.source,
+            reason=planned.reason[:5000],
+            evidence=planned.change.evidence,
+            at=self.now,
         )
-        _after_commit(deployment, event, effective, before, after, change)
-    return deployment
+
+
+# The columns a transition writes; the tick's judgement columns are `_save_judgements`'.
+_PHASE_FIELDS = [
+    "status",
+    "started_at",
+    "ended_at",
+    "observations",
+    "judgement",
+    "judged_at",
+    "ready_at",
+    "breach_seen_at",
+]
+_DEPLOYMENT_FIELDS = [
+    "status",
+    "current_phase",
+    "canary_share",
+    "started_at",
+    "finished_at",
+    "routing_rule",
+    "stable_target",
+    "canary_target",
+    "updated_at",
+]
+
+
+def _transition_batch(
+    requests: Sequence[TransitionRequest],
+    actor: Any,
+    source: str,
+    skip_locked: bool,
+    now: datetime,
+) -> list[TransitionResult]:
+    with audit_context(actor=actor, source=source):
+        ids = list(dict.fromkeys(request.deployment_id for request in requests))
+        locked = _lock_many(ids, skip_locked=skip_locked)
+        absent = [pk for pk in ids if pk not in locked]
+        existing = (
+            set(Deployment.objects.filter(pk__in=absent).values_list("pk", flat=True))
+            if absent
+            else set()
+        )
+        phases: dict[int, list[Phase]] = defaultdict(list)
+        for phase in Phase.objects.filter(deployment_id__in=list(locked)).order_by(
+            "deployment_id", "order"
+        ):
+            phase.deployment = locked[phase.deployment_id]
+            phases[phase.deployment_id].append(phase)
+        batch = _Batch(now=now, actor=actor, source=source, flags=_linked_flags(list(locked)))
+        results: list[TransitionResult] = []
+        for request in requests:
+            result = TransitionResult(request)
+            results.append(result)
+            deployment = locked.get(request.deployment_id)
+            if deployment is None:
+                result.error = (
+                    DeploymentBusy("Another process is changing this deployment right now.")
+                    if request.deployment_id in existing
+                    else NotFound(f"There is no deployment {request.deployment_id}.")
+                )
+                continue
+            try:
+                batch.planned.append(_plan(batch, result, deployment, phases[deployment.pk]))
+            except CanaryError as error:
+                result.error = error
+                continue
+            result.deployment = deployment
+        batch.apply()
+    return results
+
+
+def _lock_many(ids: list[int], *, skip_locked: bool) -> dict[int, Deployment]:
+    """The deployments, their rows locked in one statement (in id order, so two batches lock
+    in the same order)."""
+    rows = Deployment.objects.select_related(
+        "service", "stable_target", "canary_target", "routing_rule", "health_policy"
+    )
+    skip = skip_locked and connection.features.has_select_for_update_skip_locked
+    rows = rows.select_for_update(skip_locked=skip, of=("self",))
+    return {deployment.pk: deployment for deployment in rows.filter(pk__in=ids).order_by("pk")}
+
+
+def _linked_flags(ids: list[int]) -> dict[int, list[Flag]]:
+    """Each deployment's linked flags by key, in one query."""
+    found: dict[int, list[Flag]] = defaultdict(list)
+    if not ids:
+        return found
+    links = (
+        Deployment.flags.through.objects.filter(deployment_id__in=ids)
+        .select_related("flag")
+        .order_by("flag__key")
+    )
+    for link in links:
+        found[link.deployment_id].append(link.flag)
+    return found
+
+
+def _plan(
+    batch: _Batch, result: TransitionResult, deployment: Deployment, phases: list[Phase]
+) -> _Planned:
+    """Check one request against the row as the batch has left it, and plan its effects."""
+    request = result.request
+    verb = Action(request.action) if isinstance(request.action, str) else request.action
+    reason = (request.reason or "").strip()
+    if request.expected_status is not None and deployment.status != request.expected_status:
+        raise TransitionNotAllowed(
+            f"The deployment is {deployment.get_status_display().lower()} now, not "
+            f"{request.expected_status.replace('_', ' ')}; look again before deciding.",
+            code="moved_on",
+        )
+    if request.expected_phase is not None and deployment.current_phase != request.expected_phase:
+        raise TransitionNotAllowed(
+            f"The deployment is on phase {deployment.current_phase or '—'} now, not "
+            f"{request.expected_phase}; look again before deciding.",
+            code="moved_on",
+        )
+    effective = _effective_action(deployment, verb, phases)
+    before = deployment.status
+    try:
+        after = transition(before, effective)
+    except TransitionRefused as refused:
+        raise TransitionNotAllowed(refused.reason, code="transition_refused") from None
+
+    old_deployment = copy.copy(deployment)
+    old_phases = [copy.copy(phase) for phase in phases]
+    change = _Change(evidence=dict(request.evidence or {}))
+    context = _ActionContext(
+        deployment, phases, batch.now, batch.actor, batch.source, reason, change, batch
+    )
+    _EFFECTS[effective](context)
+    deployment.status = after
+    if before in _IN_TRAFFIC and after in _OUT_OF_TRAFFIC_STATUSES:
+        batch.left_traffic.append(deployment)
+
+    attribution = {"reason": reason, "verb": str(effective)}
+    new_deployment = copy.copy(deployment)
+    batch.audit_copies[deployment.pk].append(new_deployment)
+    batch.audit.append((old_deployment, new_deployment, attribution))
+    for old, phase in zip(old_phases, phases, strict=True):
+        if phase.pk in batch.phases:
+            batch.audit.append((old, copy.copy(phase), attribution))
+    return _Planned(
+        result=result,
+        deployment=deployment,
+        action=effective,
+        before=before,
+        after=after,
+        change=change,
+        reason=reason or _default_reason(effective, deployment),
+        phase=deployment.current_phase,
+        share=deployment.canary_share,
+    )
+
+
+_IN_TRAFFIC = frozenset({DeploymentStatus.RUNNING, DeploymentStatus.PAUSED})
+# Rolling back counts as out: the canary's weight is 0 from the rollback's first step.
+_OUT_OF_TRAFFIC_STATUSES = frozenset(
+    {
+        DeploymentStatus.ROLLING_BACK,
+        DeploymentStatus.ROLLED_BACK,
+        DeploymentStatus.FAILED,
+        DeploymentStatus.ABORTED,
+        DeploymentStatus.SUCCEEDED,
+    }
+)
 
 
 def _effective_action(deployment: Deployment, action: Action, phases: list[Phase]) -> Action:
@@ -433,6 +854,7 @@ class _ActionContext:
     source: str
     reason: str
     change: _Change
+    batch: _Batch
 
     @property
     def current(self) -> Phase | None:
@@ -443,8 +865,10 @@ class _ActionContext:
 
     def writer(self) -> dict[str, Any]:
         """The attribution every lower service's write carries."""
-        text = self.reason or f"deployment {self.deployment.pk}: {self.deployment.name}"
-        return {"actor": self.actor, "source": self.source, "reason": text}
+        return {"actor": self.actor, "source": self.source, "reason": self.attribution()}
+
+    def attribution(self) -> str:
+        return self.reason or f"deployment {self.deployment.pk}: {self.deployment.name}"
 
 
 def _start(ctx: _ActionContext) -> None:
@@ -452,8 +876,8 @@ def _start(ctx: _ActionContext) -> None:
     _check_ready(deployment)
     first = ctx.phases[0]
     for phase in ctx.phases:
-        _reset_phase(phase)
-    _begin_phase(first, ctx.now)
+        _reset_phase(ctx, phase)
+    _begin_phase(ctx, first)
     deployment.current_phase = first.order
     deployment.started_at = ctx.now
     deployment.finished_at = None
@@ -486,10 +910,12 @@ def _require_reason_unless_held(ctx: _ActionContext, current: Phase, *, verb: st
 def _promote(ctx: _ActionContext) -> None:
     current = ctx.current
     assert current is not None  # the table allows promote only once started
-    _require_reason_unless_held(ctx, current, verb="promote")
-    _end_phase(current, PhaseStatus.PASSED, ctx.now)
+    if not ctx.reason or "judgement" not in ctx.change.evidence:
+        # The tick promotes on the judgement it has just made, and says so.
+        _require_reason_unless_held(ctx, current, verb="promote")
+    _end_phase(ctx, current, PhaseStatus.PASSED)
     following = next(phase for phase in ctx.phases if phase.order == current.order + 1)
-    _begin_phase(following, ctx.now)
+    _begin_phase(ctx, following)
     ctx.deployment.current_phase = following.order
     ctx.change.evidence["traffic"] = _set_traffic(ctx, following.traffic_percentage)
 
@@ -511,16 +937,22 @@ def _complete(ctx: _ActionContext) -> None:
     current = ctx.current
     for phase in ctx.phases:
         if phase is current:
-            _end_phase(phase, PhaseStatus.PASSED, ctx.now)
+            _end_phase(ctx, phase, PhaseStatus.PASSED)
         elif phase.status == PhaseStatus.PENDING:
             phase.status = PhaseStatus.SKIPPED
-            phase.save(update_fields=["status"])
+            ctx.batch.save_phase(phase)
     ctx.change.evidence["traffic"] = _set_traffic(ctx, _HUNDRED, release=True)
     service = deployment.service
     if service.stable_version != deployment.canary_version:
-        routing_services.service_update(
-            service=service, stable_version=deployment.canary_version, **ctx.writer()
-        )
+        writer = ctx.writer()
+        version = deployment.canary_version
+
+        def make_stable() -> None:
+            deployment.service = routing_services.service_update(
+                service=service, stable_version=version, **writer
+            )
+
+        ctx.batch.later.append(make_stable)
     ctx.change.evidence["stableVersion"] = deployment.canary_version
     _retire_rule(ctx)
     deployment.finished_at = ctx.now
@@ -529,7 +961,7 @@ def _complete(ctx: _ActionContext) -> None:
 def _rollback(ctx: _ActionContext) -> None:
     current = ctx.current
     if current is not None:
-        _end_phase(current, PhaseStatus.ROLLED_BACK, ctx.now)
+        _end_phase(ctx, current, PhaseStatus.ROLLED_BACK)
     ctx.change.evidence["traffic"] = _out_of_traffic(ctx)
     ctx.change.breach = dict(ctx.change.evidence)
 
@@ -544,7 +976,7 @@ def _finish_rollback(ctx: _ActionContext) -> None:
 def _fail(ctx: _ActionContext) -> None:
     current = ctx.current
     if current is not None and current.status == PhaseStatus.RUNNING:
-        _end_phase(current, PhaseStatus.FAILED, ctx.now)
+        _end_phase(ctx, current, PhaseStatus.FAILED)
     ctx.change.evidence["traffic"] = _out_of_traffic(ctx)
     _retire_rule(ctx)
     ctx.deployment.finished_at = ctx.now
@@ -553,7 +985,7 @@ def _fail(ctx: _ActionContext) -> None:
 def _abort(ctx: _ActionContext) -> None:
     current = ctx.current
     if current is not None and current.status == PhaseStatus.RUNNING:
-        _end_phase(current, PhaseStatus.ABORTED, ctx.now)
+        _end_phase(ctx, current, PhaseStatus.ABORTED)
     if ctx.deployment.started_at is not None or ctx.deployment.routing_rule_id is not None:
         ctx.change.evidence["traffic"] = _out_of_traffic(ctx)
         _retire_rule(ctx)
@@ -562,7 +994,7 @@ def _abort(ctx: _ActionContext) -> None:
 
 def _retry(ctx: _ActionContext) -> None:
     for phase in ctx.phases:
-        _reset_phase(phase)
+        _reset_phase(ctx, phase)
     deployment = ctx.deployment
     deployment.current_phase = None
     deployment.started_at = None
@@ -622,15 +1054,17 @@ def _check_ready(deployment: Deployment) -> None:
         )
 
 
-def _reset_phase(phase: Phase) -> None:
-    _fresh_phase(phase, PhaseStatus.PENDING, started_at=None)
+def _reset_phase(ctx: _ActionContext, phase: Phase) -> None:
+    _fresh_phase(ctx, phase, PhaseStatus.PENDING, started_at=None)
 
 
-def _begin_phase(phase: Phase, now: datetime) -> None:
-    _fresh_phase(phase, PhaseStatus.RUNNING, started_at=now)
+def _begin_phase(ctx: _ActionContext, phase: Phase) -> None:
+    _fresh_phase(ctx, phase, PhaseStatus.RUNNING, started_at=ctx.now)
 
 
-def _fresh_phase(phase: Phase, status: str, *, started_at: datetime | None) -> None:
+def _fresh_phase(
+    ctx: _ActionContext, phase: Phase, status: str, *, started_at: datetime | None
+) -> None:
     """The phase with nothing observed or judged yet: before a start, or as a retry leaves it."""
     phase.status = status
     phase.started_at = started_at
@@ -640,13 +1074,13 @@ def _fresh_phase(phase: Phase, status: str, *, started_at: datetime | None) -> N
     phase.judged_at = None
     phase.ready_at = None
     phase.breach_seen_at = None
-    phase.save()
+    ctx.batch.save_phase(phase)
 
 
-def _end_phase(phase: Phase, status: str, now: datetime) -> None:
+def _end_phase(ctx: _ActionContext, phase: Phase, status: str) -> None:
     phase.status = status
-    phase.ended_at = now
-    phase.save(update_fields=["status", "ended_at"])
+    phase.ended_at = ctx.now
+    ctx.batch.save_phase(phase)
 
 
 # ---------------------------------------------------------------------------- traffic effects
@@ -660,116 +1094,166 @@ def _set_traffic(
     release: bool = False,
 ) -> dict[str, Any]:
     """The canary's share in the deployment's routing rule and every linked flag's rollout,
-    in the caller's transaction. Returns what was set, for the event's evidence."""
+    written with the batch in the caller's transaction. Returns what is set, for the event's
+    evidence (the rule's id is filled in once the rule is written)."""
     deployment = ctx.deployment
     share = _percent(share)
     done: dict[str, Any] = {"canaryShare": float(share)}
     done["rule"] = _set_rule_weights(ctx, share)
     flags: dict[str, str] = {}
-    for flag in deployment.flags.order_by("key"):
-        if enable and flag.status == FlagStatus.DISABLED:
-            flag = flag_services.flag_enable(flag=flag, **ctx.writer())
-        flag_services.flag_set_rollout(
-            flag=flag, percentage=share, controlled_by=deployment.controller, **ctx.writer()
-        )
-        if release:
-            flag_services.flag_release_control(
-                flag=flag, controlled_by=deployment.controller, **ctx.writer()
+    links = ctx.batch.flags.get(deployment.pk, [])
+    writer = ctx.writer()
+
+    def set_flags() -> None:
+        for index, flag in enumerate(links):
+            if enable and flag.status == FlagStatus.DISABLED:
+                flag = flag_services.flag_enable(flag=flag, **writer)
+            flag = flag_services.flag_set_rollout(
+                flag=flag, percentage=share, controlled_by=deployment.controller, **writer
             )
-        flags[flag.key] = f"{share}%" if flag.status != FlagStatus.KILLED else "killed"
+            if release:
+                flag = flag_services.flag_release_control(
+                    flag=flag, controlled_by=deployment.controller, **writer
+                )
+            links[index] = flag
+            flags[flag.key] = f"{share}%" if flag.status != FlagStatus.KILLED else "killed"
+
+    if links:
+        ctx.batch.later.append(set_flags)
     done["flags"] = flags
     deployment.canary_share = share
     return done
 
 
 def _out_of_traffic(ctx: _ActionContext) -> dict[str, Any]:
-    """Canary weight 0 and every linked flag off, now. A flag that cannot be changed (killed
-    already, or driven by someone else) is reported, never allowed to stop the rollback."""
+    """Canary weight 0 and every linked flag off, now. A flag or a rule that cannot be changed
+    (killed already, driven by someone else, edited by hand) is reported, never allowed to
+    stop the rollback."""
     deployment = ctx.deployment
     done: dict[str, Any] = {"canaryShare": 0.0}
-    try:
-        done["rule"] = _set_rule_weights(ctx, _ZERO, create=False)
-    except CanaryError as error:
-        # Reported on the timeline; the flags below still go off.
-        done["rule"] = {"error": error.message}
+    done["rule"] = _set_rule_weights(ctx, _ZERO, create=False, tolerant=True)
     flags: dict[str, str] = {}
-    for flag in deployment.flags.order_by("key"):
-        flags[flag.key] = _flag_off(ctx, flag)
+    links = ctx.batch.flags.get(deployment.pk, [])
+    writer = ctx.writer()
+
+    def flags_off() -> None:
+        for index, flag in enumerate(links):
+            flags[flag.key], links[index] = _flag_off(deployment, flag, writer)
+
+    if links:
+        ctx.batch.later.append(flags_off)
     done["flags"] = flags
     deployment.canary_share = _ZERO
     return done
 
 
-def _flag_off(ctx: _ActionContext, flag: Flag) -> str:
-    controller = ctx.deployment.controller
+def _flag_off(deployment: Deployment, flag: Flag, writer: Mapping[str, Any]) -> tuple[str, Flag]:
+    controller = deployment.controller
     notes = []
     try:
         if flag.controlled_by in ("", controller):
             flag = flag_services.flag_set_rollout(
-                flag=flag, percentage=0, controlled_by=controller, **ctx.writer()
+                flag=flag, percentage=0, controlled_by=controller, **writer
             )
         if flag.status == FlagStatus.ENABLED:
-            flag = flag_services.flag_disable(flag=flag, **ctx.writer())
+            flag = flag_services.flag_disable(flag=flag, **writer)
         if flag.controlled_by == controller:
-            flag_services.flag_release_control(flag=flag, controlled_by=controller, **ctx.writer())
+            flag = flag_services.flag_release_control(flag=flag, controlled_by=controller, **writer)
     except CanaryError as error:
         notes.append(error.message)
     state = "killed" if flag.status == FlagStatus.KILLED else "off"
-    return f"{state} ({'; '.join(notes)})" if notes else state
+    return (f"{state} ({'; '.join(notes)})" if notes else state), flag
 
 
-def _set_rule_weights(ctx: _ActionContext, share: Decimal, *, create: bool = True) -> Any:
+def _set_rule_weights(
+    ctx: _ActionContext, share: Decimal, *, create: bool = True, tolerant: bool = False
+) -> Any:
     """Split the service between the stable and the canary target in the deployment's rule,
-    creating (or re-enabling) the rule when the canary enters traffic. Returns what was set."""
+    creating (or re-enabling) the rule when the canary enters traffic. Returns what is set;
+    the batch fills in the rule's id once it is written."""
     deployment = ctx.deployment
     stable, canary = deployment.stable_target, deployment.canary_target
     if stable is None or canary is None:
         # Nothing routes to a canary without a target; the start check requires both.
         return None
     weights = {stable.name: _HUNDRED - share, canary.name: share}
-    rule = deployment.routing_rule
-    if rule is None:
+    plan = ctx.batch.rules.get(deployment.pk)
+    exists = deployment.routing_rule is not None or (plan is not None and plan.create)
+    if not exists and not create:
+        return None
+    plan = ctx.batch.rule_plan(deployment, ctx.attribution())
+    plan.tolerant = plan.tolerant or tolerant
+    if not exists:
+        plan.create = True
+        plan.enabled = True
+    elif not plan.currently_enabled():
         if not create:
-            return None
-        rule = routing_services.rule_create(
-            service=deployment.service,
-            targets=weights,
-            name=f"deployment {deployment.pk}: {deployment.name}"[:100],
-            priority=conf.rule_priority(),
-            **ctx.writer(),
-        )
-        deployment.routing_rule = rule
-    elif not rule.enabled:
-        if not create:
-            return _weights_json(rule, {})
-        rule = routing_services.rule_update(
-            rule=rule, enabled=True, targets=weights, **ctx.writer()
-        )
-    else:
-        try:
-            rule = routing_services.rule_set_weights(rule=rule, weights=weights, **ctx.writer())
-        except ValidationFailed:
-            # Someone changed the rule's members: make them the deployment's two targets again.
-            rule = routing_services.rule_update(rule=rule, targets=weights, **ctx.writer())
-    return _weights_json(rule, weights)
+            return {"id": deployment.routing_rule_id, "weights": {}}
+        plan.enabled = True
+    plan.weights = weights
+    report: dict[str, Any] = {
+        "id": deployment.routing_rule_id,
+        "weights": {name: float(value) for name, value in weights.items()},
+    }
+    plan.reports.append(report)
+    return report
 
 
 def _retire_rule(ctx: _ActionContext) -> None:
     """A finished deployment's rule is disabled, not deleted: requests take the service's
     default route (its stable version, the canary's after a success), no old catch-all rule
     shadows the next deployment's, and a retry enables it again."""
-    rule = ctx.deployment.routing_rule
-    if rule is not None and rule.enabled:
-        ctx.deployment.routing_rule = routing_services.rule_update(
-            rule=rule, enabled=False, **ctx.writer()
-        )
+    deployment = ctx.deployment
+    plan = ctx.batch.rules.get(deployment.pk)
+    if deployment.routing_rule is None and (plan is None or not plan.create):
+        return
+    plan = ctx.batch.rule_plan(deployment, ctx.attribution())
+    if plan.currently_enabled():
+        plan.enabled = False
 
 
-def _weights_json(rule: RoutingRule, weights: Mapping[str, Any]) -> dict[str, Any]:
-    return {"id": rule.pk, "weights": {name: float(value) for name, value in weights.items()}}
+# ---------------------------------------------------------------------------- rows, follow-ups
 
 
-# ---------------------------------------------------------------------------- events, follow-ups
+def _write_rows(model: Any, rows: list[Any], fields: list[str]) -> None:
+    """Write ``fields`` of many rows in one statement. Django's bulk_update builds a CASE per
+    field and row; on PostgreSQL an UPDATE from one JSON parameter unpacked into rows does the
+    same in a fraction of the time."""
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        model.objects.bulk_update(rows, fields, batch_size=500)
+        return
+    columns = [model._meta.get_field(name) for name in fields]
+    table = connection.ops.quote_name(model._meta.db_table)
+    quoted = [connection.ops.quote_name(column.column) for column in columns]
+    assignments = ", ".join(f"{name} = v.{name}" for name in quoted)
+    types = ", ".join(
+        f"{name} {column.cast_db_type(connection) or column.db_type(connection)}"
+        for name, column in zip(quoted, columns, strict=True)
+    )
+    for offset in range(0, len(rows), 5_000):
+        records = [
+            {
+                "id": row.pk,
+                **{column.column: _json_value(getattr(row, column.attname)) for column in columns},
+            }
+            for row in rows[offset : offset + 5_000]
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} AS t SET {assignments} "
+                f"FROM jsonb_to_recordset(%s::jsonb) AS v(id bigint, {types}) WHERE t.id = v.id",
+                [json.dumps(records, separators=(",", ":"))],
+            )
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
 
 
 def _event(
@@ -799,14 +1283,24 @@ def _event(
     )
 
 
-def _after_commit(
-    deployment: Deployment,
-    event: DeploymentEvent,
-    action: Action,
-    before: str,
-    after: str,
-    change: _Change,
-) -> None:
+def _resolve_alerts(deployments: list[Deployment], now: datetime) -> None:
+    """The health alerts open on canaries that have left traffic are resolved: nothing is left
+    to watch, and nobody is told again about a version that no longer serves."""
+    if not deployments:
+        return
+    health_services.alerts_resolve_for_canaries(
+        canaries=[(d.service.name, d.canary_version) for d in deployments],
+        reason=f"The canary left traffic ({deployments[0].get_status_display().lower()})."
+        if len(deployments) == 1
+        else "The canary left traffic.",
+        now=now,
+    )
+
+
+def _after_commit(planned: _Planned, event: DeploymentEvent) -> None:
+    deployment, action, change = planned.deployment, planned.action, planned.change
+    before, after = planned.before, planned.after
+
     def follow_up() -> None:
         _send(
             deployment_transitioned,
@@ -827,11 +1321,18 @@ def _after_commit(
             )
 
     transaction.on_commit(follow_up)
-    if after == DeploymentStatus.RUNNING and conf.enqueue_follow_ups():
-        from deployments import tasks
 
-        # The new phase is judged at once rather than at the next beat.
-        tasks.deployment_tick.delay_on_commit(deployment.pk)
+
+def _tick_after_commit(deployment_ids: list[int]) -> None:
+    """A new phase is judged at once rather than at the next beat: one task for the batch."""
+    if not deployment_ids or not conf.enqueue_follow_ups():
+        return
+    from deployments import tasks
+
+    if len(deployment_ids) == 1:
+        tasks.deployment_tick.delay_on_commit(deployment_ids[0])
+    else:
+        tasks.deployments_tick.delay_on_commit(deployment_ids=deployment_ids)
 
 
 def _send(signal: Any, **kwargs: Any) -> None:
@@ -950,11 +1451,8 @@ def deployments_tick(
         decisions = [verdict for verdict in verdicts if _decides(verdict, report)]
         del deployments, running, verdicts
 
-    # Each decision is its own transaction, with the row locked (`deployment_transition`).
-    for deployment in overdue:
-        _end_overdue(deployment, now, report)
-    for verdict in decisions:
-        _act(verdict, now, report)
+    # Every decision of the tick in one transaction, every row locked at once.
+    _decide_all(overdue, decisions, now, report)
     report.lap("decide", clock)
     return report
 
@@ -962,30 +1460,25 @@ def deployments_tick(
 OUT_OF_TRAFFIC = "The canary is out of traffic: its weight is 0 and its flags are off."
 
 
-def _end_overdue(deployment: Deployment, now: datetime, report: TickReport) -> None:
+def _overdue_request(deployment: Deployment, now: datetime) -> TransitionRequest:
     """Finish a rollback an interrupted tick left half way, or fail a deployment past its
     maximum time (traffic back to stable)."""
     if deployment.status == DeploymentStatus.ROLLING_BACK:
-        _decide(
-            report,
-            "rolled_back",
-            deployment,
-            Action.FINISH_ROLLBACK,
-            now=now,
+        return TransitionRequest(
+            deployment_id=deployment.pk,
+            action=Action.FINISH_ROLLBACK,
             reason=OUT_OF_TRAFFIC,
+            expected_status=deployment.status,
         )
-        return
     limit = format_duration(deployment.max_deployment_time_ms)
-    _decide(
-        report,
-        "failed",
-        deployment,
-        Action.FAIL,
-        now=now,
+    return TransitionRequest(
+        deployment_id=deployment.pk,
+        action=Action.FAIL,
         reason=f"Past the maximum deployment time of {limit} (started "
         f"{deployment.started_at:%Y-%m-%d %H:%M:%S} UTC); traffic is back on "
         "the stable version.",
         evidence={"maxDeploymentTimeMs": deployment.max_deployment_time_ms},
+        expected_status=deployment.status,
     )
 
 
@@ -1022,15 +1515,28 @@ def _judge_all(running: list[Deployment], now: datetime, report: TickReport) -> 
             stable_version=deployment.stable_version,
             policy=policies.get(deployment.health_policy_id) or default,
             planned_canary_share=float(phase.traffic_percentage),
+            # Each phase on its own traffic: the share changes only when a phase begins.
+            window_start=phase.started_at,
         )
         for deployment, phase in pairs
     ]
+    # A phase that began after the latest window closed has no traffic of its own to judge
+    # yet (the tick right after a transition): nothing is asked of the health app for it.
+    end = health_windows.window_end(
+        now, resolution=health_conf.bucket_seconds(), settle=health_conf.settle_seconds()
+    )
+    judged = [i for i, (_d, phase) in enumerate(pairs) if phase.started_at < end]
     clock = time.perf_counter()
-    checks = _evaluate(requests, now, report)
+    checks: list[Any] = [None] * len(pairs)
+    for index, check in zip(
+        judged, _evaluate([requests[i] for i in judged], now, report), strict=True
+    ):
+        checks[index] = check
     clock = report.lap("health", clock)
     report.evaluated = sum(1 for check in checks if check is not None)
 
     max_gap = conf.max_gap()
+    min_requests, z = conf.phase_min_requests(), conf.threshold_z()
     verdicts: list[_Verdict] = []
     specs: dict[Any, _PhaseSpec] = {}  # deployments made from one template share their phases
     for (deployment, phase), check in zip(pairs, checks, strict=True):
@@ -1039,10 +1545,13 @@ def _judge_all(running: list[Deployment], now: datetime, report: TickReport) -> 
         changed = False
         evidence: dict[str, Any] = {"phase": phase.order}
         policy_breach = False
+        seen = Evidence.from_dict(log.get("e"))
         if check is not None:
             values = observing.canary_values(check.result, metrics)
             log, changed = observing.record(log, at=check.window_end, values=values)
             log = observing.trim(log, keep=keep, since=phase.started_at)
+            seen = observing.evidence(check.result, at=check.window_end)
+            log["e"] = seen.to_dict()
             evidence["healthCheck"] = {
                 "id": check.pk,
                 "verdict": check.verdict,
@@ -1052,12 +1561,17 @@ def _judge_all(running: list[Deployment], now: datetime, report: TickReport) -> 
                 "canary": values,
             }
             policy_breach = bool(check.should_rollback)
+        elif seen is not None:
+            log["e"] = seen.to_dict()
         judgement = phase_judgement(
             spec,
             started_at=phase.started_at,
             now=now,
             observations=observing.observations(log, spec),
             max_gap=max_gap,
+            evidence=seen,
+            min_requests=min_requests,
+            z=z,
         )
         judgement = _with_policy(judgement, check, policy_breach)
         evidence["judgement"] = judgement.to_dict()
@@ -1097,6 +1611,8 @@ def _phase_spec(phase: Phase, cache: dict[Any, _PhaseSpec], max_gap: timedelta) 
 
 def _evaluate(requests: list[EvaluationRequest], now: datetime, report: TickReport) -> list[Any]:
     """The health pass; if the bulk call refuses one request, the others are still judged."""
+    if not requests:
+        return []
     try:
         return list(health_services.health_evaluate_many(requests=requests, now=now))
     except CanaryError as error:
@@ -1112,8 +1628,8 @@ def _evaluate(requests: list[EvaluationRequest], now: datetime, report: TickRepo
 
 
 def _with_policy(judgement: PhaseJudgement, check: Any, policy_breach: bool) -> PhaseJudgement:
-    """Fold the health policy's own verdict into the phase's: its auto-rollback is a breach,
-    and a critical verdict holds the phase back even when every criterion held."""
+    """Fold the health policy's own verdict into the phase's: its auto-rollback is a breach.
+    (A verdict that is not healthy already holds the phase: see `phase_judgement`.)"""
     if check is None:
         return judgement
     if policy_breach and judgement.outcome != Outcome.BREACH:
@@ -1122,13 +1638,6 @@ def _with_policy(judgement: PhaseJudgement, check: Any, policy_breach: bool) -> 
             outcome=Outcome.BREACH,
             reason=f"Roll back: the health policy '{check.policy_name}' asks for it: "
             f"{check.message}",
-        )
-    if judgement.outcome == Outcome.ADVANCE and check.verdict == "critical":
-        return _replace(
-            judgement,
-            outcome=Outcome.WAIT,
-            reason=f"Wait: every criterion held, but the health policy '{check.policy_name}' "
-            f"judges the canary critical: {check.message}",
         )
     return judgement
 
@@ -1330,88 +1839,134 @@ def _decides(verdict: _Verdict, report: TickReport) -> bool:
     return False
 
 
-def _act(verdict: _Verdict, now: datetime, report: TickReport) -> None:
-    """Take the decision `_decides` found: roll back a breach, or advance (succeed after the
-    last phase)."""
-    deployment, phase, judgement = verdict.deployment, verdict.phase, verdict.judgement
-    if judgement.outcome == Outcome.BREACH:
-        done = _decide(
-            report,
-            None,
-            deployment,
-            Action.ROLLBACK,
-            now=now,
-            phase=phase.order,
-            reason=judgement.reason,
-            evidence=verdict.evidence,
+def _decide_all(
+    overdue: list[Deployment], decisions: list[_Verdict], now: datetime, report: TickReport
+) -> None:
+    """Take the tick's decisions through the transition service, all in one transaction:
+    rollbacks first, then failures past the maximum time, then advances. A row another
+    process holds, or a deployment that moved on since it was judged, is left for the next
+    tick."""
+    requests: list[TransitionRequest] = []
+    # For each request: the report's counter, and the request it follows (its result counts
+    # only if that one was done).
+    counting: list[tuple[str | None, int | None]] = []
+    rollbacks = [v for v in decisions if v.judgement.outcome == Outcome.BREACH]
+    advances = [v for v in decisions if v.judgement.outcome != Outcome.BREACH]
+    for verdict in rollbacks:
+        deployment = verdict.deployment
+        requests.append(
+            TransitionRequest(
+                deployment_id=deployment.pk,
+                action=Action.ROLLBACK,
+                reason=verdict.judgement.reason,
+                evidence={**verdict.evidence, **_fault_start(verdict, now)},
+                expected_phase=verdict.phase.order,
+                expected_status=deployment.status,
+            )
         )
-        if done:
-            _decide(
-                report,
-                "rolled_back",
-                deployment,
-                Action.FINISH_ROLLBACK,
-                now=now,
+        counting.append((None, None))
+        requests.append(
+            TransitionRequest(
+                deployment_id=deployment.pk,
+                action=Action.FINISH_ROLLBACK,
                 reason=OUT_OF_TRAFFIC,
                 expected_status=DeploymentStatus.ROLLING_BACK,
             )
+        )
+        counting.append(("rolled_back", len(requests) - 2))
+    for deployment in overdue:
+        requests.append(_overdue_request(deployment, now))
+        counting.append(
+            (
+                "rolled_back" if deployment.status == DeploymentStatus.ROLLING_BACK else "failed",
+                None,
+            )
+        )
+    for verdict in advances:
+        deployment = verdict.deployment
+        last = deployment.on_last_phase
+        requests.append(
+            TransitionRequest(
+                deployment_id=deployment.pk,
+                action=Action.SUCCEED if last else Action.PROMOTE,
+                reason=verdict.judgement.reason,
+                evidence=verdict.evidence,
+                expected_phase=verdict.phase.order,
+                expected_status=deployment.status,
+            )
+        )
+        counting.append(("succeeded" if last else "advanced", None))
+    if not requests:
         return
-    last = deployment.on_last_phase
-    _decide(
-        report,
-        "succeeded" if last else "advanced",
-        deployment,
-        Action.SUCCEED if last else Action.PROMOTE,
-        now=now,
-        phase=phase.order,
-        reason=judgement.reason,
-        evidence=verdict.evidence,
+    try:
+        results = deployments_transition(
+            requests=requests, source=Source.SYSTEM, skip_locked=True, now=now
+        )
+    except CanaryError as error:
+        report.errors.append(f"decisions: {error.message}")
+        logger.warning("Tick could not take its decisions: %s", error)
+        return
+    for result, (counter, follows) in zip(results, counting, strict=True):
+        if follows is not None and not results[follows].done:
+            continue
+        _count(report, result, counter)
+
+
+def _fault_start(verdict: _Verdict, now: datetime) -> dict[str, Any]:
+    """When the fault that is being rolled back began, as the metric store shows it: the start
+    of its first bad bucket in the phase (`observing.fault_start`), so that the time to the
+    rollback is counted from the fault, not from the look that judged it. One query, for a
+    rollback only."""
+    deployment, phase = verdict.deployment, verdict.phase
+    check = verdict.evidence.get("healthCheck") or {}
+    end = datetime.fromisoformat(check["windowEnd"]) if check.get("windowEnd") else now
+    step = health_conf.bucket_seconds()
+    if phase.started_at is None or end <= phase.started_at:
+        return {}
+    span = int((end - phase.started_at).total_seconds()) + step
+    series = health_selectors.series_many(
+        service=deployment.service.name,
+        versions=[deployment.canary_version, deployment.stable_version],
+        metrics=["requests", "error_rate", "latency_p95"],
+        window_seconds=span,
+        now=end,
+        step_seconds=step,
     )
 
-
-def _decide(
-    report: TickReport,
-    counter: str | None,
-    deployment: Deployment,
-    action: Action,
-    *,
-    now: datetime,
-    reason: str,
-    evidence: Mapping[str, Any] | None = None,
-    phase: int | None = None,
-    expected_status: str | None = None,
-) -> bool:
-    """Take one automatic decision through the one transition service; a row another process
-    holds, or a deployment that moved on since it was judged, is left for the next tick."""
-    try:
-        deployment_transition(
-            deployment_id=deployment.pk,
-            action=action,
-            source=Source.SYSTEM,
-            reason=reason,
-            evidence=evidence,
-            expected_phase=phase,
-            expected_status=expected_status or deployment.status,
-            skip_locked=True,
-            now=now,
+    def rows(version: str) -> list[tuple[float, float | None, float | None]]:
+        requests, rates, p95 = (
+            series[(version, metric)].values for metric in ("requests", "error_rate", "latency_p95")
         )
-    except DeploymentBusy:
+        return [
+            (n or 0.0, rate, latency) for n, rate, latency in zip(requests, rates, p95, strict=True)
+        ]
+
+    moments = series[(deployment.canary_version, "requests")].timestamps
+    canary, stable = rows(deployment.canary_version), rows(deployment.stable_version)
+    # Only the phase's own buckets: the first whole one after it began, onwards.
+    first = next((i for i, moment in enumerate(moments) if moment >= phase.started_at), None)
+    if first is None:
+        return {}
+    index = observing.fault_start(canary[first:], stable[first:])
+    if index is None:
+        return {}
+    return {"faultStart": moments[first + index].isoformat()}
+
+
+def _count(report: TickReport, result: TransitionResult, counter: str | None) -> None:
+    request, error = result.request, result.error
+    if error is None:
+        if counter:
+            setattr(report, counter, getattr(report, counter) + 1)
+        return
+    if isinstance(error, DeploymentBusy) or getattr(error, "code", "") == "moved_on":
+        # Another tick, or a person, decided first.
         report.skipped += 1
-        return False
-    except TransitionNotAllowed as error:
-        if error.code != "moved_on":
-            report.errors.append(f"deployment {deployment.pk} {action}: {error.message}")
-        else:
-            # Another tick, or a person, decided first.
-            report.skipped += 1
-        return False
-    except CanaryError as error:
-        report.errors.append(f"deployment {deployment.pk} {action}: {error.message}")
-        logger.warning("Tick could not %s deployment %s: %s", action, deployment.pk, error)
-        return False
-    if counter:
-        setattr(report, counter, getattr(report, counter) + 1)
-    return True
+        return
+    report.errors.append(f"deployment {request.deployment_id} {request.action}: {error.message}")
+    logger.warning(
+        "Tick could not %s deployment %s: %s", request.action, request.deployment_id, error
+    )
 
 
 # ============================================================================ judgement
@@ -1428,12 +1983,21 @@ def judge_phase(phase: Phase, *, now: datetime | None = None) -> PhaseJudgement:
         now=now,
         observations=observing.observations(phase.observations, spec),
         max_gap=conf.max_gap(),
+        evidence=Evidence.from_dict((phase.observations or {}).get("e")),
+        min_requests=conf.phase_min_requests(),
+        z=conf.threshold_z(),
     )
 
 
 def default_policy() -> HealthPolicy:
     """The health policy for deployments that name none: created on first use through the
-    health app's service, visible and editable on the health pages like any other."""
+    health app's service, visible and editable on the health pages like any other.
+
+    It is the health app's safe policy: the canary is compared with stable on each phase's own
+    traffic and rolled back when it is significantly and materially worse (its error rate, or
+    its latency), and the alert goes out on every channel the site has configured. A
+    deployment created with no thresholds at all, from the wizard, the simple configuration
+    or REST, is protected by it; the phases' own thresholds are a second line."""
     name = conf.default_policy_name()
     policy = selectors.health_policy_named(name)
     if policy is not None:
@@ -1443,17 +2007,20 @@ def default_policy() -> HealthPolicy:
             return health_services.health_policy_create(
                 name=name,
                 description=(
-                    "Judges canaries of deployments that name no policy. The deployment's own "
-                    "phases hold the success criteria and rollback thresholds."
+                    "Judges canaries of deployments that name no policy: rolls back a canary "
+                    "significantly and materially worse than stable on the phase's own "
+                    "traffic. The deployment's phases hold the success criteria and the "
+                    "absolute rollback thresholds."
                 ),
-                alerting_enabled=False,
+                alerting_enabled=True,
+                alert_channels=conf.default_alert_channels(),
                 policy={
                     "window_seconds": conf.default_window_seconds(),
                     "min_requests": conf.default_min_requests(),
                     "no_data": "inconclusive",
                     "thresholds": [],
                     "trend": {"enabled": False},
-                    "auto_rollback": {"enabled": False},
+                    "auto_rollback": {"enabled": True},
                 },
             )
     except CanaryError:

@@ -1,9 +1,10 @@
 """Celery tasks of the deployments app: thin wrappers around its services.
 
 Beat runs `deployments_tick` every ``CANARY_TICK_SECONDS``; a transition that leaves a
-deployment running enqueues `deployment_tick` for it after commit, so a new phase is judged at
-once. Both re-read every row and act only on what is still under way, so running twice (or
-after a worker died half-way) is harmless.
+deployment running enqueues `deployment_tick` for it after commit (a batch of transitions,
+one `deployments_tick` for their deployments), so a new phase is judged at once. Both
+re-read every row and act only on what is still under way, so running twice (or after a worker
+died half-way) is harmless.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from deployments import services
 
 
 @shared_task(ignore_result=True)
-def deployments_tick() -> dict[str, Any]:
-    """The control loop's step 3 for every deployment under way."""
-    return services.deployments_tick().to_dict()
+def deployments_tick(deployment_ids: list[int] | None = None) -> dict[str, Any]:
+    """The control loop's step 3 for every deployment under way (or those of these ids)."""
+    return services.deployments_tick(deployment_ids=deployment_ids).to_dict()
 
 
 @shared_task(ignore_result=True)

@@ -34,12 +34,15 @@ Estimates (null when the phases could not be read, or when nothing bounds the ti
   holding from its phase's start: the sum over phases of (the phase's minimum time + one tick),
   since the tick that advances a phase comes after its conditions are met. A person promoting
   (autoPromote off, or manual) adds their own delay, not counted.
-- ``worstCaseTimeToRollbackMs``: from the moment an observation breaches a rollback threshold to
-  the canary being out of traffic: the health evaluation interval (the breach is measured at
-  the next evaluation) + the tick interval (the tick that acts on it) + how long a breach must
-  last (0: a rollback threshold acts on one observation) + the rollback action's time budget.
-  Success criteria holds do not delay a rollback: a breach outranks them. Null when
-  autoRollback is off (a person decides) or no phase has a rollback threshold.
+- ``worstCaseTimeToRollbackMs``: from the fault's first bad bucket (the moment the canary
+  starts failing) to the canary being out of traffic, for a fault beyond the thresholds over a
+  whole window: the data delay (the proxy's flush, one metric bucket and the health app's
+  settle time, before a bucket can be judged) + one evaluation window filled with the fault +
+  the health evaluation interval + the tick interval (the tick that acts on it) + how long a
+  breach must last (0: a rollback threshold acts on one look) + the rollback action's time
+  budget. A gross fault shows in the fast window sooner; a subtle one can take longer than a
+  window to be beyond doubt. Success criteria holds do not delay a rollback: a breach
+  outranks them. Null when autoRollback is off (a person decides).
 
 Context shape (every key optional)::
 
@@ -188,20 +191,32 @@ class Timing:
 
     ``evaluation_interval_ms`` None means the health app evaluates on every tick.
     ``rollback_action_ms`` is the budget for taking the canary out of traffic (the seed guide's
-    stop-traffic action allows 30 s).
+    stop-traffic action allows 30 s). ``data_delay_ms`` is how long a bucket of outcomes takes
+    to be judged at all (the proxy's flush, the bucket itself, the settle time) and
+    ``window_ms`` the evaluation window a fault must fill, both counted from the fault's first
+    bad bucket.
     """
 
     tick_interval_ms: int = 5_000
     evaluation_interval_ms: int | None = None
     breach_hold_ms: int = 0
     rollback_action_ms: int = 30_000
+    data_delay_ms: int = 16_000
+    window_ms: int = 60_000
 
     @property
     def worst_case_rollback_ms(self) -> int:
         evaluation = self.evaluation_interval_ms
         if evaluation is None:
             evaluation = self.tick_interval_ms
-        return evaluation + self.tick_interval_ms + self.breach_hold_ms + self.rollback_action_ms
+        return (
+            self.data_delay_ms
+            + self.window_ms
+            + evaluation
+            + self.tick_interval_ms
+            + self.breach_hold_ms
+            + self.rollback_action_ms
+        )
 
 
 @dataclass(frozen=True)
@@ -490,7 +505,8 @@ def validate_canary_deployment(
         findings.estimated_time_to_full_promotion_ms = sum(
             phase.minimum_time_ms + timing.tick_interval_ms for phase in phases
         )
-        if fields.get("autoRollback") is True and any(p.rollback_thresholds for p in phases):
+        # The health policy's comparison with stable rolls back a phase without thresholds too.
+        if fields.get("autoRollback") is True:
             findings.worst_case_time_to_rollback_ms = timing.worst_case_rollback_ms
 
 
@@ -536,7 +552,8 @@ def _check_phase(phase: PhaseConfig, path: str, findings: Findings) -> None:
         findings.warning(
             f"{path}.rollbackThresholds",
             "no_rollback_thresholds",
-            f"{path} has no rollback thresholds: nothing rolls it back automatically.",
+            f"{path} has no rollback thresholds: only the health policy's comparison with "
+            "stable rolls it back automatically.",
         )
     for name, limit in thresholds.items():
         _check_threshold(name, limit, f"{path}.rollbackThresholds.{name}", findings)
@@ -755,10 +772,13 @@ def _check_top_level(
             "autoRollback is off: a breach waits for a person while the canary keeps its traffic.",
         )
     elif auto_rollback is True and phases and not any(p.rollback_thresholds for p in phases):
-        findings.error(
+        # The health policy's comparison with stable still rolls back; no second line is
+        # a choice to know about, not an error.
+        findings.warning(
             "autoRollback",
             "auto_rollback_without_thresholds",
-            "autoRollback is on but no phase has a rollback threshold, so it can never act.",
+            "autoRollback is on but no phase has a rollback threshold: only the health "
+            "policy's comparison with stable rolls the canary back.",
         )
     if fields.get("trafficShiftStrategy") == TrafficShiftStrategy.MANUAL and fields.get(
         "autoPromote"
@@ -820,8 +840,9 @@ def _check_context(
             findings.error(
                 "context.resourceConstraints.maxRollbackTimeMs",
                 "rollback_time_exceeds_constraint",
-                f"A breach can take {format_duration(timing.worst_case_rollback_ms)} to roll back "
-                f"(evaluation, tick, rollback action), more than this environment's "
+                f"A fault can take {format_duration(timing.worst_case_rollback_ms)} from its "
+                "first bad bucket to a rollback (data delay, evaluation window, evaluation, "
+                f"tick, rollback action), more than this environment's "
                 f"{format_duration(limit)}.",
             )
 

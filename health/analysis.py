@@ -6,11 +6,14 @@ the stable version from the metric store, snapshots the policy with `build_polic
 
 Policy dict shape (every key optional; `build_policy()` fills in the defaults shown, rejects
 unknown keys and raises `InvalidPolicy(field, message)` naming the offending field, e.g.
-`thresholds[0].critical`)::
+`thresholds[0].critical`). With no keys at all the policy is safe: it compares the canary with
+stable on its own traffic and asks for a rollback when the canary is significantly and
+materially worse::
 
     {
-        "window_seconds": 300,          # length of one evaluation window; the caller's contract
-        "min_requests": 100,            # smallest sample per window that counts as data
+        "window_seconds": 300,          # length of the current window; the caller's contract
+        "fast_window_seconds": 10,      # the recent window that catches a gross fault at once
+        "min_requests": 100,            # smallest sample per window that can pass
         "no_data": "inconclusive",      # what a window below it means: fail | inconclusive | ignore
         "thresholds": [                 # absolute bounds on the canary's own metrics
             {
@@ -22,14 +25,18 @@ unknown keys and raises `InvalidPolicy(field, message)` naming the offending fie
                 "consecutive_failures": 1,
             },
         ],
-        "comparison": {                 # canary against stable
+        "comparison": {                 # canary against stable (see health.sequential)
             "enabled": true,
             "metrics": ["error_rate", "latency"],
-            "tolerance_percent": 10.0,  # how much worse than stable, relatively, is tolerated
-            "alpha": 0.05,              # significance level of the one-sided tests
-            "latency_percentile": 95.0, # the percentile the latency tolerance applies to
-            "baseline_window_seconds": 300,  # stable window length; defaults to window_seconds
+            "tolerance_percent": 50.0,  # relative margin: how much worse than stable is tolerated
+            "margin_points": 0.05,      # absolute margin of error rates, in percentage points
+            "margin_ms": 5.0,           # absolute margin of latency, in ms
+            "alpha": 0.01,              # the phase test's false-alarm bound per phase
+            "fast_alpha": 0.0001,       # the fast window's test, per look
+            "latency_percentile": 95.0, # the percentile latency is compared on
+            "baseline_window_seconds": 300,  # stable's traffic before the phase that it is read on
             "severity": "critical",     # a degradation's verdict: warning | critical | inconclusive
+            "rollback": true,           # a degradation asks for a rollback (with auto_rollback)
         },
         "trend": {                      # worsening trends over the recent canary windows
             "enabled": true,
@@ -45,7 +52,7 @@ unknown keys and raises `InvalidPolicy(field, message)` naming the offending fie
             "severity": "warning",
         },
         "auto_rollback": {
-            "enabled": true,
+            "enabled": true,            # off: breaches are reported, never acted on
             "thresholds": [
                 {"metric": "error_rate", "operator": "gt", "threshold": 15.0,
                  "consecutive_violations": 2},
@@ -56,34 +63,53 @@ unknown keys and raises `InvalidPolicy(field, message)` naming the offending fie
 Rates and availability are percentages (0 to 100), latencies milliseconds, throughput requests
 per second; a custom metric is judged on its mean over the window (sum / count).
 
+Windows. `evaluate()` judges up to three windows of the canary, each beside stable's traffic
+over the same span: the **current** window (the policy's ``window_seconds``: thresholds, trends,
+the sample ratio, and the values a deployment observes), the **fast** window (the last
+``fast_window_seconds``) and the **phase** window (everything since the request's
+``window_start``, the canary's own traffic in its current share). None of them reaches back
+before ``window_start``. The phase window is the slow window of the multi-window idea: its
+sequential test catches a subtle fault surely, the fast window a gross one within seconds.
+
 Verdict rules:
 
-- A threshold reports the most severe level whose bound the canary breached in the current
-  window and in each of the `consecutive_failures - 1` windows before it (`history`); a window
-  without data breaks the streak. A critical bound breached now but not yet long enough reports
-  warning, so a critical breach is never a pass.
-- A comparison flags a degradation only when the canary is worse than stable both significantly
-  (one-sided test, p < alpha) and beyond the tolerance, relative to stable (against an error-free
-  stable any canary error rate is beyond it, so significance decides). Error rates use a
-  two-proportion z-test, or Fisher's exact test when an expected cell count is below 5; latency
-  uses a Mann-Whitney U test computed from the two histograms' bucket counts (bucket ties are
-  ties; normal approximation with tie and continuity corrections).
+- A threshold is breached only beyond doubt: the bound of the canary's 95% interval nearest to
+  good (Wilson for error rate and availability, the histogram's order statistics for latency
+  percentiles) is on the bad side, in the current window and in each of the
+  `consecutive_failures - 1` windows before it (`history`); a window without data breaks the
+  streak. A critical bound breached now but not yet long enough reports warning, so a critical
+  breach is never a pass. Throughput and custom metrics have no interval and use their value.
+- A comparison (`health.sequential`) is critical (the policy's severity) when the canary is
+  significantly and materially worse than stable: its error rate, or its share of requests
+  slower than stable's percentile plus the margin, is beyond what stable's cautious rate plus
+  the margin allows, by the phase window's anytime-valid test (false alarms at most ``alpha``
+  per phase however often it looks) or by the fast window's exact test (at most
+  ``fast_alpha`` per look). The phase comparison passes when the phase has ``min_requests`` of
+  the canary's own and the canary's rate is within what it may have; it is inconclusive when it
+  is above that but not yet beyond doubt. A quiet fast window is not counted: a few seconds
+  say nothing in favour of the canary.
 - A trend flags a significant one-sided Mann-Kendall trend over the recent windows with data,
   the current one included, in the worsening direction: the one the metric's threshold calls
   bad, else upwards (error rate, latency, custom metrics) or downwards (availability,
   throughput). Sen's slope reports its size.
 - The sample-ratio check runs a chi-square goodness-of-fit test of the observed canary/stable
-  request split against `planned_canary_share` and flags p < alpha (0.001 by default).
+  request split in the current window against `planned_canary_share` and flags p < alpha
+  (0.001 by default); the window starts no earlier than the share did.
 - Data is sparse when the window has fewer than `min_requests` requests (latency: latency
   samples; a custom metric: no sample at all). A check on sparse data has the verdict no_data,
   which counts as critical, inconclusive or nothing, per `no_data`. Sparse data is never a pass.
 - The overall verdict is the worst counted result, in the order pass < inconclusive < warning
-  < critical. With nothing counted it is inconclusive. Two kinds of result never vote pass on
-  their own: a trend without enough history yet is not counted at all, and a sample-ratio check
-  that finds the split as planned says nothing about health, so it counts only when it flags.
-- `should_rollback` is true when auto-rollback is enabled and a rollback threshold was violated
-  in the current window and the `consecutive_violations - 1` before it. Sparse data never
-  triggers a rollback.
+  < critical. With nothing counted it is inconclusive. Some results never vote pass on their
+  own: a trend without enough history yet is not counted at all, a sample-ratio check that
+  finds the split as planned says nothing about health, and a quiet fast window says nothing
+  either, so they count only when they flag.
+- `should_rollback` is true when auto-rollback is enabled and either a comparison found the
+  canary worse (with ``comparison.rollback``), or a rollback threshold was violated beyond
+  doubt in the current window and the `consecutive_violations - 1` before it. Sparse data
+  never triggers a rollback.
+
+Every result's sentence states its sample ("2 errors in 48 requests (4.17%, 95% interval
+1.15-13.98%)"), and `Evaluation.to_dict()` carries each window's counts.
 """
 
 from __future__ import annotations
@@ -97,6 +123,7 @@ from functools import cached_property
 from statistics import median
 from typing import Any
 
+from health import sequential
 from health.histogram import Histogram
 
 # --------------------------------------------------------------------------- vocabulary
@@ -294,6 +321,62 @@ class WindowStats:
             return int(stat[1]) if stat else 0
         return self.requests
 
+    def interval(self, metric: str) -> tuple[float, float] | None:
+        """The 95% interval of ``metric`` over the window, or None when it has none (no data,
+        or a metric without one: throughput, custom metrics)."""
+        if metric in _PERCENT_METRICS:
+            if not self.requests:
+                return None
+            return self._rate_interval if metric == ERROR_RATE else self._availability_interval
+        if metric in _LATENCY_QUANTILES:
+            intervals = self._latency_intervals
+            return None if intervals is None else intervals[metric]
+        return None
+
+    @cached_property
+    def _rate_interval(self) -> tuple[float, float]:
+        low, high = sequential.wilson(self.errors, self.requests)
+        return 100.0 * float(low), 100.0 * float(high)
+
+    @cached_property
+    def _availability_interval(self) -> tuple[float, float]:
+        low, high = self._rate_interval
+        return 100.0 - high, 100.0 - low
+
+    @cached_property
+    def _latency_intervals(self) -> dict[str, tuple[float, float]] | None:
+        if not self.latency.total:
+            return None
+        lows, highs = sequential.quantile_intervals(
+            self.latency.counts, tuple(_LATENCY_QUANTILES.values())
+        )
+        return {
+            metric: (float(low), float(high))
+            for metric, low, high in zip(_LATENCY_QUANTILES, lows, highs, strict=True)
+        }
+
+    def confident(self, metric: str, operator: Operator | str) -> float | None:
+        """The value of ``metric`` read on the good side of its 95% interval: the lower bound
+        when high values are bad (gt, gte), the upper one when low values are (lt, lte). A
+        threshold breached by it is breached beyond doubt. Metrics without an interval give
+        their value."""
+        interval = self.interval(metric)
+        if interval is None:
+            return self.value(metric)
+        return interval[0] if operator in (Operator.GT, Operator.GTE) else interval[1]
+
+    def counts(self) -> dict[str, Any]:
+        """The window's sample as `Evaluation.to_dict()` lists it under ``windows``."""
+        interval = self.interval(ERROR_RATE)
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": self.error_rate,
+            "error_rate_interval": None if interval is None else list(interval),
+            "latency_samples": self.latency.total,
+            "latency_p95": self.p95,
+        }
+
     def merge(self, other: WindowStats) -> WindowStats:
         """Both windows pooled, e.g. several short stable windows into one baseline."""
         custom = dict(self.custom)
@@ -321,16 +404,20 @@ class WindowStats:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable summary (counts and derived values, not the histogram)."""
+        intervals = self._latency_intervals or {}
+        rate = self.interval(ERROR_RATE)
         return {
             "requests": self.requests,
             "errors": self.errors,
             "seconds": self.seconds,
             "availability": self.availability,
             "error_rate": self.error_rate,
+            "error_rate_interval": None if rate is None else list(rate),
             "latency_samples": self.latency.total,
             "latency_p50": self.p50,
             "latency_p95": self.p95,
             "latency_p99": self.p99,
+            "latency_intervals": {metric: list(bounds) for metric, bounds in intervals.items()},
             "throughput": self.throughput,
             "custom": {
                 name: {
@@ -379,21 +466,38 @@ class Threshold:
 class ComparisonPolicy:
     enabled: bool = True
     metrics: tuple[str, ...] = COMPARISON_METRICS
-    tolerance_percent: float = 10.0
-    alpha: float = 0.05
+    tolerance_percent: float = 50.0
+    margin_points: float = 0.05
+    margin_ms: float = 5.0
+    alpha: float = 0.01
+    fast_alpha: float = 0.0001
     latency_percentile: float = 95.0
     baseline_window_seconds: int = 300
     severity: Verdict = Verdict.CRITICAL
+    rollback: bool = True
+
+    def margin(self, *, latency: bool) -> sequential.Margin:
+        """The comparison's margin and error rates as `health.sequential` takes them."""
+        return sequential.Margin(
+            relative=self.tolerance_percent / 100.0,
+            absolute=self.margin_ms if latency else self.margin_points / 100.0,
+            alpha=self.alpha,
+            fast_alpha=self.fast_alpha,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "enabled": self.enabled,
             "metrics": list(self.metrics),
             "tolerance_percent": self.tolerance_percent,
+            "margin_points": self.margin_points,
+            "margin_ms": self.margin_ms,
             "alpha": self.alpha,
+            "fast_alpha": self.fast_alpha,
             "latency_percentile": self.latency_percentile,
             "baseline_window_seconds": self.baseline_window_seconds,
             "severity": str(self.severity),
+            "rollback": self.rollback,
         }
 
 
@@ -467,11 +571,13 @@ class Policy:
     min_requests: int = 100
     no_data: NoDataRule = NoDataRule.INCONCLUSIVE
     window_seconds: int = 300
+    fast_window_seconds: int = 10
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical dict: `build_policy(policy.to_dict()) == policy`."""
         return {
             "window_seconds": self.window_seconds,
+            "fast_window_seconds": self.fast_window_seconds,
             "min_requests": self.min_requests,
             "no_data": str(self.no_data),
             "thresholds": [threshold.to_dict() for threshold in self.thresholds],
@@ -487,6 +593,7 @@ def build_policy(data: Mapping[str, Any] | None = None) -> Policy:
     top = _Section(data if data is not None else {}, "")
     top.only(
         "window_seconds",
+        "fast_window_seconds",
         "min_requests",
         "no_data",
         "thresholds",
@@ -496,6 +603,7 @@ def build_policy(data: Mapping[str, Any] | None = None) -> Policy:
         "auto_rollback",
     )
     window_seconds = top.integer("window_seconds", 300, minimum=1)
+    fast_window_seconds = top.integer("fast_window_seconds", 10, minimum=1, maximum=3600)
     min_requests = top.integer("min_requests", 100, minimum=1)
     no_data = NoDataRule(top.choice("no_data", "inconclusive", [rule.value for rule in NoDataRule]))
 
@@ -506,25 +614,38 @@ def build_policy(data: Mapping[str, Any] | None = None) -> Policy:
         "enabled",
         "metrics",
         "tolerance_percent",
+        "margin_points",
+        "margin_ms",
         "alpha",
+        "fast_alpha",
         "latency_percentile",
         "baseline_window_seconds",
         "severity",
+        "rollback",
     )
     comparison = ComparisonPolicy(
         enabled=section.boolean("enabled", True),
         metrics=section.names(
             "metrics", COMPARISON_METRICS, lambda name: name in COMPARISON_METRICS
         ),
-        tolerance_percent=section.number("tolerance_percent", 10.0, minimum=0.0),
-        alpha=section.probability("alpha", 0.05),
+        tolerance_percent=section.number("tolerance_percent", 50.0, minimum=0.0),
+        margin_points=section.number("margin_points", 0.05, minimum=0.0, maximum=100.0),
+        margin_ms=section.number("margin_ms", 5.0, minimum=0.0),
+        alpha=section.probability("alpha", 0.01),
+        fast_alpha=section.probability("fast_alpha", 0.0001),
         latency_percentile=section.number(
-            "latency_percentile", 95.0, minimum=0.0, maximum=100.0, open_minimum=True
+            "latency_percentile",
+            95.0,
+            minimum=0.0,
+            maximum=100.0,
+            open_minimum=True,
+            open_maximum=True,
         ),
         baseline_window_seconds=section.integer(
-            "baseline_window_seconds", window_seconds, minimum=1
+            "baseline_window_seconds", 300, minimum=1, maximum=86_400
         ),
         severity=section.severity("severity", Verdict.CRITICAL),
+        rollback=section.boolean("rollback", True),
     )
 
     section = top.section("trend")
@@ -565,6 +686,7 @@ def build_policy(data: Mapping[str, Any] | None = None) -> Policy:
         min_requests=min_requests,
         no_data=no_data,
         window_seconds=window_seconds,
+        fast_window_seconds=fast_window_seconds,
     )
 
 
@@ -751,67 +873,6 @@ class _Section:
 def _normal_sf(z: float) -> float:
     """P(Z > z) for a standard normal Z."""
     return 0.5 * math.erfc(z / math.sqrt(2.0))
-
-
-@dataclass(frozen=True, slots=True)
-class ProportionTest:
-    """One-sided test that rate a (errors_a / n_a) is greater than rate b."""
-
-    method: str
-    p_value: float
-    rate_a: float
-    rate_b: float
-    difference_points: float
-    z: float | None
-    odds_ratio: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "p_value": self.p_value,
-            "rate_a": self.rate_a,
-            "rate_b": self.rate_b,
-            "difference_points": self.difference_points,
-            "z": self.z,
-            "odds_ratio": self.odds_ratio,
-        }
-
-
-def proportion_test(errors_a: int, n_a: int, errors_b: int, n_b: int) -> ProportionTest:
-    """Two-proportion z-test (pooled), or Fisher's exact test when a cell is expected below 5."""
-    if n_a <= 0 or n_b <= 0:
-        raise ValueError("both samples need at least one request")
-    rate_a = errors_a / n_a
-    rate_b = errors_b / n_b
-    pooled = (errors_a + errors_b) / (n_a + n_b)
-    smallest_expected = min(n_a, n_b) * min(pooled, 1.0 - pooled)
-    if smallest_expected >= 5.0:
-        z = (rate_a - rate_b) / math.sqrt(pooled * (1.0 - pooled) * (1.0 / n_a + 1.0 / n_b))
-        return ProportionTest(
-            method="two-proportion z-test",
-            p_value=_normal_sf(z),
-            rate_a=100.0 * rate_a,
-            rate_b=100.0 * rate_b,
-            difference_points=100.0 * (rate_a - rate_b),
-            z=z,
-            odds_ratio=None,
-        )
-    # The normal approximation is poor with few expected errors (or successes); scipy is
-    # imported only here because most windows never need it and it is slow to import.
-    from scipy.stats import fisher_exact
-
-    result = fisher_exact(
-        [[errors_a, n_a - errors_a], [errors_b, n_b - errors_b]], alternative="greater"
-    )
-    return ProportionTest(
-        method="Fisher exact test",
-        p_value=min(1.0, float(result.pvalue)),
-        rate_a=100.0 * rate_a,
-        rate_b=100.0 * rate_b,
-        difference_points=100.0 * (rate_a - rate_b),
-        z=None,
-        odds_ratio=_finite(float(result.statistic)),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1002,6 +1063,7 @@ class MetricResult:
     for error rates, ms for latency), Sen's slope per window for a trend and the observed canary
     share (%) for the sample-ratio check. `counts_as` is what the result contributes to the
     overall verdict: the verdict itself, no_data mapped per policy, or None when not counted.
+    `window` names the window judged (``current``, ``fast`` or ``phase``).
     """
 
     metric: str
@@ -1011,11 +1073,13 @@ class MetricResult:
     value: float | None
     message: str
     inputs: Mapping[str, Any]
+    window: str = "current"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "metric": self.metric,
             "check": str(self.check),
+            "window": self.window,
             "verdict": str(self.verdict),
             "counts_as": None if self.counts_as is None else str(self.counts_as),
             "value": _finite(self.value),
@@ -1026,7 +1090,9 @@ class MetricResult:
 
 @dataclass(frozen=True, slots=True)
 class RollbackCheck:
-    """One auto-rollback threshold against the canary; `violations` is the current streak."""
+    """One reason the canary may be rolled back: an auto-rollback threshold (``check``
+    "threshold"; `violations` is the current streak), or a comparison with stable
+    ("comparison"; `threshold` is the rate or the ms the canary may reach)."""
 
     metric: str
     operator: Operator
@@ -1036,17 +1102,34 @@ class RollbackCheck:
     needed: int
     breached: bool
     message: str
+    check: str = "threshold"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "metric": self.metric,
+            "check": self.check,
             "operator": str(self.operator),
-            "threshold": self.threshold,
+            "threshold": _finite(self.threshold),
             "value": _finite(self.value),
             "violations": self.violations,
             "needed": self.needed,
             "breached": self.breached,
             "message": self.message,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What the canary and stable did over one span (``stable`` None: no stable version)."""
+
+    canary: WindowStats
+    stable: WindowStats | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seconds": self.canary.seconds,
+            "canary": self.canary.counts(),
+            "stable": None if self.stable is None else self.stable.counts(),
         }
 
 
@@ -1058,18 +1141,47 @@ class Evaluation:
     should_rollback: bool
     rollback_checks: tuple[RollbackCheck, ...]
     inputs: Mapping[str, Any]
+    windows: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def rollback_breaches(self) -> tuple[RollbackCheck, ...]:
         return tuple(check for check in self.rollback_checks if check.breached)
 
     def to_dict(self) -> dict[str, Any]:
+        """The stored form (``HealthCheck.result``); JSON only. Its keys are a contract::
+
+            {
+              "verdict": "pass" | "warning" | "critical" | "no_data" | "inconclusive",
+              "message": str,             # the sentence, with the sample behind it
+              "should_rollback": bool,
+              "results": [ {metric, check, window, verdict, counts_as, value, message, inputs} ],
+              "rollback_checks": [ {metric, check, operator, threshold, value, violations,
+                                    needed, breached, message} ],
+              "windows": {                # the evidence, one entry per window judged
+                "fast":    WINDOW,        # the last few seconds (gross faults)
+                "current": WINDOW,        # the policy's window (what `inputs.canary` sums)
+                "phase":   WINDOW,        # everything since window_start (the phase's own)
+              },
+              "inputs": {"canary": {...}, "stable": {...} | None, "history_windows": int,
+                         "planned_canary_share": float | None, "policy": {...}},
+            }
+
+        WINDOW is ``{"seconds": float | None, "start": ISO | None, "end": ISO | None,
+        "canary": COUNTS, "stable": COUNTS | None}`` and COUNTS is ``{"requests": int,
+        "errors": int, "error_rate": percent | None, "error_rate_interval": [low, high] | None
+        (95% Wilson, percent), "latency_samples": int, "latency_p95": ms | None}``. The service
+        fills in ``start`` and ``end`` and adds ``"window_start"`` (ISO or None) at the top.
+        A window never reaches back before the request's ``window_start``, so
+        ``windows["phase"]["canary"]["requests"]`` is the canary traffic of the phase itself.
+        ``fast`` is missing when the evaluation had no fast window.
+        """
         return {
             "verdict": str(self.verdict),
             "message": self.message,
             "should_rollback": self.should_rollback,
             "results": [result.to_dict() for result in self.results],
             "rollback_checks": [check.to_dict() for check in self.rollback_checks],
+            "windows": _jsonable(self.windows),
             "inputs": _jsonable(self.inputs),
         }
 
@@ -1116,22 +1228,34 @@ def evaluate(
     *,
     history: Sequence[WindowStats] = (),
     planned_canary_share: float | None = None,
+    fast: Window | None = None,
+    phase: Window | None = None,
+    stable_reference: WindowStats | None = None,
 ) -> Evaluation:
-    """Judge the canary's current window.
+    """Judge the canary.
 
-    `stable` is the stable version's baseline window (None when there is none); `history` holds
-    the canary's previous windows, oldest first, without the current one, for consecutive
-    breaches and trends; `planned_canary_share` is the percentage of traffic the canary should
-    get (0 to 100), for the sample-ratio check.
+    ``canary`` and ``stable`` are the current window (``stable`` None when there is no stable
+    version); ``history`` holds the canary's previous current-length windows, oldest first,
+    without the current one, for consecutive breaches and trends; ``planned_canary_share`` is
+    the percentage of traffic the canary should get over the current window (0 to 100), for the
+    sample-ratio check. ``phase`` is everything since the request's ``window_start`` (None: the
+    current window stands for it, judged as one look); ``fast`` the last
+    ``fast_window_seconds`` (None: no fast test); ``stable_reference`` stable's traffic from
+    ``baseline_window_seconds`` before the phase until now (None: stable's phase window).
     """
-    judge = _Judge(policy, canary, stable, history)
+    if planned_canary_share is not None and not 0.0 <= planned_canary_share <= 100.0:
+        raise ValueError(f"planned_canary_share must be within 0..100, got {planned_canary_share}")
+    current = Window(canary, stable)
+    phase = phase if phase is not None else current
+    reference = stable_reference if stable_reference is not None else phase.stable
+    judge = _Judge(policy, canary, stable, history, fast=fast, phase=phase, reference=reference)
     results: list[MetricResult] = [judge.threshold(threshold) for threshold in policy.thresholds]
     if policy.comparison.enabled:
         for metric in policy.comparison.metrics:
             if metric == ERROR_RATE:
-                results.append(judge.compare_error_rates())
+                results.extend(judge.compare_error_rates())
             else:
-                results.append(judge.compare_latency())
+                results.extend(judge.compare_latency())
     if policy.trend.enabled:
         results.extend(judge.trend(metric) for metric in policy.trend.metrics)
     if (
@@ -1141,16 +1265,19 @@ def evaluate(
         and 0.0 < planned_canary_share < 100.0
     ):
         results.append(judge.sample_ratio(stable, planned_canary_share))
-    elif planned_canary_share is not None and not 0.0 <= planned_canary_share <= 100.0:
-        raise ValueError(f"planned_canary_share must be within 0..100, got {planned_canary_share}")
 
-    rollback_checks = tuple(judge.rollback(item) for item in policy.auto_rollback.thresholds)
+    rollback_checks = tuple(
+        [judge.rollback(item) for item in policy.auto_rollback.thresholds] + judge.comparisons
+    )
     should_rollback = policy.auto_rollback.enabled and any(c.breached for c in rollback_checks)
     verdict, message = _overall(results, policy.no_data)
     if should_rollback:
         message += " Roll back: " + " ".join(
             check.message for check in rollback_checks if check.breached
         )
+    windows: dict[str, Any] = {"current": current.to_dict(), "phase": phase.to_dict()}
+    if fast is not None:
+        windows["fast"] = fast.to_dict()
     return Evaluation(
         verdict=verdict,
         message=message,
@@ -1164,6 +1291,7 @@ def evaluate(
             "planned_canary_share": planned_canary_share,
             "policy": policy.to_dict(),
         },
+        windows=windows,
     )
 
 
@@ -1191,6 +1319,9 @@ def _overall(results: Sequence[MetricResult], rule: NoDataRule) -> tuple[Verdict
     return verdict, message
 
 
+_EMPTY = WindowStats(requests=0)
+
+
 class _Judge:
     """The checks of one evaluation, sharing its inputs."""
 
@@ -1200,12 +1331,21 @@ class _Judge:
         canary: WindowStats,
         stable: WindowStats | None,
         history: Sequence[WindowStats],
+        *,
+        fast: Window | None,
+        phase: Window,
+        reference: WindowStats | None,
     ) -> None:
         self.policy = policy
         self.canary = canary
         self.stable = stable
         self.history = history
+        self.fast = fast
+        self.phase = phase
+        self.reference = reference
         self.no_data_counts_as = _NO_DATA_COUNTS_AS[policy.no_data]
+        # The comparisons' reasons to roll back, for the rollback checks.
+        self.comparisons: list[RollbackCheck] = []
 
     # --- helpers
 
@@ -1218,14 +1358,22 @@ class _Judge:
             return None
         return window.value(metric)
 
+    def confident(self, window: WindowStats, metric: str, operator: Operator) -> float | None:
+        """The window's value on the good side of its interval (see `WindowStats.confident`),
+        if enough data stands behind it."""
+        if self.value(window, metric) is None:
+            return None
+        return window.confident(metric, operator)
+
     def streak(self, metric: str, operator: Operator, bound: float, needed: int) -> int:
-        """How many windows in a row, the current one first, breach `bound` (up to `needed`)."""
+        """How many windows in a row, the current one first, breach `bound` beyond doubt (up
+        to `needed`)."""
         count = 0
         windows: Iterable[WindowStats] = (self.canary, *reversed(self.history))
         for window in windows:
             if count >= needed:
                 break
-            value = self.value(window, metric)
+            value = self.confident(window, metric, operator)
             if value is None or not breaches(value, operator, bound):
                 break
             count += 1
@@ -1242,7 +1390,13 @@ class _Judge:
         return f"{size:,} {noun} from {who} in the window, at least {needed:,} needed"
 
     def no_data(
-        self, metric: str, check: Check, label: str, why: str, inputs: dict[str, Any]
+        self,
+        metric: str,
+        check: Check,
+        label: str,
+        why: str,
+        inputs: dict[str, Any],
+        window: str = "current",
     ) -> MetricResult:
         counts_as = self.no_data_counts_as
         effect = "ignored per policy" if counts_as is None else f"counts as {counts_as} per policy"
@@ -1254,6 +1408,7 @@ class _Judge:
             value=None,
             message=f"{label}: no data ({why}); {effect}.",
             inputs={**inputs, "min_requests": self.policy.min_requests},
+            window=window,
         )
 
     # --- checks
@@ -1286,38 +1441,55 @@ class _Judge:
             if threshold.warning is not None
             else 0
         )
-        inputs.update(value=value, critical_streak=critical_streak, warning_streak=warning_streak)
+        confident = self.canary.confident(metric, operator)
+        inputs.update(
+            value=value,
+            confident_value=confident,
+            interval=self.canary.interval(metric),
+            critical_streak=critical_streak,
+            warning_streak=warning_streak,
+        )
         side = _SIDE[operator]
         over = f" for {needed} consecutive windows" if needed > 1 else ""
-        shown = _format_value(metric, value)
+        sure = " beyond doubt" if self.canary.interval(metric) is not None else ""
+        shown = f"{_format_value(metric, value)}{_evidence(self.canary, metric)}"
 
         if threshold.critical is not None and critical_streak >= needed:
             verdict = Verdict.CRITICAL
             reason = (
-                f"{side} the {_format_bound(metric, threshold.critical)} critical threshold{over}"
+                f"{side} the {_format_bound(metric, threshold.critical)} critical "
+                f"threshold{sure}{over}"
             )
         elif threshold.warning is not None and warning_streak >= needed:
             verdict = Verdict.WARNING
             reason = (
-                f"{side} the {_format_bound(metric, threshold.warning)} warning threshold{over}"
+                f"{side} the {_format_bound(metric, threshold.warning)} warning "
+                f"threshold{sure}{over}"
             )
         elif threshold.critical is not None and critical_streak:
             verdict = Verdict.WARNING
             reason = (
-                f"{side} the {_format_bound(metric, threshold.critical)} critical threshold in "
-                f"{critical_streak} of the {needed} consecutive windows needed to be critical"
+                f"{side} the {_format_bound(metric, threshold.critical)} critical threshold"
+                f"{sure} in {critical_streak} of the {needed} consecutive windows needed to be "
+                "critical"
             )
         elif threshold.warning is not None and warning_streak:
             verdict = Verdict.PASS
             reason = (
-                f"{side} the {_format_bound(metric, threshold.warning)} warning threshold in "
-                f"{warning_streak} of the {needed} consecutive windows needed to warn"
+                f"{side} the {_format_bound(metric, threshold.warning)} warning threshold"
+                f"{sure} in {warning_streak} of the {needed} consecutive windows needed to warn"
             )
         else:
             verdict = Verdict.PASS
             bound = threshold.warning if threshold.warning is not None else threshold.critical
             level = "warning" if threshold.warning is not None else "critical"
-            reason = f"within the {_format_bound(metric, bound)} {level} threshold"  # type: ignore[arg-type]
+            if breaches(value, operator, bound):  # type: ignore[arg-type]
+                reason = (
+                    f"not {side} the {_format_bound(metric, bound)} {level} threshold "  # type: ignore[arg-type]
+                    "beyond doubt"
+                )
+            else:
+                reason = f"within the {_format_bound(metric, bound)} {level} threshold"  # type: ignore[arg-type]
         return MetricResult(
             metric=metric,
             check=Check.THRESHOLD,
@@ -1328,115 +1500,320 @@ class _Judge:
             inputs=inputs,
         )
 
-    def compare_error_rates(self) -> MetricResult:
+    def _comparison_unavailable(
+        self, metric: str, label: str, inputs: dict[str, Any]
+    ) -> MetricResult | None:
+        """The no-data result of a comparison that has nothing to compare, else None."""
+        phase, reference = self.phase, self.reference
+        noun = "latency samples" if metric == LATENCY else "requests"
+        if self.stable is None or phase.stable is None or reference is None:
+            why = "no stable version to compare with"
+        elif (reference.latency.total if metric == LATENCY else reference.requests) == 0:
+            why = f"no {noun} from stable to compare with"
+        elif (phase.canary.latency.total if metric == LATENCY else phase.canary.requests) == 0:
+            why = f"no {noun} from the canary since the phase began"
+        else:
+            return None
+        return self.no_data(metric, Check.COMPARISON, label, why, inputs, window="phase")
+
+    def _phase_verdict(
+        self, breach: bool, bad: float, requests: float, null: float
+    ) -> tuple[Verdict, Verdict | None, str]:
+        """The phase comparison's verdict, what it counts as, and its reason's head."""
+        settings = self.policy.comparison
+        if breach:
+            return settings.severity, settings.severity, "worse than stable beyond its margin"
+        if requests < self.policy.min_requests:
+            counts_as = self.no_data_counts_as
+            effect = "ignored per policy" if counts_as is None else f"counts as {counts_as}"
+            return (
+                Verdict.NO_DATA,
+                counts_as,
+                f"no data yet: {requests:,.0f} from the canary since the phase began, at least "
+                f"{self.policy.min_requests:,} needed to pass ({effect})",
+            )
+        if bad <= null * requests:
+            return Verdict.PASS, Verdict.PASS, "within its margin, no evidence it is worse"
+        return (
+            Verdict.INCONCLUSIVE,
+            Verdict.INCONCLUSIVE,
+            "above what its margin allows, not yet beyond doubt",
+        )
+
+    def compare_error_rates(self) -> list[MetricResult]:
         settings = self.policy.comparison
         label = "Canary error rate against stable"
-        canary, stable = self.canary, self.stable
+        phase, reference = self.phase, self.reference
+        canary = phase.canary
         inputs: dict[str, Any] = {
             "canary_requests": canary.requests,
             "canary_errors": canary.errors,
-            "stable_requests": None if stable is None else stable.requests,
-            "stable_errors": None if stable is None else stable.errors,
+            "stable_requests": None if reference is None else reference.requests,
+            "stable_errors": None if reference is None else reference.errors,
             "alpha": settings.alpha,
+            "fast_alpha": settings.fast_alpha,
             "tolerance_percent": settings.tolerance_percent,
+            "margin_points": settings.margin_points,
         }
-        if stable is None:
-            return self.no_data(ERROR_RATE, Check.COMPARISON, label, "no stable window", inputs)
-        for window, who in ((canary, "the canary"), (stable, "stable")):
-            if window.requests < self.policy.min_requests:
-                why = self.why_no_data(ERROR_RATE, window, who)
-                return self.no_data(ERROR_RATE, Check.COMPARISON, label, why, inputs)
-
-        test = proportion_test(canary.errors, canary.requests, stable.errors, stable.requests)
-        inputs.update(test.to_dict())
-        relative = 100.0 * (test.rate_a - test.rate_b) / test.rate_b if test.rate_b > 0 else None
-        inputs["relative_percent"] = relative
-        limit = test.rate_b * (1.0 + settings.tolerance_percent / 100.0)
-        beyond = test.rate_a > limit
-        significant = test.p_value < settings.alpha
-        verdict, reason = _comparison_outcome(
-            worse=test.rate_a > test.rate_b,
-            significant=significant,
-            beyond=beyond,
-            settings=settings,
-            worse_word="worse",
-            noun="increase",
+        unavailable = self._comparison_unavailable(ERROR_RATE, label, inputs)
+        if unavailable is not None:
+            return [unavailable]
+        assert reference is not None and phase.stable is not None
+        fast = self.fast
+        fast_canary = fast.canary if fast is not None else _EMPTY
+        fast_stable = fast.stable if fast is not None and fast.stable is not None else _EMPTY
+        decision = sequential.judge_errors(
+            canary_phase=(canary.errors, canary.requests),
+            canary_fast=(fast_canary.errors, fast_canary.requests),
+            stable_reference=(reference.errors, reference.requests),
+            stable_phase=(phase.stable.errors, phase.stable.requests),
+            stable_fast=(fast_stable.errors, fast_stable.requests),
+            margin=settings.margin(latency=False),
         )
-        return MetricResult(
-            metric=ERROR_RATE,
-            check=Check.COMPARISON,
-            verdict=verdict,
-            counts_as=verdict,
-            value=test.difference_points,
-            message=(
-                f"Canary error rate {test.rate_a:.2f}% vs stable {test.rate_b:.2f}% "
-                f"({test.difference_points:+.2f} points, {_format_p(test.p_value)}, "
-                f"{test.method}): {verdict}, {reason}."
-            ),
-            inputs=inputs,
+        null = float(decision.null)
+        log_e = float(decision.log_evalue)
+        stable_rate = 100.0 * reference.errors / reference.requests
+        canary_rate = 100.0 * canary.errors / canary.requests
+        inputs.update(
+            stable_phase_requests=phase.stable.requests,
+            stable_phase_errors=phase.stable.errors,
+            stable_rate=stable_rate,
+            null_rate=100.0 * null,
+            e_value=_evalue(log_e),
+            log_e_value=log_e,
+            e_value_needed=1.0 / settings.alpha,
         )
+        allowed = f"{100.0 * null:.2f}%"
+        stable_text = (
+            f"stable's {stable_rate:.2f}% ({_count(reference.errors, 'error')} in "
+            f"{_count(reference.requests, 'request')})"
+        )
+        verdict, counts_as, head = self._phase_verdict(
+            bool(decision.phase_breach), canary.errors, canary.requests, null
+        )
+        evidence = (
+            f"e-value {_format_evalue(log_e)}, {1.0 / settings.alpha:g} needed, "
+            f"anytime-valid at alpha {settings.alpha:g}"
+        )
+        message = (
+            f"{label} since the phase began: {_sample(canary.errors, canary.requests)} "
+            f"against {stable_text}; it may have up to {allowed}: {verdict}, {head} "
+            f"({evidence})."
+        )
+        results = [
+            MetricResult(
+                metric=ERROR_RATE,
+                check=Check.COMPARISON,
+                verdict=verdict,
+                counts_as=counts_as,
+                value=canary_rate - stable_rate,
+                message=message,
+                inputs=inputs,
+                window="phase",
+            )
+        ]
+        breach_message = (
+            f"the canary's error rate since the phase began, "
+            f"{_sample(canary.errors, canary.requests)}, is beyond the {allowed} it may have "
+            f"(stable's {stable_rate:.2f}% plus the margin; e-value {_format_evalue(log_e)})."
+        )
+        if fast is not None and fast_canary.requests:
+            fast_result = self._fast_result(
+                ERROR_RATE,
+                label,
+                decision,
+                bad_noun="errors",
+                sample=_sample(fast_canary.errors, fast_canary.requests),
+                allowed=allowed,
+                value=100.0 * fast_canary.errors / fast_canary.requests - stable_rate,
+            )
+            results.append(fast_result)
+            if decision.fast_breach and not decision.phase_breach:
+                breach_message = (
+                    f"the canary's error rate in the last {fast_canary.seconds or 0:g} s, "
+                    f"{_sample(fast_canary.errors, fast_canary.requests)}, is far beyond the "
+                    f"{allowed} allowed ({_format_p(float(decision.fast_p))})."
+                )
+        if settings.rollback:
+            self.comparisons.append(
+                RollbackCheck(
+                    metric=ERROR_RATE,
+                    operator=Operator.GT,
+                    threshold=100.0 * null,
+                    value=canary_rate,
+                    violations=int(bool(decision.breach)),
+                    needed=1,
+                    breached=bool(decision.breach),
+                    message=breach_message,
+                    check="comparison",
+                )
+            )
+        return results
 
-    def compare_latency(self) -> MetricResult:
+    def compare_latency(self) -> list[MetricResult]:
         settings = self.policy.comparison
         q = settings.latency_percentile
         name = f"p{q:g} latency"
         label = f"Canary {name} against stable"
-        canary, stable = self.canary, self.stable
+        phase, reference = self.phase, self.reference
+        canary = phase.canary
         inputs: dict[str, Any] = {
             "percentile": q,
             "canary_samples": canary.latency.total,
-            "stable_samples": None if stable is None else stable.latency.total,
+            "stable_samples": None if reference is None else reference.latency.total,
             "alpha": settings.alpha,
+            "fast_alpha": settings.fast_alpha,
             "tolerance_percent": settings.tolerance_percent,
+            "margin_ms": settings.margin_ms,
         }
-        if stable is None:
-            return self.no_data(LATENCY, Check.COMPARISON, label, "no stable window", inputs)
-        for window, who in ((canary, "the canary"), (stable, "stable")):
-            if window.latency.total < self.policy.min_requests:
-                why = self.why_no_data(LATENCY_P95, window, who)
-                return self.no_data(LATENCY, Check.COMPARISON, label, why, inputs)
-
-        test = rank_test(canary.latency, stable.latency)
-        canary_value = canary.latency.percentile(q)
-        stable_value = stable.latency.percentile(q)
-        relative = (
-            100.0 * (canary_value - stable_value) / stable_value if stable_value > 0 else None
+        unavailable = self._comparison_unavailable(LATENCY, label, inputs)
+        if unavailable is not None:
+            return [unavailable]
+        assert reference is not None and phase.stable is not None
+        fast = self.fast
+        fast_canary = fast.canary if fast is not None else _EMPTY
+        fast_stable = fast.stable if fast is not None and fast.stable is not None else _EMPTY
+        decision = sequential.judge_latency(
+            canary_phase=canary.latency.counts,
+            canary_fast=fast_canary.latency.counts,
+            stable_reference=reference.latency.counts,
+            stable_phase=phase.stable.latency.counts,
+            stable_fast=fast_stable.latency.counts,
+            q=q,
+            margin=settings.margin(latency=True),
         )
+        threshold = float(decision.threshold)
+        slow, samples = float(decision.phase_bad), float(decision.phase_n)
+        null = float(decision.null)
+        log_e = float(decision.log_evalue)
+        canary_value = canary.latency.percentile(q)
+        stable_value = reference.latency.percentile(q)
+        rank = rank_test(canary.latency, reference.latency)
         inputs.update(
-            test.to_dict(),
             canary_value=canary_value,
             stable_value=stable_value,
-            relative_percent=relative,
-            canary_p50=canary.p50,
-            stable_p50=stable.p50,
+            ratio=canary_value / stable_value if stable_value > 0 else None,
+            threshold_ms=threshold,
+            slow_requests=slow,
+            null_share=100.0 * null,
+            e_value=_evalue(log_e),
+            log_e_value=log_e,
+            e_value_needed=1.0 / settings.alpha,
+            rank_biserial=rank.rank_biserial,
         )
-        beyond = canary_value > stable_value * (1.0 + settings.tolerance_percent / 100.0)
-        significant = test.p_greater < settings.alpha
-        verdict, reason = _comparison_outcome(
-            worse=test.rank_biserial > 0,
-            significant=significant,
-            beyond=beyond,
-            settings=settings,
-            worse_word="slower",
-            noun="slowdown",
+        verdict, counts_as, head = self._phase_verdict(
+            bool(decision.phase_breach), slow, samples, null
         )
-        change = (
-            f"{relative:+.1f}%"
-            if relative is not None
-            else f"{canary_value - stable_value:+.1f} ms"
+        ratio = f"{canary_value / stable_value:.3g}x" if stable_value > 0 else "stable at 0 ms"
+        evidence = (
+            f"e-value {_format_evalue(log_e)}, {1.0 / settings.alpha:g} needed, "
+            f"anytime-valid at alpha {settings.alpha:g}"
         )
+        allowed = f"at most {100.0 * null:g}% may be"
+        message = (
+            f"{label} since the phase began: {canary_value:.1f} ms vs stable "
+            f"{stable_value:.1f} ms ({ratio}); {_share(slow, samples)} slower than "
+            f"{threshold:.1f} ms (stable's {name} at its upper bound, plus the margin), where "
+            f"{allowed}: {verdict}, {head} ({evidence})."
+        )
+        results = [
+            MetricResult(
+                metric=LATENCY,
+                check=Check.COMPARISON,
+                verdict=verdict,
+                counts_as=counts_as,
+                value=canary_value - stable_value,
+                message=message,
+                inputs=inputs,
+                window="phase",
+            )
+        ]
+        breach_message = (
+            f"the canary's {name} since the phase began, {canary_value:.1f} ms against "
+            f"stable's {stable_value:.1f} ms, is beyond the margin: {_share(slow, samples)} "
+            f"slower than {threshold:.1f} ms, where at most {100.0 * null:g}% may be "
+            f"(e-value {_format_evalue(log_e)})."
+        )
+        if fast is not None and fast_canary.latency.total:
+            fast_value = fast_canary.latency.percentile(q)
+            fast_result = self._fast_result(
+                LATENCY,
+                label,
+                decision,
+                bad_noun="slow",
+                sample=(
+                    f"{fast_value:.1f} ms; "
+                    f"{_share(float(decision.fast_bad), float(decision.fast_n))} "
+                    f"slower than {threshold:.1f} ms"
+                ),
+                allowed=f"{100.0 * null:g}% slow",
+                value=fast_value - stable_value,
+            )
+            results.append(fast_result)
+            if decision.fast_breach and not decision.phase_breach:
+                breach_message = (
+                    f"the canary's {name} in the last {fast_canary.seconds or 0:g} s, "
+                    f"{fast_value:.1f} ms, is far beyond stable's {stable_value:.1f} ms: "
+                    f"{_share(float(decision.fast_bad), float(decision.fast_n))} slower than "
+                    f"{threshold:.1f} ms ({_format_p(float(decision.fast_p))})."
+                )
+        if settings.rollback:
+            self.comparisons.append(
+                RollbackCheck(
+                    metric=LATENCY,
+                    operator=Operator.GT,
+                    threshold=threshold,
+                    value=canary_value,
+                    violations=int(bool(decision.breach)),
+                    needed=1,
+                    breached=bool(decision.breach),
+                    message=breach_message,
+                    check="comparison",
+                )
+            )
+        return results
+
+    def _fast_result(
+        self,
+        metric: str,
+        label: str,
+        decision: sequential.Decision,
+        *,
+        bad_noun: str,
+        sample: str,
+        allowed: str,
+        value: float,
+    ) -> MetricResult:
+        """The fast window's test: counted only when it finds a gross fault."""
+        settings = self.policy.comparison
+        assert self.fast is not None
+        seconds = self.fast.canary.seconds
+        span = f"the last {seconds:g} s" if seconds else "the fast window"
+        p_value = float(decision.fast_p)
+        test = f"{_format_p(p_value)}, exact binomial test, {settings.fast_alpha:g} needed"
+        if decision.fast_breach:
+            verdict: Verdict = settings.severity
+            counts_as: Verdict | None = verdict
+            reason = f"a gross fault ({test})"
+        else:
+            verdict, counts_as = Verdict.PASS, None
+            reason = f"no gross fault ({test}); not counted, a few seconds prove nothing good"
         return MetricResult(
-            metric=LATENCY,
+            metric=metric,
             check=Check.COMPARISON,
             verdict=verdict,
-            counts_as=verdict,
-            value=canary_value - stable_value,
-            message=(
-                f"Canary {name} {canary_value:.1f} ms vs stable {stable_value:.1f} ms ({change}, "
-                f"rank-biserial r = {test.rank_biserial:+.2f}, {_format_p(test.p_greater)}, "
-                f"Mann-Whitney U): {verdict}, {reason}."
-            ),
-            inputs=inputs,
+            counts_as=counts_as,
+            value=value,
+            message=f"{label} in {span}: {sample} against at most {allowed}: {verdict}, {reason}.",
+            inputs={
+                "bad": float(decision.fast_bad),
+                "requests": float(decision.fast_n),
+                "kind": bad_noun,
+                "null_rate": 100.0 * float(decision.null),
+                "p_value": _stored_p(p_value),
+                "fast_alpha": settings.fast_alpha,
+            },
+            window="fast",
         )
 
     def trend(self, metric: str) -> MetricResult:
@@ -1552,21 +1929,24 @@ class _Judge:
         bound = _format_bound(metric, threshold.threshold)
         side = _SIDE[threshold.operator]
         label = f"Canary {_label(metric)}"
+        sure = " beyond doubt" if self.canary.interval(metric) is not None else ""
         if value is None:
             violations = 0
             why = self.why_no_data(metric, self.canary, "the canary")
             message = f"{label}: no data ({why}); missing data never triggers a rollback."
         else:
             violations = self.streak(metric, threshold.operator, threshold.threshold, needed)
-            shown = f"{label} {_format_value(metric, value)}"
+            shown = f"{label} {_format_value(metric, value)}{_evidence(self.canary, metric)}"
             if violations >= needed:
                 over = f" for {needed} consecutive windows" if needed > 1 else ""
-                message = f"{shown} {side} the {bound} rollback threshold{over}."
+                message = f"{shown} {side} the {bound} rollback threshold{sure}{over}."
             elif violations:
                 message = (
-                    f"{shown} {side} the {bound} rollback threshold in {violations} of the "
-                    f"{needed} consecutive windows needed."
+                    f"{shown} {side} the {bound} rollback threshold{sure} in {violations} of "
+                    f"the {needed} consecutive windows needed."
                 )
+            elif breaches(value, threshold.operator, threshold.threshold):
+                message = f"{shown} not {side} the {bound} rollback threshold{sure}."
             else:
                 message = f"{shown} within the {bound} rollback threshold."
         return RollbackCheck(
@@ -1581,23 +1961,67 @@ class _Judge:
         )
 
 
-def _comparison_outcome(
-    *,
-    worse: bool,
-    significant: bool,
-    beyond: bool,
-    settings: ComparisonPolicy,
-    worse_word: str,
-    noun: str,
-) -> tuple[Verdict, str]:
-    tolerance = f"{settings.tolerance_percent:g}% tolerance"
-    if significant and beyond:
-        return settings.severity, f"{worse_word} than stable beyond the {tolerance}"
-    if not worse:
-        return Verdict.PASS, f"not {worse_word} than stable"
-    if significant:
-        return Verdict.PASS, f"the {noun} is significant but within the {tolerance}"
-    return Verdict.PASS, f"the {noun} is not significant at alpha {settings.alpha:g}"
+def _count(number: float, noun: str) -> str:
+    whole = round(number)
+    return f"1 {noun}" if whole == 1 else f"{whole:,} {noun}s"
+
+
+def _sample(bad: float, total: float, noun: str = "error") -> str:
+    """``2 errors in 48 requests (4.17%, 95% interval 1.15-13.98%)``: a rate with its sample."""
+    if total <= 0:
+        return f"no requests ({noun}s: none)"
+    low, high = sequential.wilson(bad, total)
+    rate = 100.0 * bad / total
+    return (
+        f"{_count(bad, noun)} in {_count(total, 'request')} ({rate:.2f}%, 95% interval "
+        f"{100.0 * float(low):.2f}-{100.0 * float(high):.2f}%)"
+    )
+
+
+def _share(bad: float, total: float) -> str:
+    """``46 of 60 requests (76.67%, 95% interval 64.6-85.6%)``."""
+    low, high = sequential.wilson(bad, total)
+    rate = 100.0 * bad / total if total else 0.0
+    return (
+        f"{round(bad):,} of {_count(total, 'request')} ({rate:.2f}%, 95% interval "
+        f"{100.0 * float(low):.2f}-{100.0 * float(high):.2f}%)"
+    )
+
+
+def _evidence(window: WindowStats, metric: str) -> str:
+    """The sample behind a metric's value, as a parenthesis: its count and 95% interval."""
+    interval = window.interval(metric)
+    if interval is None:
+        return ""
+    if metric in _PERCENT_METRICS:
+        return (
+            f" ({_count(window.errors, 'error')} in {_count(window.requests, 'request')}, "
+            f"95% interval {interval[0]:.2f}-{interval[1]:.2f}%)"
+        )
+    return (
+        f" ({_count(window.latency.total, 'sample')}, 95% interval {interval[0]:.1f}-"
+        f"{interval[1]:.1f} ms)"
+    )
+
+
+def _evalue(log_e: float) -> float | None:
+    # JSON numbers that survive PostgreSQL's jsonb unchanged: it stores them as exact decimals,
+    # so a huge float comes back as an int and a tiny one as hundreds of digits. A huge
+    # e-value is stored as null (its log beside it), a negligible one as 0.
+    if log_e >= 34.0:
+        return None
+    return math.exp(log_e) if log_e > -23.0 else 0.0
+
+
+def _stored_p(p_value: float) -> float:
+    return p_value if p_value >= 1e-15 else 0.0
+
+
+def _format_evalue(log_e: float) -> str:
+    if log_e >= math.log(1e6):
+        return f"{math.exp(min(log_e, 700)):.2e}"
+    value = math.exp(log_e)
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 # --------------------------------------------------------------------------- wording

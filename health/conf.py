@@ -13,8 +13,9 @@ _get = setting
 
 
 def bucket_seconds() -> int:
-    """Resolution of the fine buckets every source writes."""
-    return int(_get("CANARY_METRICS_BUCKET_SECONDS", 10))
+    """Resolution of the fine buckets every source writes: fine enough for the judge's fast
+    window to answer within seconds."""
+    return int(_get("CANARY_METRICS_BUCKET_SECONDS", 2))
 
 
 def rollup_seconds() -> int:
@@ -52,8 +53,9 @@ def idempotency_hours() -> float:
 
 
 def settle_seconds() -> int:
-    """How long after a bucket ends before it is judged, so late flushes are in."""
-    return int(_get("CANARY_HEALTH_SETTLE_SECONDS", 5))
+    """How long after a bucket ends before it is judged, so late flushes are in (the proxy
+    flushes every second)."""
+    return int(_get("CANARY_HEALTH_SETTLE_SECONDS", 2))
 
 
 def check_retention_days() -> float:

@@ -171,6 +171,12 @@ class HealthCheck(models.Model):
     policy_name = models.CharField(max_length=100, blank=True, default="")
     window_seconds = models.PositiveIntegerField()
     window_end = models.DateTimeField()
+    window_start = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Where the canary's evidence began (the phase's start); no window of the "
+        "check reaches back before it.",
+    )
     planned_canary_share = models.FloatField(null=True, blank=True)
     verdict = models.CharField(max_length=16, choices=Verdict.choices)
     should_rollback = models.BooleanField(default=False)

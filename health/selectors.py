@@ -56,10 +56,19 @@ class Series:
         }
 
 
+MIN_STEP_SECONDS = 10
+"""The finest default step of a chart: the store's 2-second buckets are there for the judge,
+and a chart of them is mostly noise."""
+
+
 def series_step(window_seconds: int) -> int:
-    """Bucket-aligned step that keeps a chart under MAX_POINTS points."""
+    """Bucket-aligned step that keeps a chart under MAX_POINTS points, and no finer than
+    MIN_STEP_SECONDS."""
     resolution = conf.bucket_seconds()
-    buckets = math.ceil(window_seconds / resolution / MAX_POINTS)
+    buckets = max(
+        math.ceil(window_seconds / resolution / MAX_POINTS),
+        math.ceil(MIN_STEP_SECONDS / resolution),
+    )
     return max(1, buckets) * resolution
 
 

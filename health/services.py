@@ -18,7 +18,7 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -79,6 +79,8 @@ __all__ = [
     "alert_acknowledge",
     "alert_resolve",
     "alerts_escalate",
+    "alerts_resolve_for",
+    "alerts_resolve_for_canaries",
     "health_evaluate",
     "health_evaluate_many",
     "health_policy_create",
@@ -703,14 +705,17 @@ def health_evaluate(
     policy: HealthPolicy,
     window_seconds: int | None = None,
     planned_canary_share: float | None = None,
+    window_start: datetime | None = None,
     now: datetime | None = None,
 ) -> HealthCheck:
     """Judge a canary against stable under ``policy`` over the latest window; store the check.
 
     The window ends on a bucket boundary ``CANARY_HEALTH_SETTLE_SECONDS`` before ``now``;
-    ``window_seconds`` (default: the policy's) is rounded up to whole buckets. Raises or
-    resolves the canary's alert, then sends `health_evaluated`. Called again for the same
-    window, it returns the check already stored and sends nothing.
+    ``window_seconds`` (default: the policy's) is rounded up to whole buckets. No window
+    reaches back before ``window_start`` (the phase's start), whose traffic the sequential
+    comparison judges as a whole (see `health.windows`). Raises or resolves the canary's
+    alert, then sends `health_evaluated`. Called again for the same window, it returns the
+    check already stored and sends nothing.
     """
     request = EvaluationRequest(
         service=service,
@@ -719,6 +724,7 @@ def health_evaluate(
         policy=policy,
         window_seconds=window_seconds,
         planned_canary_share=planned_canary_share,
+        window_start=window_start,
     )
     return health_evaluate_many(requests=[request], now=now)[0]
 
@@ -807,6 +813,13 @@ def _check_request(request: EvaluationRequest, index: int | None) -> None:
         or not 1 <= request.window_seconds <= 86_400
     ):
         raise ValidationFailed("A window is 1 to 86,400 seconds.", field=f"{prefix}window_seconds")
+    started = request.window_start
+    if started is not None and (
+        not isinstance(started, datetime) or started.tzinfo is None or started.utcoffset() is None
+    ):
+        raise ValidationFailed(
+            "A window start is an aware date and time.", field=f"{prefix}window_start"
+        )
     share = request.planned_canary_share
     if share is not None and (
         isinstance(share, bool)
@@ -866,6 +879,16 @@ def _new_check(
     request = inputs.request
     result = evaluation.to_dict()
     result["inputs"]["history_from_checks"] = inputs.history_from_checks
+    result["inputs"]["phase_from_carry"] = inputs.carried
+    started = inputs.window_start
+    result["window_start"] = None if started is None else started.isoformat()
+    for name, (start, end) in inputs.spans.items():
+        window = result["windows"].get(name)
+        if window is not None:
+            window["start"] = _iso(start)
+            window["end"] = _iso(end)
+    if inputs.carry is not None:
+        result["carry"] = inputs.carry
     return HealthCheck(
         service=request.service,
         canary_version=request.canary_version,
@@ -874,6 +897,7 @@ def _new_check(
         policy_name=request.policy.name,
         window_seconds=inputs.window_seconds,
         window_end=inputs.end,
+        window_start=inputs.window_start,
         planned_canary_share=request.planned_canary_share,
         verdict=str(evaluation.verdict),
         should_rollback=evaluation.should_rollback,
@@ -881,6 +905,10 @@ def _new_check(
         result=result,
         created_at=now,
     )
+
+
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat()
 
 
 # --------------------------------------------------------------------------- alerts
@@ -1088,6 +1116,57 @@ def alert_resolve(*, alert: Alert, actor: Any, source: str = Source.UI, note: st
         if locked.last_notified_at is not None:
             _queue_notifications([_Notice(locked, NotificationEvent.RESOLVED)], now)
     return locked
+
+
+def alerts_resolve_for_canaries(
+    *, canaries: Iterable[tuple[str, str]], reason: str, now: datetime | None = None
+) -> list[Alert]:
+    """Resolve every open or acknowledged alert of these (service, canary version) pairs,
+    whatever its policy: the canary has left traffic, so nothing is left to watch. Each alert
+    that told someone it was raised tells them it is resolved, with ``reason``. Runs in the
+    caller's transaction (or its own), in a number of queries that does not grow with the
+    pairs; returns the alerts resolved."""
+    pairs = {(service, version) for service, version in canaries}
+    if not pairs:
+        return []
+    now = now or timezone.now()
+    reason = (reason or "").strip() or "The canary left traffic."
+    with transaction.atomic():
+        alerts = [
+            alert
+            for alert in Alert.objects.select_related("last_check")
+            .select_for_update(of=("self",))
+            .filter(
+                service__in={service for service, _ in pairs},
+                canary_version__in={version for _, version in pairs},
+            )
+            .exclude(status=AlertStatus.RESOLVED)
+            .order_by("pk")
+            if (alert.service, alert.canary_version) in pairs
+        ]
+        if not alerts:
+            return []
+        for alert in alerts:
+            alert.status = AlertStatus.RESOLVED
+            alert.resolved_at = now
+            alert.resolution = reason
+        Alert.objects.bulk_update(alerts, ["status", "resolved_at", "resolution"])
+        _queue_notifications(
+            [
+                _Notice(alert, NotificationEvent.RESOLVED)
+                for alert in alerts
+                if alert.last_notified_at is not None
+            ],
+            now,
+        )
+    return alerts
+
+
+def alerts_resolve_for(
+    *, service: str, canary_version: str, reason: str, now: datetime | None = None
+) -> list[Alert]:
+    """`alerts_resolve_for_canaries` for one canary."""
+    return alerts_resolve_for_canaries(canaries=[(service, canary_version)], reason=reason, now=now)
 
 
 def alerts_escalate(*, now: datetime | None = None) -> int:

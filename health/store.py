@@ -309,6 +309,7 @@ CHECK_COLUMNS = (
     "policy_name",
     "window_seconds",
     "window_end",
+    "window_start",
     "planned_canary_share",
     "verdict",
     "should_rollback",
@@ -319,7 +320,8 @@ CHECK_COLUMNS = (
 _POSTGRES_CHECKS = f"""
     INSERT INTO {CHECK_TABLE} ({", ".join(CHECK_COLUMNS)})
     SELECT r->>0, r->>1, r->>2, (r->>3)::bigint, r->>4, (r->>5)::integer, (r->>6)::timestamptz,
-        (r->>7)::double precision, r->>8, (r->>9)::boolean, r->>10, r->11, (r->>12)::timestamptz
+        (r->>7)::timestamptz, (r->>8)::double precision, r->>9, (r->>10)::boolean, r->>11, r->12,
+        (r->>13)::timestamptz
     FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS rows (r, n)
     ORDER BY rows.n
     RETURNING id
@@ -330,7 +332,7 @@ def insert_checks(checks: Sequence[Any]) -> None:
     """Insert new `HealthCheck` rows and set their ids.
 
     On PostgreSQL the rows travel as one JSON parameter: a pass stores a thousand checks of a
-    few kilobytes each, and a ``VALUES`` list of thirteen placeholders a row cost more to build,
+    few kilobytes each, and a ``VALUES`` list of fourteen placeholders a row cost more to build,
     bind and parse than judging them. Elsewhere, ``bulk_create``.
     """
     if not checks:
@@ -348,6 +350,7 @@ def insert_checks(checks: Sequence[Any]) -> None:
                 check.policy_name,
                 check.window_seconds,
                 check.window_end.isoformat(),
+                None if check.window_start is None else check.window_start.isoformat(),
                 check.planned_canary_share,
                 check.verdict,
                 check.should_rollback,
@@ -483,6 +486,108 @@ def grouped(
         )
         for row in rows
     ]
+
+
+@dataclass(slots=True)
+class Series:
+    """The buckets of one series and metric, oldest first, as parallel lists: each bucket's
+    start (epoch seconds), counts, latency histogram text (sparse JSON, "[]" when empty) and
+    custom-metric aggregates."""
+
+    service: str
+    version: str
+    metric: str
+    starts: list[int]
+    requests: list[int]
+    errors: list[int]
+    latency: list[str]
+    value_sum: list[float]
+    value_count: list[int]
+    value_min: list[float | None]
+    value_max: list[float | None]
+
+
+def series(*, spans: Sequence[tuple[Iterable[str], Iterable[str], int, int]]) -> list[Series]:
+    """The buckets of the series asked for, in one query. ``spans`` are (services, versions,
+    low, high): the buckets of those services' versions starting in [low, high), epoch
+    seconds.
+
+    On PostgreSQL each series comes back as one row of arrays (its buckets aggregated in start
+    order), which costs a fraction of one row per bucket to fetch.
+    """
+    wanted = []
+    for services, versions, low, high in spans:
+        services, versions = sorted(set(services)), sorted(set(versions))
+        if services and versions and low < high:
+            wanted.append((services, versions, int(low), int(high)))
+    if not wanted:
+        return []
+    adapt = connection.ops.adapt_datetimefield_value
+    params: list[Any] = []
+    alternatives: list[str] = []
+    if is_postgres():
+        for services, versions, low, high in wanted:
+            alternatives.append(
+                "(service = ANY(%s) AND version = ANY(%s) AND start >= %s AND start < %s)"
+            )
+            params.extend([services, versions, _at(low), _at(high)])
+        sql = (
+            "SELECT service, version, metric, "
+            "array_agg(EXTRACT(EPOCH FROM start)::bigint ORDER BY start), "
+            "array_agg(requests ORDER BY start), array_agg(errors ORDER BY start), "
+            "string_agg(latency::text, '|' ORDER BY start), "
+            "array_agg(value_sum ORDER BY start), array_agg(value_count ORDER BY start), "
+            "array_agg(value_min ORDER BY start), array_agg(value_max ORDER BY start) "
+            f"FROM {TABLE} WHERE {' OR '.join(alternatives)} "
+            "GROUP BY service, version, metric"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return [
+                Series(
+                    service=row[0],
+                    version=row[1],
+                    metric=row[2],
+                    starts=row[3],
+                    requests=row[4],
+                    errors=row[5],
+                    latency=(row[6] or "").split("|"),
+                    value_sum=row[7],
+                    value_count=row[8],
+                    value_min=row[9],
+                    value_max=row[10],
+                )
+                for row in cursor.fetchall()
+            ]
+    for services, versions, low, high in wanted:
+        alternatives.append(
+            f"(service IN ({_marks(services)}) AND version IN ({_marks(versions)}) "
+            "AND start >= %s AND start < %s)"
+        )
+        params.extend([*services, *versions, adapt(_at(low)), adapt(_at(high))])
+    sql = (
+        "SELECT service, version, metric, CAST(strftime('%%s', start) AS INTEGER), requests, "
+        "errors, latency, value_sum, value_count, value_min, value_max "
+        f"FROM {TABLE} WHERE {' OR '.join(alternatives)} "
+        "ORDER BY service, version, metric, start"
+    )
+    found: dict[tuple[str, str, str], Series] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for row in cursor.fetchall():
+            key = (row[0], row[1], row[2])
+            item = found.get(key)
+            if item is None:
+                item = found[key] = Series(row[0], row[1], row[2], [], [], [], [], [], [], [], [])
+            item.starts.append(int(row[3]))
+            item.requests.append(int(row[4] or 0))
+            item.errors.append(int(row[5] or 0))
+            item.latency.append(row[6] if isinstance(row[6], str) else json.dumps(row[6]))
+            item.value_sum.append(float(row[7] or 0.0))
+            item.value_count.append(int(row[8] or 0))
+            item.value_min.append(row[9])
+            item.value_max.append(row[10])
+    return list(found.values())
 
 
 def _at(timestamp: int) -> datetime:

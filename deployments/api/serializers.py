@@ -48,11 +48,17 @@ class PhaseSerializer(serializers.ModelSerializer):
 class DeploymentSerializer(serializers.ModelSerializer):
     status = serializers.CharField(read_only=True, help_text=_words(DeploymentStatus))
     service = serializers.CharField(source="service.name", read_only=True)
-    stable_target = serializers.CharField(source="stable_target.name", default=None)
-    canary_target = serializers.CharField(source="canary_target.name", default=None)
-    health_policy = serializers.CharField(source="health_policy.name", default=None)
+    stable_target = serializers.CharField(
+        source="stable_target.name", default=None, allow_null=True
+    )
+    canary_target = serializers.CharField(
+        source="canary_target.name", default=None, allow_null=True
+    )
+    health_policy = serializers.CharField(
+        source="health_policy.name", default=None, allow_null=True
+    )
     linked_flags = serializers.SerializerMethodField()
-    created_by = serializers.CharField(source="created_by.username", default=None)
+    created_by = serializers.CharField(source="created_by.username", default=None, allow_null=True)
     phases = PhaseSerializer(many=True, read_only=True)
     progress = serializers.SerializerMethodField()
     allowed_actions = serializers.SerializerMethodField()
@@ -107,7 +113,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
 
 class DeploymentEventSerializer(serializers.ModelSerializer):
-    actor = serializers.CharField(source="actor.username", default=None)
+    actor = serializers.CharField(source="actor.username", default=None, allow_null=True)
     from_status = serializers.CharField(read_only=True, help_text=_words(DeploymentStatus))
     to_status = serializers.CharField(read_only=True, help_text=_words(DeploymentStatus))
 

@@ -9,7 +9,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from canary_site.api.serializers import StrictSerializer
+from canary_site.api.serializers import BlankableURLField, StrictSerializer
 from health.ingest import NAME_PATTERN
 from health.models import Alert, HealthCheck, HealthPolicy
 from health.selectors import MAX_WINDOW_SECONDS, is_series_metric
@@ -26,6 +26,9 @@ class NameField(serializers.RegexField):
 
 
 class HealthPolicySerializer(serializers.ModelSerializer):
+    slack_webhook_url = BlankableURLField(read_only=True)
+    webhook_url = BlankableURLField(read_only=True)
+
     class Meta:
         model = HealthPolicy
         fields = [
@@ -55,8 +58,8 @@ class HealthPolicyWriteSerializer(StrictSerializer):
     alerting_enabled = serializers.BooleanField(required=False)
     alert_channels = serializers.ListField(child=serializers.CharField(), required=False)
     alert_recipients = serializers.ListField(child=serializers.CharField(), required=False)
-    slack_webhook_url = serializers.URLField(required=False, allow_blank=True, max_length=200)
-    webhook_url = serializers.URLField(required=False, allow_blank=True, max_length=200)
+    slack_webhook_url = BlankableURLField(required=False, allow_blank=True, max_length=200)
+    webhook_url = BlankableURLField(required=False, allow_blank=True, max_length=200)
     alert_cooldown_seconds = serializers.IntegerField(
         required=False, min_value=0, max_value=7 * 86400
     )
@@ -118,11 +121,15 @@ class HealthCheckCreateSerializer(StrictSerializer):
 
 
 class AlertSerializer(serializers.ModelSerializer):
-    policy_name = serializers.CharField(source="policy.name", read_only=True, default=None)
-    acknowledged_by = serializers.CharField(
-        source="acknowledged_by.username", read_only=True, default=None
+    policy_name = serializers.CharField(
+        source="policy.name", read_only=True, default=None, allow_null=True
     )
-    resolved_by = serializers.CharField(source="resolved_by.username", read_only=True, default=None)
+    acknowledged_by = serializers.CharField(
+        source="acknowledged_by.username", read_only=True, default=None, allow_null=True
+    )
+    resolved_by = serializers.CharField(
+        source="resolved_by.username", read_only=True, default=None, allow_null=True
+    )
     last_check = serializers.PrimaryKeyRelatedField(read_only=True)
 
     class Meta:

@@ -28,6 +28,9 @@ def _no_follow_up_tasks(request: pytest.FixtureRequest) -> None:
     settings = request.getfixturevalue("settings")
     settings.CANARY_DEPLOYMENTS_ENQUEUE = False
     settings.CANARY_NOTIFY_ENQUEUE = False
+    # The phases here last 20 s with 50 canary requests a bucket: one bucket of their own is
+    # the minimum of traffic a phase needs (the rule itself is tested with its default).
+    settings.CANARY_DEPLOYMENT_PHASE_MIN_REQUESTS = 50
 
 
 def lognormal(count: int, median_ms: float, sigma: float = 0.3) -> list[float]:

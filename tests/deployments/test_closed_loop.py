@@ -24,7 +24,8 @@ from routing import services as routing_services
 from routing.models import RuleTarget, Service
 from tests.conftest import celery_args, wait_for
 from tests.deployments.conftest import CANARY, STABLE
-from tests.routing.conftest import Backend, Proxy
+from tests.deployments.live import FaultyBackend, PacedLoad, fault_backend_args
+from tests.routing.conftest import Backend, Proxy, free_port
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
 
@@ -274,3 +275,123 @@ def test_closed_loop__a_canary_that_starts_failing__is_rolled_back_and_leaves_th
     assert breach["threshold"] == "errorRate" and breach["observed"] > 10
     assert deployment.events.filter(kind=EventKind.FINISH_ROLLBACK).count() == 1
     assert deployment.phases.get(order=1).status == PhaseStatus.ROLLED_BACK
+
+
+# ---------------------------------------------------------------------------- the default policy
+
+
+@pytest.fixture
+def faulty_shop(spawn: Any) -> tuple[Service, FaultyBackend, FaultyBackend]:
+    """Service "shop" on two fault-injecting backends answering in about 2 ms."""
+    backends = []
+    for version in (STABLE, CANARY):
+        backend = FaultyBackend(version, free_port())
+        backend.process = spawn(f"backend-{version}", fault_backend_args(backend.port, version))
+        assert wait_for(backend.ready, timeout=20), backend.process.output()
+        backends.append(backend)
+    stable, canary = backends
+    service = routing_services.service_create(name="shop", stable_version=STABLE)
+    routing_services.target_create(
+        service=service, name="stable", endpoint=stable.url, version=STABLE
+    )
+    routing_services.target_create(
+        service=service, name="canary", endpoint=canary.url, version=CANARY
+    )
+    return service, stable, canary
+
+
+def no_thresholds(*shares_and_durations: tuple[float, int]) -> dict[str, Any]:
+    """The configuration a REST client sends with no thresholds and no criteria at all."""
+    return config(
+        *(
+            {"trafficPercentage": share, "durationMs": duration}
+            for share, duration in shares_and_durations
+        )
+    )
+
+
+def own_requests(deployment: Deployment, order: int = 1) -> int:
+    """The canary requests phase ``order`` has of its own, as the tick last judged it."""
+    judgement = current(deployment).phases.get(order=order).judgement
+    return ((judgement or {}).get("evidence") or {}).get("phase", {}).get("requests", 0)
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        pytest.param({"error_rate": 0.05}, "error", id="5-percent-errors"),
+        pytest.param({"delay_ms": 300}, "latency", id="150x-latency"),
+    ],
+)
+def test_closed_loop__the_default_configuration__rolls_back_a_bad_canary(
+    faulty_shop, start_proxy, loop_processes, fault, expected
+):
+    _service, _stable, canary = faulty_shop
+    proxy: Proxy = start_proxy("shop")
+    # No policy, no thresholds, no criteria: the deployments' default policy judges it.
+    deployment = services.deployment_create(config=no_thresholds((10, 300_000), (100, 60_000)))
+    services.deployment_transition(deployment_id=deployment.pk, action="start", source="api")
+
+    with PacedLoad(proxy.url, rate=50) as load:
+        # Healthy first, long enough for the phase to have traffic of its own.
+        assert wait_for(lambda: own_requests(deployment) >= 50, timeout=90), output(
+            *loop_processes.values(), proxy.process
+        )
+        canary.fault(**fault)
+        faulty_since = time.monotonic()
+        rolled_back = wait_for(
+            lambda: current(deployment).status == DeploymentStatus.ROLLED_BACK,
+            timeout=120,
+            interval=0.5,
+        )
+        assert rolled_back, output(*loop_processes.values(), proxy.process)
+
+        def canary_gone() -> float | None:
+            moment = time.monotonic()
+            time.sleep(2)
+            answers = load.since(moment)
+            return moment if answers and not any(v == CANARY for _s, v in answers) else None
+
+        assert wait_for(canary_gone, timeout=20, interval=0.1)
+        during = load.since(faulty_since)
+
+    assert during[(200, CANARY)] + during[(500, CANARY)] > 0
+    deployment = current(deployment)
+    rollback = deployment.events.get(kind=EventKind.ROLLBACK)
+    assert rollback.source == "system"
+    assert rollback.reason.startswith("Roll back: the health policy 'deployments-default'")
+    assert expected in rollback.reason.lower()
+    assert rollback.evidence["healthCheck"]["shouldRollback"] is True
+    assert deployment.phases.get(order=1).status == PhaseStatus.ROLLED_BACK
+    assert deployment.events.filter(kind=EventKind.PROMOTE).count() == 0
+
+
+def test_closed_loop__traffic_stopped_mid_phase__holds_the_phase(
+    faulty_shop, start_proxy, loop_processes
+):
+    proxy: Proxy = start_proxy("shop")
+    deployment = services.deployment_create(config=no_thresholds((10, 90_000), (100, 10_000)))
+    services.deployment_transition(deployment_id=deployment.pk, action="start", source="api")
+
+    with PacedLoad(proxy.url, rate=50) as load:
+        assert wait_for(lambda: own_requests(deployment) >= 100, timeout=90), (
+            current(deployment).phases.get(order=1).judgement,
+            list(current(deployment).events.values_list("kind", "reason")),
+        )
+    assert load.since(0)[(200, CANARY)] > 0
+
+    # The load has stopped: once the phase's minimum has passed, it still holds, and says why.
+    def held_without_traffic() -> dict[str, Any] | None:
+        judgement = current(deployment).phases.get(order=1).judgement or {}
+        stopped = "the canary's traffic has stopped" in judgement.get("reason", "")
+        return judgement if stopped and judgement.get("timeLeftMs") == 0 else None
+
+    judgement = wait_for(held_without_traffic, timeout=150, interval=0.5)
+    assert judgement, (
+        current(deployment).phases.get(order=1).judgement,
+        list(current(deployment).events.values_list("kind", "reason")),
+    )
+    deployment = current(deployment)
+    assert (deployment.status, deployment.current_phase) == (DeploymentStatus.RUNNING, 1)
+    assert judgement["outcome"] == "wait"
+    assert not deployment.events.filter(kind=EventKind.PROMOTE).exists()

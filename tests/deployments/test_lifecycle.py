@@ -18,8 +18,10 @@ from deployments.lifecycle import (
     TRANSITIONS,
     Action,
     CriterionState,
+    Evidence,
     Observation,
     Outcome,
+    Sample,
     Series,
     Status,
     TransitionRefused,
@@ -279,8 +281,21 @@ def healthy(until: float, start: float = 0) -> dict[str, list[Observation]]:
     }
 
 
+def own(seconds: float, *, requests: int = 500, errors: int = 0, healthy: bool = True) -> Evidence:
+    """The latest health check at ``seconds``: the phase's own traffic, judged healthy."""
+    return Evidence(
+        at=at(seconds),
+        windows={"fast": Sample(50, 0, 5.0), "current": Sample(100, 0, 30.0)},
+        phase=Sample(requests, errors, seconds),
+        healthy=healthy,
+        verdict="pass" if healthy else "critical",
+    )
+
+
 def test_phase__before_its_minimum_duration__waits_with_the_time_left() -> None:
-    judgement = phase_judgement(PHASE, started_at=T0, now=at(240), observations=healthy(until=240))
+    judgement = phase_judgement(
+        PHASE, started_at=T0, now=at(240), observations=healthy(until=240), evidence=own(240)
+    )
     assert judgement.outcome == Outcome.WAIT
     assert judgement.time_left_ms == 60_000
     assert judgement.criteria[0].state == CriterionState.HELD
@@ -288,13 +303,16 @@ def test_phase__before_its_minimum_duration__waits_with_the_time_left() -> None:
 
 
 def test_phase__after_its_duration_with_every_criterion_held__advances() -> None:
-    judgement = phase_judgement(PHASE, started_at=T0, now=at(300), observations=healthy(until=300))
+    judgement = phase_judgement(
+        PHASE, started_at=T0, now=at(300), observations=healthy(until=300), evidence=own(300)
+    )
     assert judgement.outcome == Outcome.ADVANCE
     assert judgement.time_left_ms == 0
     assert judgement.breaches == ()
     assert judgement.reason == (
-        "Advance: the phase has run its minimum 5m and every success criterion held: "
-        "availability > 99 held for 5m (needs 3m)."
+        "Advance: the phase has run its minimum 5m on its own canary traffic (0 errors in 500 "
+        "requests, 0%, 95% interval 0-0.76%), judged healthy, and every success criterion "
+        "held: availability > 99 held for 5m (needs 3m)."
     )
 
 
@@ -303,7 +321,9 @@ def test_phase__with_a_criterion_holding_too_briefly__waits_and_says_how_long_to
     observations["availability"] = series(
         {**every(5, 0, 200, 99.9), 205: 98.0, **every(5, 210, 300, 99.9)}
     )
-    judgement = phase_judgement(PHASE, started_at=T0, now=at(300), observations=observations)
+    judgement = phase_judgement(
+        PHASE, started_at=T0, now=at(300), observations=observations, evidence=own(300)
+    )
     assert judgement.outcome == Outcome.WAIT
     progress = judgement.criteria[0]
     assert progress.state == CriterionState.HOLDING
@@ -356,7 +376,12 @@ def test_criterion__with_a_gap_longer_than_max_gap__restarts_its_hold() -> None:
     judgement = phase_judgement(PHASE, started_at=T0, now=at(300), observations=observations)
     assert judgement.criteria[0].held_ms == 100_000
     relaxed = phase_judgement(
-        PHASE, started_at=T0, now=at(300), observations=observations, max_gap=None
+        PHASE,
+        started_at=T0,
+        now=at(300),
+        observations=observations,
+        max_gap=None,
+        evidence=own(300),
     )
     assert relaxed.outcome == Outcome.ADVANCE
 
@@ -383,6 +408,7 @@ def test_criterion__with_no_hold__needs_one_passing_observation() -> None:
         started_at=T0,
         now=at(60),
         observations={"error_rate": [Observation(at(60), 0.2)]},
+        evidence=own(60),
     )
     assert judgement.outcome == Outcome.ADVANCE
 
@@ -400,6 +426,7 @@ def test_criterion__on_response_time__reads_observations_under_that_name() -> No
         started_at=T0,
         now=at(10),
         observations={"response_time": series(every(5, 0, 10, 150.0))},
+        evidence=own(10),
     )
     assert judgement.outcome == Outcome.ADVANCE
 
@@ -409,20 +436,39 @@ def test_criterion__equals__passes_only_at_its_threshold() -> None:
         "p", "p", 5, 0, success_criteria=(Criterion("error_rate", Operator.EQUALS, 0, 0),)
     )
     zero = phase_judgement(
-        phase, started_at=T0, now=at(1), observations={"error_rate": series({1: 0.0})}
+        phase,
+        started_at=T0,
+        now=at(1),
+        observations={"error_rate": series({1: 0.0})},
+        evidence=own(1),
     )
     some = phase_judgement(
-        phase, started_at=T0, now=at(1), observations={"error_rate": series({1: 0.01})}
+        phase,
+        started_at=T0,
+        now=at(1),
+        observations={"error_rate": series({1: 0.01})},
+        evidence=own(1),
     )
     assert (zero.outcome, some.outcome) == (Outcome.ADVANCE, Outcome.WAIT)
 
 
-def test_phase__without_success_criteria__advances_on_time_alone() -> None:
+def test_phase__without_success_criteria__advances_on_its_own_healthy_traffic_only() -> None:
     phase = PhaseConfig("p", "p", 5, 60_000)
-    judgement = phase_judgement(phase, started_at=T0, now=at(60), observations={})
-    assert judgement.outcome == Outcome.ADVANCE
-    assert judgement.reason == (
-        "Advance: the phase has run its minimum 1m, and it has no success criteria."
+
+    on_time_alone = phase_judgement(phase, started_at=T0, now=at(60), observations={})
+    on_evidence = phase_judgement(
+        phase, started_at=T0, now=at(60), observations={}, evidence=own(60, requests=120)
+    )
+
+    assert on_time_alone.outcome == Outcome.WAIT
+    assert on_time_alone.reason == (
+        "Wait: the phase's minimum 1m has passed, but no health check of the canary has "
+        "judged this phase yet."
+    )
+    assert on_evidence.outcome == Outcome.ADVANCE
+    assert on_evidence.reason == (
+        "Advance: the phase has run its minimum 1m on its own canary traffic (0 errors in 120 "
+        "requests, 0%, 95% interval 0-3.1%), judged healthy, and it has no success criteria."
     )
 
 
@@ -484,14 +530,18 @@ def test_observations_outside_the_phase__are_ignored() -> None:
     observations = healthy(until=300, start=-600)
     observations["error_rate"].append(Observation(at(-10), 90.0))
     observations["error_rate"].append(Observation(at(400), 90.0))
-    judgement = phase_judgement(PHASE, started_at=T0, now=at(300), observations=observations)
+    judgement = phase_judgement(
+        PHASE, started_at=T0, now=at(300), observations=observations, evidence=own(300)
+    )
     assert judgement.outcome == Outcome.ADVANCE
     assert judgement.criteria[0].held_ms == 300_000
 
 
 def test_observations__may_arrive_in_any_order() -> None:
     observations = {name: list(reversed(values)) for name, values in healthy(until=300).items()}
-    judgement = phase_judgement(PHASE, started_at=T0, now=at(300), observations=observations)
+    judgement = phase_judgement(
+        PHASE, started_at=T0, now=at(300), observations=observations, evidence=own(300)
+    )
     assert judgement.outcome == Outcome.ADVANCE
 
 
@@ -510,6 +560,8 @@ def test_judgement__is_evidence_that_serialises_to_json() -> None:
         "limit": 5,
         "observed": 7.5,
         "at": "2025-01-01T12:02:05+00:00",
+        "window": "",
+        "sample": None,
     }
     assert data["criteria"][0]["state"] == "holding"
     assert set(data) == {
@@ -520,6 +572,8 @@ def test_judgement__is_evidence_that_serialises_to_json() -> None:
         "earliestAdvanceMs",
         "criteria",
         "breaches",
+        "ownTraffic",
+        "evidence",
     }
 
 
@@ -667,3 +721,202 @@ def test_criterion_predicate__is_passes(operator: Operator, threshold: float, va
     criterion = Criterion("availability", operator, threshold, 0)
     assert criterion.predicate()(value) == criterion.passes(value)
     assert criterion.predicate()(threshold) == criterion.passes(threshold)
+
+
+# --------------------------------------------------------------------------- own traffic, evidence
+
+NO_CRITERIA = PhaseConfig("p", "p", 10, 60_000)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    requests=st.integers(min_value=0, max_value=99),
+    healthy_verdict=st.booleans(),
+    with_criteria=st.booleans(),
+    now=st.integers(min_value=60, max_value=3600),
+)
+def test_phase__with_too_little_canary_traffic_of_its_own__never_advances(
+    requests: int, healthy_verdict: bool, with_criteria: bool, now: int
+) -> None:
+    phase = PHASE if with_criteria else NO_CRITERIA
+    judgement = phase_judgement(
+        phase,
+        started_at=T0,
+        now=at(now),
+        observations=healthy(until=now),
+        evidence=own(now, requests=requests, healthy=healthy_verdict),
+    )
+    assert judgement.outcome == Outcome.WAIT
+    assert judgement.own_traffic is not None and not judgement.own_traffic.enough
+
+
+def test_phase__with_too_little_traffic__says_how_much_it_has_and_needs() -> None:
+    judgement = phase_judgement(
+        NO_CRITERIA, started_at=T0, now=at(60), observations={}, evidence=own(60, requests=48)
+    )
+    assert judgement.reason == (
+        "Wait: the phase's minimum 1m has passed, but the phase has 48 canary requests of its "
+        "own; it needs 100."
+    )
+
+
+def test_phase__whose_canary_traffic_stopped__holds_and_says_why() -> None:
+    stopped = Evidence(
+        at=at(300),
+        windows={"fast": Sample(0, 0, 5.0), "current": Sample(0, 0, 30.0)},
+        phase=Sample(900, 1, 300.0),
+        healthy=True,
+        verdict="pass",
+    )
+    judgement = phase_judgement(
+        NO_CRITERIA, started_at=T0, now=at(300), observations={}, evidence=stopped
+    )
+    assert judgement.outcome == Outcome.WAIT
+    assert "the canary's traffic has stopped: its latest window of 5s had no request" in (
+        judgement.reason
+    )
+
+
+def test_phase__whose_last_seconds_had_no_canary_request__holds_though_its_window_has_some() -> (
+    None
+):
+    evidence = Evidence(
+        at=at(300),
+        windows={"fast": Sample(0, 0, 10.0), "current": Sample(250, 0, 60.0)},
+        phase=Sample(900, 0, 300.0),
+        healthy=True,
+        verdict="pass",
+    )
+    judgement = phase_judgement(
+        NO_CRITERIA, started_at=T0, now=at(300), observations={}, evidence=evidence
+    )
+    assert judgement.outcome == Outcome.WAIT
+    assert "its latest window of 10s had no request (the phase has 900" in judgement.reason
+
+
+def test_phase__with_a_verdict_that_is_not_healthy__waits_with_the_policys_sentence() -> None:
+    evidence = Evidence(
+        at=at(60),
+        windows={"current": Sample(300, 9, 30.0)},
+        phase=Sample(600, 18, 60.0),
+        healthy=False,
+        verdict="critical",
+        message="Critical (1 critical): error rate 3% against stable 0.1%.",
+    )
+    judgement = phase_judgement(
+        NO_CRITERIA, started_at=T0, now=at(60), observations={}, evidence=evidence
+    )
+    assert judgement.outcome == Outcome.WAIT
+    assert "the health policy's verdict over the phase's 600 canary requests is critical" in (
+        judgement.reason
+    )
+    assert "error rate 3% against stable 0.1%" in judgement.reason
+
+
+def test_phase__judged_on_a_check_from_before_it_began__has_no_traffic_of_its_own() -> None:
+    earlier = own(-5, requests=5_000)
+    judgement = phase_judgement(
+        NO_CRITERIA, started_at=T0, now=at(60), observations={}, evidence=earlier
+    )
+    assert judgement.outcome == Outcome.WAIT
+    assert judgement.evidence is None
+    assert "no health check of the canary has judged this phase yet" in judgement.reason
+
+
+def test_phase__on_a_stale_check__does_not_advance() -> None:
+    judgement = phase_judgement(
+        NO_CRITERIA, started_at=T0, now=at(200), observations={}, evidence=own(60)
+    )
+    assert judgement.outcome == Outcome.WAIT
+    assert "the latest health check of the canary is 2m 20s old" in judgement.reason
+
+
+def rate_evidence(errors: int, requests: int, *, window: str = "current") -> Evidence:
+    return Evidence(
+        at=at(125),
+        windows={window: Sample(requests, errors, 10.0)},
+        phase=Sample(requests, errors, 125.0),
+        healthy=True,
+        verdict="pass",
+    )
+
+
+def test_threshold__one_error_in_48_requests__is_not_two_percent_errors_beyond_doubt() -> None:
+    phase = PhaseConfig("p", "p", 10, 60_000, rollback_thresholds=RollbackThresholds(error_rate=1))
+    observations = {"error_rate": series({125: 100 / 48})}  # the point value, 2.08
+
+    judgement = phase_judgement(
+        phase, started_at=T0, now=at(125), observations=observations, evidence=rate_evidence(1, 48)
+    )
+    on_points = phase_judgement(phase, started_at=T0, now=at(125), observations=observations)
+
+    assert judgement.breaches == ()
+    assert on_points.outcome == Outcome.BREACH  # what a point estimate would have done
+
+
+def test_threshold__a_gross_fault_in_the_fast_window__breaches_and_says_its_sample() -> None:
+    phase = PhaseConfig("p", "p", 10, 60_000, rollback_thresholds=RollbackThresholds(error_rate=5))
+    judgement = phase_judgement(
+        phase,
+        started_at=T0,
+        now=at(125),
+        observations={},
+        evidence=rate_evidence(20, 50, window="fast"),
+    )
+    assert judgement.outcome == Outcome.BREACH
+    breach = judgement.breaches[0]
+    assert (breach.window, breach.observed, breach.sample) == ("fast", 40.0, Sample(50, 20, 10.0))
+    assert judgement.reason == (
+        "Roll back: error_rate 40 is above the errorRate rollback threshold 5 beyond doubt: "
+        "20 errors in 50 requests, 40%, 95% interval 28-54% in the fast window of 10s ending "
+        "2025-01-01T12:02:05+00:00."
+    )
+    # Wilson at z = 1.96: (0.4 + z²/100 ± z·√(0.0048 + z²/10,000)) / (1 + z²/50).
+    assert breach.to_dict()["sample"]["interval"] == [27.6084, 53.8186]
+
+
+def test_availability_threshold__is_breached_when_its_upper_bound_is_below_it() -> None:
+    phase = PhaseConfig(
+        "p", "p", 10, 60_000, rollback_thresholds=RollbackThresholds(availability=95)
+    )
+    few = phase_judgement(
+        phase, started_at=T0, now=at(125), observations={}, evidence=rate_evidence(3, 30)
+    )
+    many = phase_judgement(
+        phase, started_at=T0, now=at(125), observations={}, evidence=rate_evidence(300, 1000)
+    )
+    assert few.outcome != Outcome.BREACH  # 90% of 30 could still be 95%
+    assert many.outcome == Outcome.BREACH
+    assert many.breaches[0].observed == 70.0
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    requests=st.integers(min_value=1, max_value=100_000),
+    limit=st.floats(min_value=0, max_value=100, allow_nan=False),
+    data=st.data(),
+)
+def test_threshold__never_breaches_when_the_canarys_rate_is_not_above_it(
+    requests: int, limit: float, data: st.DataObject
+) -> None:
+    # Evidence can only make a breach harder than the point value does, never easier.
+    errors = data.draw(st.integers(min_value=0, max_value=int(requests * limit / 100)))
+    phase = PhaseConfig(
+        "p", "p", 10, 60_000, rollback_thresholds=RollbackThresholds(error_rate=limit)
+    )
+    judgement = phase_judgement(
+        phase, started_at=T0, now=at(125), observations={}, evidence=rate_evidence(errors, requests)
+    )
+    assert judgement.breaches == ()
+
+
+def test_sample__describes_itself_with_its_interval() -> None:
+    assert Sample(48, 2).describe() == "2 errors in 48 requests, 4.2%, 95% interval 1.2-14%"
+    assert Sample(1, 1).describe() == "1 error in 1 request, 100%, 95% interval 21-100%"
+    assert Sample(0, 0).describe() == "no requests"
+
+
+def test_evidence__round_trips_through_its_dict() -> None:
+    evidence = own(60, requests=321, errors=4)
+    assert Evidence.from_dict(json.loads(json.dumps(evidence.to_dict()))) == evidence
+    assert Evidence.from_dict({}) is None

@@ -345,7 +345,7 @@ def test_transition__sends_its_signal_after_commit(
     ]
 
 
-def test_delete__of_an_active_deployment__is_refused__and_of_an_ended_one_removes_its_rule(
+def test_delete__of_a_deployment_that_has_started__is_refused__its_timeline_is_evidence(
     make_deployment,
 ):
     deployment = make_deployment()
@@ -353,14 +353,22 @@ def test_delete__of_an_active_deployment__is_refused__and_of_an_ended_one_remove
     with pytest.raises(TransitionNotAllowed):
         services.deployment_delete(deployment_id=deployment.pk)
     act(deployment, "abort")
-    rule_id = Deployment.objects.get().routing_rule_id
 
-    services.deployment_delete(deployment_id=deployment.pk)
+    with pytest.raises(TransitionNotAllowed) as refused:
+        services.deployment_delete(deployment_id=deployment.pk)
+
+    assert refused.value.code == "has_run"
+    assert Deployment.objects.get().events.filter(kind=EventKind.START).exists()
+
+
+def test_delete__of_a_deployment_that_never_started__removes_it(make_deployment):
+    pending = make_deployment()
+    aborted = act(make_deployment(), "abort")
+
+    services.deployment_delete(deployment_id=pending.pk)
+    services.deployment_delete(deployment_id=aborted.pk)
 
     assert not Deployment.objects.exists()
-    from routing.models import RoutingRule
-
-    assert not RoutingRule.objects.filter(pk=rule_id).exists()
 
 
 def test_transitions__are_on_the_audit_trail(make_deployment, engineer):
@@ -373,3 +381,176 @@ def test_transitions__are_on_the_audit_trail(make_deployment, engineer):
         content_type__model="deployment", object_pk=str(deployment.pk), verb="start"
     ).get()
     assert (entry.actor, entry.source, entry.reason) == (engineer, "api", "ship it")
+
+
+# ---------------------------------------------------------------------------- many at once
+
+
+def started_deployments(count: int, offset: int = 0, **create: Any) -> list[Deployment]:
+    """``count`` started deployments, each of its own service."""
+    from routing import services as routing_services
+
+    made = []
+    for index in range(offset, offset + count):
+        name = f"svc-{index}"
+        service = routing_services.service_create(name=name, stable_version=STABLE)
+        for role, version in (("stable", STABLE), ("canary", CANARY)):
+            routing_services.target_create(
+                service=service,
+                name=role,
+                endpoint=f"http://127.0.0.1:{9 + index}",
+                version=version,
+            )
+        deployment = services.deployment_create(
+            config=make_config(service=name, name=name), **create
+        )
+        made.append(act(deployment, "start"))
+    return made
+
+
+def promotes(deployments: list[Deployment], **fields: Any) -> list[services.TransitionRequest]:
+    return [
+        services.TransitionRequest(
+            deployment_id=d.pk, action="promote", reason="ready", expected_phase=1, **fields
+        )
+        for d in deployments
+    ]
+
+
+def test_transitions_many__promote_each_in_one_transaction_in_queries_that_do_not_grow(db):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    few, many = started_deployments(2), started_deployments(6, offset=2)
+
+    with CaptureQueriesContext(connection) as two:
+        services.deployments_transition(requests=promotes(few), source="api")
+    with CaptureQueriesContext(connection) as six:
+        results = services.deployments_transition(requests=promotes(many), source="api")
+
+    assert len(six.captured_queries) == len(two.captured_queries)
+    assert all(result.done for result in results)
+    for deployment in many:
+        assert weights(deployment) == {"stable": 50.0, "canary": 50.0}
+        assert deployment.current_phase == 2
+        event = deployment.events.get(kind=EventKind.PROMOTE)
+        assert (event.phase, event.canary_share, event.reason) == (2, Decimal("50"), "ready")
+        assert event.evidence["traffic"]["rule"]["id"] == deployment.routing_rule_id
+        assert [p.status for p in deployment.phases.order_by("order")] == [
+            PhaseStatus.PASSED,
+            PhaseStatus.RUNNING,
+            PhaseStatus.PENDING,
+        ]
+
+
+def test_transitions_many__a_refused_request_writes_nothing_and_the_others_go_on(db):
+    first, second = started_deployments(2)
+    requests = [
+        services.TransitionRequest(deployment_id=first.pk, action="promote", expected_phase=3),
+        *promotes([second]),
+        services.TransitionRequest(deployment_id=10**9, action="abort"),
+    ]
+
+    moved_on, done, missing = services.deployments_transition(requests=requests, source="api")
+
+    assert moved_on.error.code == "moved_on" and moved_on.event is None
+    assert done.done and done.event.kind == EventKind.PROMOTE
+    assert missing.error.status_code == 404
+    assert Deployment.objects.get(pk=first.pk).current_phase == 1
+    assert weights(first) == {"stable": 90.0, "canary": 10.0}
+    assert Deployment.objects.get(pk=second.pk).current_phase == 2
+
+
+def test_transitions_many__one_that_cannot_be_written__fails_alone(db):
+    first, second, third = started_deployments(3)
+    # A linked flag driven by someone else: promoting its deployment cannot set its rollout.
+    flag = flag_services.flag_create(key="taken")
+    services_flag = Flag.objects.get(pk=flag.pk)
+    services_flag.controlled_by = "someone else"
+    services_flag.save()
+    second.flags.add(flag)
+
+    results = services.deployments_transition(
+        requests=promotes([first, second, third]), source="api"
+    )
+
+    assert [result.done for result in results] == [True, False, True]
+    assert "driven by someone else" in results[1].error.message
+    assert [Deployment.objects.get(pk=d.pk).current_phase for d in (first, second, third)] == [
+        2,
+        1,
+        2,
+    ]
+    assert not second.events.filter(kind=EventKind.PROMOTE).exists()
+
+
+def test_transitions_many__a_rollback_and_its_end__in_one_batch(db):
+    (deployment,) = started_deployments(1)
+
+    rollback, finish = services.deployments_transition(
+        requests=[
+            services.TransitionRequest(deployment.pk, "rollback", reason="bad canary"),
+            services.TransitionRequest(
+                deployment.pk, "finish_rollback", expected_status=DeploymentStatus.ROLLING_BACK
+            ),
+        ]
+    )
+
+    assert rollback.done and finish.done
+    deployment.refresh_from_db()
+    assert deployment.status == DeploymentStatus.ROLLED_BACK
+    assert weights(deployment) == {"stable": 100.0, "canary": 0.0}
+    assert deployment.routing_rule.enabled is False
+    kinds = list(deployment.events.order_by("at", "id").values_list("kind", "to_status"))
+    assert kinds[-2:] == [("rollback", "rolling_back"), ("finish_rollback", "rolled_back")]
+
+
+def test_transitions_many__are_on_the_audit_trail_with_their_own_reason_and_verb(db, engineer):
+    from canary_site.models import AuditEntry
+
+    first, second = started_deployments(2)
+    services.deployments_transition(
+        requests=[
+            services.TransitionRequest(first.pk, "pause", reason="looking"),
+            services.TransitionRequest(second.pk, "abort", reason="wrong build"),
+        ],
+        actor=engineer,
+        source="ui",
+    )
+
+    def entry(deployment: Deployment, verb: str) -> AuditEntry:
+        return AuditEntry.objects.get(
+            content_type__model="deployment", object_pk=str(deployment.pk), verb=verb
+        )
+
+    paused, aborted = entry(first, "pause"), entry(second, "abort")
+    assert (paused.actor, paused.source, paused.reason) == (engineer, "ui", "looking")
+    assert paused.changes["status"] == ["running", "paused"]
+    assert aborted.reason == "wrong build"
+    assert aborted.changes["status"] == ["running", "aborted"]
+    # The routing weights' own entries, written in bulk by routing's service.
+    assert AuditEntry.objects.filter(
+        content_type__model="ruletarget", verb="set_weights", reason="wrong build"
+    ).exists()
+
+
+def test_canary_leaving_traffic__resolves_its_open_alerts(make_deployment, policy):
+    from health.models import Alert
+
+    deployment = act(make_deployment(), "start")
+    alert = Alert.objects.create(
+        policy=policy,
+        service="shop",
+        canary_version=CANARY,
+        stable_version=STABLE,
+        severity="critical",
+        status="open",
+        title="shop 2.0.0 is worse than stable",
+        message="canary worse than stable",
+    )
+
+    act(deployment, "abort", reason="enough")
+
+    alert.refresh_from_db()
+    assert alert.status == "resolved"
+    assert "left traffic" in alert.resolution

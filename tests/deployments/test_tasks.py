@@ -4,6 +4,7 @@ test_closed_loop.py)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from flags import services as flag_services
 from health.models import HealthCheck, HealthPolicy
 from routing import services as routing_services
 from routing.models import RuleTarget, Service
-from tests.deployments.conftest import CANARY, STABLE, Clock, feed, make_config, phase
+from tests.deployments.conftest import BUCKET, CANARY, STABLE, Clock, feed, make_config, phase
 
 pytestmark = pytest.mark.django_db
 
@@ -276,7 +277,10 @@ def test_tick__a_deployment_without_a_policy__is_judged_by_the_default_one(route
     tick(clock, 20)
 
     policy = HealthPolicy.objects.get(name="deployments-default")
-    assert policy.alerting_enabled is False
+    # The default acts: it compares with stable, rolls back and alerts.
+    assert policy.alerting_enabled is True
+    assert policy.policy["auto_rollback"]["enabled"] is True
+    assert policy.policy["comparison"]["enabled"] is True
     assert HealthCheck.objects.filter(policy=policy, canary_version=CANARY).exists()
 
 
@@ -332,3 +336,163 @@ def test_tick__leaves_the_garbage_collector_as_it_found_it(make_deployment, cloc
     finally:
         gc.enable() if was else gc.disable()
     assert report.examined == 1 and report.errors == []
+
+
+# ---------------------------------------------------------------------------- own traffic
+
+
+def bare_phase(share: float, *, duration_ms: int = 20_000, **thresholds: float) -> dict[str, Any]:
+    """A phase without success criteria (and, unless given, without thresholds)."""
+    return {"trafficPercentage": share, "durationMs": duration_ms, "rollbackThresholds": thresholds}
+
+
+def test_tick__a_phase_without_criteria__is_not_promoted_on_no_evidence(make_deployment, clock):
+    deployment = make_deployment(make_config(phases=[bare_phase(10), bare_phase(100)]))
+    start(deployment, clock)
+    feed(start=clock.now, seconds=120, version=STABLE)  # the canary gets nothing
+
+    for _ in range(12):
+        tick(clock, 5)
+
+    deployment.refresh_from_db()
+    assert (deployment.status, deployment.current_phase) == (DeploymentStatus.RUNNING, 1)
+    judgement = deployment.phases.get(order=1).judgement
+    assert judgement["outcome"] == "wait"
+    assert judgement["ownTraffic"]["enough"] is False
+    assert "of its own" in judgement["reason"] or "traffic has stopped" in judgement["reason"]
+
+    # Once the canary has healthy traffic of its own, the phase advances, saying on what.
+    feed(start=clock.now - _seconds(5), seconds=60)
+    for _ in range(6):
+        tick(clock, 5)
+    promote = Deployment.objects.get().events.get(kind=EventKind.PROMOTE)
+    assert "on its own canary traffic (0 errors in" in promote.reason
+    assert "95% interval" in promote.reason
+
+
+def test_tick__each_phase_is_judged_on_its_own_traffic_only(make_deployment, clock):
+    deployment = make_deployment(
+        make_config(phases=[bare_phase(10), bare_phase(50), bare_phase(100)])
+    )
+    start(deployment, clock)
+    feed(start=clock.now, seconds=20)  # phase 1's traffic, and then nothing
+
+    for _ in range(30):
+        tick(clock, 5)
+        if Deployment.objects.get().current_phase != 1:
+            break
+    deployment.refresh_from_db()
+    assert deployment.current_phase == 2
+    second = deployment.phases.get(order=2)
+    for _ in range(12):
+        tick(clock, 5)
+
+    # Phase 1's requests are not phase 2's: it holds, and says why.
+    deployment.refresh_from_db()
+    assert (deployment.status, deployment.current_phase) == (DeploymentStatus.RUNNING, 2)
+    second.refresh_from_db()
+    assert second.judgement["outcome"] == "wait"
+    assert second.judgement["evidence"]["phase"]["requests"] == 0
+    started = second.started_at.timestamp()
+    assert all(second.observations["t0"] + t >= started for t in second.observations["t"])
+
+
+def test_tick__traffic_stopped_mid_phase__holds_the_phase_and_says_why(make_deployment, clock):
+    deployment = make_deployment(
+        make_config(phases=[bare_phase(10, duration_ms=60_000), bare_phase(100)])
+    )
+    start(deployment, clock)
+    feed(start=clock.now, seconds=30)  # half a minute of canary traffic, then it stops
+
+    for _ in range(24):
+        tick(clock, 5)
+
+    deployment.refresh_from_db()
+    assert (deployment.status, deployment.current_phase) == (DeploymentStatus.RUNNING, 1)
+    judgement = deployment.phases.get(order=1).judgement
+    assert "the canary's traffic has stopped: its latest window" in judgement["reason"]
+    assert judgement["evidence"]["phase"]["requests"] >= 100  # it had plenty of its own before
+
+
+def test_tick__one_error_in_a_thin_window__is_not_a_breach(make_deployment, clock):
+    config = make_config(phases=[phase(10, thresholds={"errorRate": 1}), phase(100)])
+    deployment = make_deployment(config)
+    start(deployment, clock)
+    feed(start=clock.now, seconds=120, requests=48, errors=1)  # "error rate 2.08" a window
+
+    for _ in range(12):
+        tick(clock, 5)
+
+    deployment.refresh_from_db()
+    assert deployment.status in (DeploymentStatus.RUNNING, DeploymentStatus.SUCCEEDED)
+    assert not deployment.events.filter(kind=EventKind.ROLLBACK).exists()
+
+
+def test_tick__a_breach__says_its_sample_and_when_the_fault_began(make_deployment, clock):
+    deployment = make_deployment()
+    start(deployment, clock)
+    healthy_until = clock.now + _seconds(20)
+    feed(start=clock.now, seconds=20)
+    feed(start=healthy_until, seconds=60, errors=20)  # 40% errors from then on
+
+    for _ in range(16):
+        tick(clock, 5)
+        if Deployment.objects.get().status != DeploymentStatus.RUNNING:
+            break
+
+    rollback = Deployment.objects.get().events.get(kind=EventKind.ROLLBACK)
+    assert "errors in" in rollback.reason and "95% interval" in rollback.reason
+    sample = rollback.evidence["judgement"]["breaches"][0]["sample"]
+    assert sample["errors"] > 0 and sample["requests"] >= sample["errors"]
+    # The fault's first bad bucket, not the look that judged it.
+    fault = datetime.fromisoformat(rollback.evidence["faultStart"])
+    first_bad = int(healthy_until.timestamp()) // BUCKET * BUCKET
+    assert fault.timestamp() == first_bad
+
+
+def test_tick__many_deployments_advancing_at_once__are_written_in_a_fixed_number_of_queries(
+    policy, clock
+):
+    def make_many(count: int, offset: int) -> list[Deployment]:
+        made = []
+        for index in range(offset, offset + count):
+            name = f"svc-{index}"
+            service = routing_services.service_create(name=name, stable_version=STABLE)
+            routing_services.target_create(
+                service=service, name="stable", endpoint="http://127.0.0.1:9", version=STABLE
+            )
+            routing_services.target_create(
+                service=service, name="canary", endpoint="http://127.0.0.1:10", version=CANARY
+            )
+            deployment = services.deployment_create(
+                config=make_config(
+                    service=name,
+                    name=name,
+                    phases=[bare_phase(10), bare_phase(50), bare_phase(100)],
+                ),
+                health_policy=policy,
+            )
+            start(deployment, clock)
+            feed(start=clock.now, seconds=120, service=name)
+            made.append(deployment)
+        return made
+
+    def advancing_tick() -> tuple[services.TickReport, int]:
+        # Every phase has run its minimum with traffic of its own; the next tick advances all.
+        with CaptureQueriesContext(connection) as captured:
+            report = services.deployments_tick(now=clock.advance(25))
+        return report, len(captured.captured_queries)
+
+    few = make_many(2, 0)
+    few_report, few_queries = advancing_tick()
+    for deployment in few:
+        deployment.refresh_from_db()
+        services.deployment_transition(deployment_id=deployment.pk, action="abort", now=clock.now)
+    many = make_many(7, 2)
+    many_report, many_queries = advancing_tick()
+
+    assert (few_report.advanced, many_report.advanced) == (2, 7)
+    assert many_queries == few_queries
+    for deployment in many:
+        assert canary_weight(deployment) == 50  # phase 2's share, set in the advance itself
+        assert Deployment.objects.get(pk=deployment.pk).current_phase == 2

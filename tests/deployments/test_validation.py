@@ -312,12 +312,6 @@ ERROR_CASES: list[tuple[str, Callable[[Config], None], str, str]] = [
         "phases[0].rollbackThresholds.latencyP95",
         "out_of_range",
     ),
-    (
-        "auto-rollback-without-thresholds",
-        set_all_thresholds(),
-        "autoRollback",
-        "auto_rollback_without_thresholds",
-    ),
     ("ftp-endpoint", set_top(canaryEndpoint="ftp://canary"), "canaryEndpoint", "invalid_url"),
     (
         "password-in-endpoint",
@@ -509,6 +503,14 @@ WARNING_CASES: list[tuple[str, Callable[[Config], None], Config | None, str, str
     ),
     ("auto-rollback-off", set_top(autoRollback=False), None, "autoRollback", "auto_rollback_off"),
     (
+        # The health policy's comparison still rolls back: a warning, no longer an error.
+        "auto-rollback-without-thresholds",
+        set_all_thresholds(),
+        None,
+        "autoRollback",
+        "auto_rollback_without_thresholds",
+    ),
+    (
         "always-passes",
         add_phase_criterion(0, criterion("error_rate", "less_than", 101)),
         None,
@@ -643,7 +645,8 @@ def test_recommendations__give_advice_beyond_the_findings() -> None:
 def test_estimates__sum_phase_minimums_and_ticks_and_add_up_the_rollback_path() -> None:
     report = validate(good_config())
     assert report.estimated_time_to_full_promotion_ms == 4 * (300_000 + 5_000)
-    assert report.worst_case_time_to_rollback_ms == 5_000 + 5_000 + 0 + 30_000
+    # From the fault's first bad bucket: data delay, a window, evaluation, tick, hold, action.
+    assert report.worst_case_time_to_rollback_ms == 16_000 + 60_000 + 5_000 + 5_000 + 0 + 30_000
 
 
 def test_estimates__follow_the_servers_timing() -> None:
@@ -652,10 +655,14 @@ def test_estimates__follow_the_servers_timing() -> None:
         evaluation_interval_ms=30_000,
         breach_hold_ms=60_000,
         rollback_action_ms=15_000,
+        data_delay_ms=3_000,
+        window_ms=20_000,
     )
     report = validate(good_config(), timing=timing)
     assert report.estimated_time_to_full_promotion_ms == 4 * (300_000 + 10_000)
-    assert report.worst_case_time_to_rollback_ms == 30_000 + 10_000 + 60_000 + 15_000
+    assert report.worst_case_time_to_rollback_ms == (
+        3_000 + 20_000 + 30_000 + 10_000 + 60_000 + 15_000
+    )
 
 
 def test_estimate__counts_a_hold_longer_than_its_phase() -> None:

@@ -260,8 +260,9 @@ def test_wizard__validates_a_pasted_yaml_configuration(routed_service, browser_f
     )
 
     html = response.content.decode()
-    assert "errors</strong>" in html
-    assert 'data-field="phases[0].trafficPercentage"' in html  # a last phase below 100%
+    # One error (a last phase below 100%); no thresholds is a warning: the policy rolls back.
+    assert "1 error</strong>" in html
+    assert 'data-field="phases[0].trafficPercentage"' in html
     assert "phase-errors-0" not in html  # the editor's rows are not what was checked
 
 

@@ -15,6 +15,10 @@ from health.histogram import Histogram
 from health.ingest import OutcomeBatchItem
 
 BUCKET = 10
+"""How far apart `traffic` spaces its outcomes: every fifth bucket of the store's 2 seconds."""
+SETTLE = 3
+"""How far into a ten-second span `aligned_now` lands: a window judged then ends on the span's
+start (2 s of settling, on the store's 2-second grid)."""
 
 
 def lognormal(count: int, median_ms: float, sigma: float = 0.4) -> list[float]:
@@ -23,8 +27,8 @@ def lognormal(count: int, median_ms: float, sigma: float = 0.4) -> list[float]:
     return [median_ms * math.exp(sigma * normal.inv_cdf((i + 0.5) / count)) for i in range(count)]
 
 
-def aligned_now(offset: float = 5.0) -> datetime:
-    """A moment just past, ``offset`` seconds into a 10-second bucket: windows end predictably
+def aligned_now(offset: float = SETTLE) -> datetime:
+    """A moment just past, ``offset`` seconds into a 10-second span: windows end predictably
     and rows stamped with it are already due."""
     seconds = int((datetime.now(tz=UTC).timestamp() - offset) // BUCKET) * BUCKET
     return datetime.fromtimestamp(seconds + offset, tz=UTC)
@@ -63,8 +67,8 @@ def now() -> datetime:
 
 @pytest.fixture
 def window_end(now: datetime) -> datetime:
-    """Where the windows of an evaluation at ``now`` end (5 s of settling back)."""
-    return now - timedelta(seconds=5)
+    """Where the windows of an evaluation at ``now`` end."""
+    return now - timedelta(seconds=SETTLE)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from health import services
-from health.models import Alert, HealthPolicy, MetricBucket
+from health.models import Alert, HealthCheck, HealthPolicy, MetricBucket
 from tests.health.conftest import traffic
 
 pytestmark = pytest.mark.django_db
@@ -182,7 +182,7 @@ def test_policy__engineer_creates_and_changes_it__viewer_reads_it(client, viewer
     created = client.post("/api/v1/health/policies/", POLICY, format="json")
     assert created.status_code == 201, created.content
     policy_id = created.json()["id"]
-    assert created.json()["policy"]["comparison"]["tolerance_percent"] == 10.0
+    assert created.json()["policy"]["comparison"]["tolerance_percent"] == 50.0
 
     changed = client.patch(
         f"/api/v1/health/policies/{policy_id}/", {"alert_cooldown_seconds": 60}, format="json"
@@ -442,3 +442,41 @@ def test_schema__describes_the_health_endpoints(client):
         "/api/v1/health/alerts/{id}/resolve/",
     ]:
         assert path in schema["paths"], path
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/api/v1/health/checks/", "since"),
+        ("/api/v1/health/checks/", "until"),
+        ("/api/v1/health/alerts/", "since"),
+    ],
+)
+@pytest.mark.parametrize(
+    "value",
+    ["2026-01-01T00:00:00+23:00", "2026-01-01T00:00:00-16:00", "0001-01-01T00:00:00+01:00"],
+    ids=["offset-too-far-east", "offset-too-far-west", "before-year-1-in-utc"],
+)
+def test_filters__a_time_the_database_cannot_hold__is_400_naming_it(
+    viewer_client, path, field, value
+):
+    assert_error(viewer_client.get(path, {field: value}), 400, field=field)
+
+
+def test_checks__since_with_an_offset__is_the_same_moment_in_utc(client, policy, now):
+    services.health_evaluate(
+        service="checkout", canary_version="2.0", stable_version="1.0", policy=policy, now=now
+    )
+    window_end = HealthCheck.objects.get().window_end
+    east = timezone.get_fixed_timezone(timedelta(hours=15, minutes=30))
+
+    at_end = client.get(
+        "/api/v1/health/checks/", {"since": window_end.astimezone(east).isoformat()}
+    )
+    later = client.get(
+        "/api/v1/health/checks/",
+        {"since": (window_end + timedelta(seconds=1)).astimezone(east).isoformat()},
+    )
+
+    assert at_end.json()["count"] == 1
+    assert later.json()["count"] == 0

@@ -32,7 +32,7 @@ def bucket(service: str = "checkout", version: str = "2.0", metric: str = "reque
 
 
 def test_record_outcomes__twice_into_one_bucket__adds_counts_and_merges_histograms(now):
-    start = datetime.fromtimestamp(int(now.timestamp()) // 10 * 10, tz=UTC)
+    start = datetime.fromtimestamp(int(now.timestamp()) // 2 * 2, tz=UTC)
     first = Histogram.from_values([5.0, 80.0, 81.0])
     second = Histogram.from_values([80.0, 2_000.0])
     item = OutcomeBatchItem(
@@ -41,7 +41,7 @@ def test_record_outcomes__twice_into_one_bucket__adds_counts_and_merges_histogra
     later = OutcomeBatchItem(
         service="checkout",
         version="2.0",
-        bucket_start=start + timedelta(seconds=7),
+        bucket_start=start + timedelta(seconds=1.5),
         requests=2,
         errors=0,
         latency=second,
@@ -51,7 +51,7 @@ def test_record_outcomes__twice_into_one_bucket__adds_counts_and_merges_histogra
     services.metrics_record_outcomes(outcomes=[later])
 
     stored = bucket()
-    assert (stored.requests, stored.errors, stored.start, stored.resolution) == (5, 1, start, 10)
+    assert (stored.requests, stored.errors, stored.start, stored.resolution) == (5, 1, start, 2)
     assert Histogram.from_list(stored.latency) == first.merge(second)
 
 
@@ -269,7 +269,7 @@ def test_push__more_buckets_than_one_statement_holds__count_once_under_their_key
 def test_push__a_key_stored_with_the_digest_used_before__is_still_a_retry(now):
     samples = push_samples(now)
     deltas = parse_samples(
-        samples, resolution=10, now=now, max_future_seconds=300, max_age_seconds=86_400
+        samples, resolution=2, now=now, max_future_seconds=300, max_age_seconds=86_400
     )
     PushBatch.objects.create(
         key="before", digest=services._digest_of_reprs(deltas), samples=len(samples)
@@ -329,10 +329,15 @@ def test_evaluate__canary_with_5_percent_errors_against_stable_with_0_1__is_crit
     assert check.window_end == window_end and check.window_seconds == 60
     comparison = next(r for r in check.results if r["check"] == "comparison")
     assert comparison["verdict"] == "critical"
-    assert comparison["inputs"]["p_value"] < 1e-6
+    assert comparison["inputs"]["log_e_value"] > math.log(1e6)
     assert check.message.startswith("Critical")
-    assert comparison["message"].startswith("Canary error rate 5.00% vs stable 0.10%")
+    assert comparison["message"].startswith(
+        "Canary error rate against stable since the phase began: 60 errors in 1,200 requests "
+        "(5.00%, 95% interval 3.90-6.38%) against stable's 0.10% (6 errors in 6,000 requests)"
+    )
+    assert check.should_rollback
     assert check.result["inputs"]["canary"]["requests"] == 1200
+    assert check.result["windows"]["current"]["canary"]["errors"] == 60
 
 
 def test_evaluate__canary_like_stable__passes(now, window_end, make_policy):
@@ -381,7 +386,7 @@ def test_evaluate__twice_for_the_same_window__stores_and_signals_once(now, windo
             canary_version="2.0",
             stable_version=None,
             policy=policy,
-            now=now + timedelta(seconds=3),
+            now=now + timedelta(seconds=0.5),
         )
     finally:
         health_evaluated.disconnect(receiver)
@@ -546,8 +551,9 @@ def test_evaluate__a_policy_window_not_in_whole_buckets__is_rounded_up(
         now=now,
     )
 
-    assert check.window_seconds == 60
-    assert check.result["inputs"]["canary"]["throughput"] == pytest.approx(200 / 10)
+    # 55 s is 56 on the 2-second grid: the outcome at 60 s back is left out.
+    assert check.window_seconds == 56
+    assert check.result["inputs"]["canary"]["throughput"] == pytest.approx(1_000 / 56)
 
 
 # --------------------------------------------------------------------------- alerts
@@ -729,7 +735,8 @@ def test_policy_create__stores_the_canonical_policy_and_is_audited(engineer):
     )
 
     assert policy.policy["min_requests"] == 50
-    assert policy.policy["comparison"]["tolerance_percent"] == 10.0
+    assert policy.policy["comparison"]["tolerance_percent"] == 50.0
+    assert policy.policy["comparison"]["rollback"] is True
     from canary_site.selectors import audit_entries_for
 
     entry = audit_entries_for(obj=policy).get()
@@ -754,7 +761,7 @@ def test_compact__rolls_old_fine_buckets_into_coarse_ones_keeping_every_count(no
                 "version": "2.0",
                 "metric": "custom:queue_depth",
                 "value": value,
-                "timestamp": old_end.timestamp() - 100 + value,
+                "timestamp": old_end.timestamp() - 100 + value / 10,
             }
             for value in (1.0, 9.0)
         ],
@@ -763,7 +770,7 @@ def test_compact__rolls_old_fine_buckets_into_coarse_ones_keeping_every_count(no
 
     report = services.metrics_compact(now=now)
 
-    assert report.rolled_up == 60 + 1  # both custom values share a 10-second bucket
+    assert report.rolled_up == 60 + 1  # both custom values share a 2-second bucket
     coarse = MetricBucket.objects.filter(resolution=300, metric="requests")
     assert coarse.count() == 2
     assert sum(b.requests for b in coarse) == 600 and sum(b.errors for b in coarse) == 60
@@ -776,7 +783,7 @@ def test_compact__rolls_old_fine_buckets_into_coarse_ones_keeping_every_count(no
         1.0,
         9.0,
     )
-    assert MetricBucket.objects.filter(resolution=10).count() == 6  # the recent minute stays
+    assert MetricBucket.objects.filter(resolution=2).count() == 6  # the recent minute stays
     assert services.metrics_compact(now=now).rolled_up == 0
 
 

@@ -56,7 +56,7 @@ def test_overview__lists_services_with_their_latest_verdict_and_why(client, crit
 
     assert 'href="/health/services/checkout/"' in html
     assert "verdict-critical" in html
-    assert critical_check.message in html
+    assert escape(critical_check.message) in html
     assert "Critical: checkout 2.0 is unhealthy" in html  # the open alert
 
 
@@ -87,7 +87,7 @@ def test_service_page__checks_table_shows_each_verdict_and_its_why(client, criti
     html = client.get("/health/services/checkout/").content.decode()
 
     assert f'id="check-{critical_check.pk}"' in html
-    assert critical_check.message in html
+    assert escape(critical_check.message) in html
     for result in critical_check.results:
         assert escape(result["message"]) in html
 
@@ -181,3 +181,13 @@ def test_pages__need_a_signed_in_user():
 
     assert response.status_code == 302
     assert response["Location"].startswith("/accounts/login/")
+
+
+def test_service_page__a_since_the_database_cannot_hold__is_a_form_error_not_a_500(client):
+    response = client.get("/health/services/checkout/", {"since": "2026-01-01T00:00:00+23:00"})
+
+    assert response.status_code == 200
+    errors = re.search(r'<ul class="errors" role="alert">(.*?)</ul>', response.content.decode())
+    assert errors is not None
+    assert "since" in errors.group(1)
+    assert "+23:00" in errors.group(1)

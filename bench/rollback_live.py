@@ -31,6 +31,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +147,17 @@ def one_run(
     first_error = canary.state()["first_error_at"]
     last_to_canary = max(a.wall for a in answers if a.version == CANARY)
     rollback = reread().events.get(kind=EventKind.ROLLBACK)
+    check = rollback.evidence.get("healthCheck") or {}
+    window_end = datetime.fromisoformat(check["windowEnd"]).timestamp() if check else None
     return {
         "to_zero": last_to_canary - first_error,
         "to_decision": rollback.at.timestamp() - first_error,
+        "to_window_end": None if window_end is None else window_end - first_error,
+        "errors_before": sum(
+            1 for a in answers if a.version == CANARY and a.status == 500 and a.wall <= window_end
+        )
+        if window_end is not None
+        else None,
         "failed": sum(1 for a in answers if a.status != 200),
         "reason": rollback.reason,
     }
@@ -215,7 +224,9 @@ def bench(args: argparse.Namespace, logs: Path) -> list[dict[str, Any]]:
             print(
                 f"  run {number}: {result['to_zero']:5.1f} s to 0% in the proxy, "
                 f"{result['to_decision']:5.1f} s to the decision, "
-                f"{result['failed']} failed requests",
+                f"{result['failed']} failed requests; the deciding window ended "
+                f"{result['to_window_end']:.1f} s after the first 5xx, "
+                f"{result['errors_before']} errors sent by then",
                 flush=True,
             )
             results.append(result)

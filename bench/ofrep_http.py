@@ -53,17 +53,15 @@ print(secret)
 
 # The requests are formatted once, up front, so the Lua per request is an index and a modulo:
 # wrk shares the machine with the server, and a costly script would slow the server it measures.
-WRK_SCRIPT = """
-local countries = {"US", "CA", "GB", "DE", "FR", "JP", "BR", "IN"}
-local requests = {}
+# Both scripts cycle through their requests the same way, so the client spends the same on each
+# and the difference measured is the server's; each says how request ``n`` is built. The result
+# is a %-format (``%%`` for Lua's modulo).
+WRK_TEMPLATE = """
+{prelude}local requests = {}
 local counter = 0
 init = function(args)
   for n = 1, 1000 do
-    local body = string.format(
-      '{"context":{"targetingKey":"user-%%d","country":"%%s"}}', n, countries[n %% 8 + 1])
-    requests[n] = wrk.format("POST", nil,
-      {["Content-Type"] = "application/json", ["X-API-Key"] = "%(secret)s"}, body)
-  end
+{build}  end
 end
 request = function()
   counter = counter %% 1000 + 1
@@ -71,21 +69,26 @@ request = function()
 end
 """
 
-# The bare endpoint is loaded through the same kind of script, so the client spends the same on
-# both and the difference is the server's.
-WRK_BARE_SCRIPT = """
-local requests = {}
-local counter = 0
-init = function(args)
-  for n = 1, 1000 do
+
+def wrk_script(build: str, prelude: str = "") -> str:
+    return WRK_TEMPLATE.replace("{prelude}", prelude).replace("{build}", build)
+
+
+WRK_SCRIPT = wrk_script(
+    prelude='local countries = {"US", "CA", "GB", "DE", "FR", "JP", "BR", "IN"}\n',
+    build="""\
+    local body = string.format(
+      '{"context":{"targetingKey":"user-%%d","country":"%%s"}}', n, countries[n %% 8 + 1])
+    requests[n] = wrk.format("POST", nil,
+      {["Content-Type"] = "application/json", ["X-API-Key"] = "%(secret)s"}, body)
+""",
+)
+
+WRK_BARE_SCRIPT = wrk_script(
+    build="""\
     requests[n] = wrk.format("GET", nil, {["X-Request"] = tostring(n)}, nil)
-  end
-end
-request = function()
-  counter = counter %% 1000 + 1
-  return requests[counter]
-end
-"""
+""",
+)
 
 
 def free_port() -> int:

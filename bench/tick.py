@@ -14,7 +14,14 @@ for both versions in the metric store. Measured in the same run:
   belongs to the health app);
 - a tick where every one of the N deployments advances to its next phase: the decisions are
   written in bulk by the transition service (every row locked at once, phases, deployments,
-  events, audit entries and routing weights in a statement each), in one transaction.
+  events, audit entries, routing weights and the news in a statement each), in one
+  transaction;
+- then a tick where every one decides otherwise, a third each: rolls back (and finishes the
+  rollback), succeeds (its stable version becomes the canary's), or fails past its maximum
+  time; the same tick over 10 of them is the baseline whose query count it must match.
+
+The policy tells its people from the advancing tick on (an e-mail recipient, as the default
+policy tells every channel the site has): each decision queues its news.
 
 The script creates a scratch database (``canary_bench_tick``), migrates it and drops it.
 
@@ -209,7 +216,7 @@ def build(count: int, started: datetime) -> Any:
             (CANARY, 60, canary_latency),
             (STABLE, 540, stable_latency),
         )
-        for offset in range(0, HISTORY_SECONDS + 120, BUCKET)
+        for offset in range(0, HISTORY_SECONDS + 300, BUCKET)
     ]
     for offset in range(0, len(outcomes), 20_000):
         health_services.metrics_record_outcomes(outcomes=outcomes[offset : offset + 20_000])
@@ -238,6 +245,8 @@ def measured(call: Any) -> tuple[float, int, Any]:
 def bench(count: int) -> dict[str, Any]:
     from deployments import selectors, services
     from deployments.models import Deployment, Phase
+    from health.choices import NotificationEvent
+    from health.models import HealthPolicy, NotificationOutbox
 
     # Started ten minutes ago, on a bucket boundary plus one second: windows end predictably.
     base = int((datetime.now(tz=UTC) - timedelta(hours=1)).timestamp()) // BUCKET * BUCKET
@@ -308,12 +317,44 @@ def bench(count: int) -> dict[str, Any]:
     )
     moment += timedelta(seconds=BUCKET)
 
+    # From here on each decision is news for the policy's people, as with the default policy.
+    HealthPolicy.objects.update(
+        alerting_enabled=True, alert_channels=["email"], alert_recipients=["oncall@example.com"]
+    )
     # Every deployment's first phase is done (no minimum left, nothing to hold): all advance.
     Phase.objects.filter(order=1).update(duration_ms=0, success_criteria=[])
     moment += timedelta(seconds=BUCKET)
     advance = measured(lambda m=moment: services.deployments_tick(now=m))
     result.update(
         advance_seconds=advance[0], advance_queries=advance[1], advance_report=advance[2].to_dict()
+    )
+
+    # Then each decides otherwise, a third each, once phase 2 has traffic of its own: its
+    # latency breaches a 10 ms threshold (roll back), it is the last phase and holds
+    # (succeed), or the deployment is past its maximum time (fail).
+    thirds = [ids[0::3], ids[1::3], ids[2::3]]
+    Phase.objects.filter(order=2, deployment_id__in=thirds[0]).update(
+        rollback_thresholds={"latencyP95": 10}
+    )
+    Phase.objects.filter(order=3, deployment_id__in=thirds[1]).delete()
+    # Planned at the share the synthetic traffic has, so the sample-ratio check passes.
+    Phase.objects.filter(order=2, deployment_id__in=thirds[1]).update(
+        duration_ms=0, success_criteria=[], traffic_percentage=10
+    )
+    Deployment.objects.filter(pk__in=thirds[2]).update(max_deployment_time_ms=1)
+    small_ids = [pk for third in thirds for pk in third[:4]][:BASELINE]
+    moment += timedelta(seconds=4 * BUCKET)
+    decide_small = measured(
+        lambda m=moment: services.deployments_tick(now=m, deployment_ids=small_ids)
+    )
+    decide = measured(lambda m=moment: services.deployments_tick(now=m))
+    result.update(
+        decide_small_queries=decide_small[1],
+        decide_small_report=decide_small[2].to_dict(),
+        decide_seconds=decide[0],
+        decide_queries=decide[1],
+        decide_report=decide[2].to_dict(),
+        news=NotificationOutbox.objects.filter(event=NotificationEvent.DEPLOYMENT).count(),
     )
     return result
 
@@ -356,11 +397,25 @@ def main() -> None:
             f"{r['advance_queries']:5d} queries  (every decision in one transaction: rows "
             "locked at once, writes in bulk)"
         )
+        decided = r["decide_report"]
+        small = r["decide_small_report"]
+        print(
+            f"  every one deciding     {r['decide_seconds']:6.3f} s  "
+            f"{r['decide_queries']:5d} queries  ({decided['rolled_back']} rolled back, "
+            f"{decided['succeeded']} succeeded, {decided['failed']} failed)"
+        )
+        print(
+            f"  baseline: the same over {BASELINE}     {r['decide_small_queries']:5d} queries  "
+            f"({small['rolled_back']} rolled back, {small['succeeded']} succeeded, "
+            f"{small['failed']} failed)"
+        )
+        print(f"  deployments' news queued: {r['news']:,} (one e-mail per decision)")
         print(f"  steps of the fastest tick (s): {r['full_report']['timings']}")
         print(f"  steps of the advancing tick (s): {r['advance_report']['timings']}")
+        print(f"  steps of the deciding tick (s): {decided['timings']}")
         print(
             f"  advancing: {r['advance_report']['advanced']} advanced, "
-            f"errors {r['advance_report']['errors']}"
+            f"errors {r['advance_report']['errors']}; deciding: errors {decided['errors']}"
         )
         goal = (
             "met"

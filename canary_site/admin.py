@@ -9,26 +9,33 @@ edits a superuser or grants superuser powers.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import Group
 from django.db.models import QuerySet
+from django.forms.models import construct_instance
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import reverse
 
 from canary_site import services
 from canary_site.choices import Source
 from canary_site.exceptions import CanaryError
+from canary_site.forms import add_error_fields
+from canary_site.gates import ApprovalRequired
 from canary_site.models import ApiToken, AuditEntry, Heartbeat
 
 
-class EvidenceAdminMixin:
-    """For records that only the control loop writes and only retention deletes: no person adds,
-    edits or deletes one here. Superusers hold every permission, so the admin has to refuse
+class ReadOnlyAdminMixin:
+    """For records that no person adds, edits or deletes here: what only the control loop writes
+    and only retention deletes, and what changes only through its own page or action (a token's
+    revocation, a rule's weights). Superusers hold every permission, so the admin has to refuse
     itself. A subclass may allow the change permission for actions that call a service."""
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -41,10 +48,42 @@ class EvidenceAdminMixin:
         return False
 
 
+class ServiceValidatedForm(forms.ModelForm):
+    """An admin form that validates through the services; ``save_model`` then saves through
+    them too. A subclass says in ``validate`` which service check to run on the unsaved
+    candidate (the instance with ``candidate_fields`` set from the form, by default all of
+    ``Meta.fields``); its errors go next to their fields."""
+
+    candidate_fields: Sequence[str] | None = None
+
+    def validate(self, candidate: Any, data: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _post_clean(self) -> None:
+        # The model's own full_clean would run before the services' checks; they run both.
+        pass
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if not self.errors:
+            fields = self.candidate_fields or self._meta.fields
+            candidate = construct_instance(self, copy.copy(self.instance), fields)
+            try:
+                self.validate(candidate, data)
+            except CanaryError as error:
+                add_error_fields(self, error)
+        return data
+
+
 class RefusableDeleteMixin:
     """For admins whose deletes go through a service that may refuse (a segment still in use, a
     deployment that has run): ``delete_model`` reports the refusal as an error message, and
-    the page then returns to the object instead of announcing a delete that did not happen."""
+    the page then returns to the object instead of announcing a delete that did not happen.
+    A bulk delete goes one by one through ``delete_model``, so each refusal is reported."""
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for obj in queryset:
+            self.delete_model(request, obj)  # type: ignore[attr-defined]
 
     def response_delete(self, request: HttpRequest, obj_display: str, obj_id: Any) -> Any:
         model = self.model  # type: ignore[attr-defined]
@@ -60,6 +99,36 @@ class RefusableDeleteMixin:
         return super().response_delete(request, obj_display, obj_id)  # type: ignore[misc]
 
 
+class GatedAdminMixin:
+    """For admins whose saves, deletes and actions call gated services (`canary_site.gates`):
+    a change that waits for a sign-off is not an error. The form's save and the delete are
+    caught inside the admin's transaction, which then commits the approval request and nothing
+    else, and an action stops at the first change that waits; each answers with a message
+    naming the request and goes to its page."""
+
+    def _changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._changeform_view(request, *args, **kwargs)  # type: ignore[misc]
+        except ApprovalRequired as waiting:
+            return self._waiting(request, waiting)
+
+    def _delete_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._delete_view(request, *args, **kwargs)  # type: ignore[misc]
+        except ApprovalRequired as waiting:
+            return self._waiting(request, waiting)
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        try:
+            return super().response_action(request, queryset)  # type: ignore[misc]
+        except ApprovalRequired as waiting:
+            return self._waiting(request, waiting)
+
+    def _waiting(self, request: HttpRequest, waiting: ApprovalRequired) -> HttpResponseRedirect:
+        self.message_user(request, waiting.message, messages.WARNING)  # type: ignore[attr-defined]
+        return HttpResponseRedirect(waiting.summary.get("page") or request.get_full_path())
+
+
 def drop_needed_permission(perms_needed: set[str], model: Any) -> None:
     """Leave ``model`` out of what a delete needs permission for, when the service behind the
     delete removes its rows itself (a rule's weights, a person's tokens)."""
@@ -72,7 +141,7 @@ if admin.site.is_registered(AuditEntry):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(EvidenceAdminMixin, admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["timestamp", "actor", "source", "action_name", "object_repr", "reason"]
     list_filter = ["source", "action", "verb", "content_type"]
     search_fields = ["object_repr", "reason", "actor__username"]
@@ -80,9 +149,10 @@ class AuditEntryAdmin(EvidenceAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Tokens are created by their owners on the profile page, where the secret is shown once;
-    here they are looked at and revoked."""
+    here they are looked at and revoked. A revoked token stays on record: revoking is how a
+    token is ended, so none is deleted."""
 
     list_display = [
         "name",
@@ -105,16 +175,6 @@ class ApiTokenAdmin(admin.ModelAdmin):
         if request.user.is_superuser:
             return tokens
         return tokens.filter(user=request.user)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # A revoked token stays on record; revoking is how a token is ended.
-        return False
 
     def has_revoke_permission(self, request: HttpRequest) -> bool:
         # The queryset already holds only the tokens this person may see, hence revoke.
@@ -154,18 +214,9 @@ if admin.site.is_registered(Group):
 
 
 @admin.register(Group)
-class RoleGroupAdmin(DjangoGroupAdmin):
+class RoleGroupAdmin(ReadOnlyAdminMixin, DjangoGroupAdmin):
     """The role groups, read-only: their permissions are recomputed from the rules in
     ``canary_site.roles`` after every migrate, so an edit here would not last."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 User = get_user_model()

@@ -2,19 +2,36 @@
 
 django-auditlog records every create, update and delete of a registered model with its diff.
 Services wrap their writes in :func:`audit_context` to name the actor, the source (ui, api,
-system), the reason and the verb of an action, which land on the same entries.
+system), the reason and the verb of an action, which land on the same entries. Views hand a
+service who is writing and from where with :func:`writer`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from auditlog.context import auditlog_value, set_extra_data
 from auditlog.registry import auditlog
 
+from canary_site.bulk import insert_rows
 from canary_site.choices import Source
+
+API_PREFIXES = ("/api/", "/ofrep/")
+
+
+def request_source(request: Any) -> str:
+    """Where a request's writes come from: the API under its prefixes, the dashboard elsewhere
+    (the admin included)."""
+    return Source.API if request.path.startswith(API_PREFIXES) else Source.UI
+
+
+def writer(request: Any) -> dict[str, Any]:
+    """A service's ``actor`` and ``source`` for the writes a request asks for. ``request`` may be
+    DRF's, whose ``user`` is the one its authentication found (a bearer token's)."""
+    return {"actor": request.user, "source": request_source(request)}
 
 
 @contextmanager
@@ -73,10 +90,16 @@ def audit_updates(rows: Iterable[tuple[Any, Any, Mapping[str, str]]]) -> int:
         if key not in ("actor", "signal_duid") and hasattr(entry_model, key)
     }
     as_json = getattr(settings, "AUDITLOG_STORE_JSON_CHANGES", False)
+    related_as_text = getattr(settings, "AUDITLOG_USE_FK_STRING_REPRESENTATION", False)
     cid = get_cid()
     entries = []
     for old, new, attribution in rows:
-        changes = model_instance_diff(old, new, use_json_for_changes=as_json)
+        fields = _maybe_changed(old, new, related_as_text=related_as_text)
+        if not fields:
+            continue
+        changes = model_instance_diff(
+            old, new, fields_to_check=fields, use_json_for_changes=as_json
+        )
         if not changes:
             continue
         entry = entry_model(
@@ -93,5 +116,34 @@ def audit_updates(rows: Iterable[tuple[Any, Any, Mapping[str, str]]]) -> int:
         for key, value in {**extra, **attribution}.items():
             setattr(entry, key, value)
         entries.append(entry)
-    entry_model.objects.bulk_create(entries)
+    insert_rows(entry_model, entries)
     return len(entries)
+
+
+_MISSING = object()
+# Equal values of these types are written alike by auditlog's diff (unlike floats, decimals or
+# JSON, whose equal values may print differently: 0.0 and -0.0, 1.0 and 1.00, 1 and true).
+_PLAIN = (str, int, bool, type(None), datetime)
+
+
+def _maybe_changed(old: Any, new: Any, *, related_as_text: bool) -> set[str]:
+    """The fields auditlog's diff could find changed between two copies of a row: all but those
+    holding the very same object in both (a copy taken before a change shares every value it
+    did not change) or an equal plain value. Its diff of these alone is its diff of them all,
+    without printing every other field of every row twice (a deployment's whole configuration
+    among them)."""
+    names: set[str] = set()
+    before, after = old.__dict__, new.__dict__
+    for field in new._meta.fields:
+        if related_as_text and field.is_relation:
+            # Its text is the related object's, which the row's id alone does not tell.
+            names.add(field.name)
+            continue
+        was = before.get(field.attname, _MISSING)
+        now = after.get(field.attname, _MISSING)
+        if was is not _MISSING and (
+            was is now or (type(was) is type(now) and type(was) in _PLAIN and was == now)
+        ):
+            continue
+        names.add(field.name)
+    return names

@@ -11,8 +11,8 @@ import logging
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import NON_FIELD_ERRORS, RequestDataTooBig
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError as DatabaseInterfaceError
 from django.db import OperationalError as DatabaseOperationalError
@@ -76,25 +76,24 @@ class Conflict(CanaryError):
     code = "stale"
 
 
-class RateLimited(CanaryError):
+class RetryLater(CanaryError):
+    """The same request may work after ``retry_after`` seconds (at least one)."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+
+class RateLimited(RetryLater):
     status_code = 429
     code = "rate_limited"
 
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, int(retry_after))
 
-
-class ServiceUnavailable(CanaryError):
-    """Not the client's fault and not a bug: a dependency is down; the same request may work
-    after ``retry_after`` seconds."""
+class ServiceUnavailable(RetryLater):
+    """Not the client's fault and not a bug: a dependency is down for now."""
 
     status_code = 503
     code = "unavailable"
-
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, int(retry_after))
 
 
 # How long a client should wait before trying again while the database is unreachable: about
@@ -171,6 +170,33 @@ def _summary(fields: dict[str, list[str]], fallback: str) -> str:
     return f"{name}: {messages[0]}"
 
 
+def full_clean(
+    instance: Any,
+    *,
+    exclude: list[str] | None = None,
+    prefix: str = "",
+    names: dict[str, str] | None = None,
+    non_field: str = NON_FIELD_ERRORS,
+) -> None:
+    """``instance.full_clean()``, raising `ValidationFailed` that names each field instead of
+    Django's error, so a service's model checks leave in the one error body.
+
+    ``prefix`` and ``names`` turn a model field into the client's field path (a phase's
+    ``min_requests`` is ``phases[0].min_requests``); ``non_field`` is the path of the errors
+    that concern no single field. The message names the first field, unless it is none.
+    """
+    try:
+        instance.full_clean(exclude=exclude)
+    except DjangoValidationError as error:
+        fields: dict[str, list[str]] = {}
+        for name, messages in error.message_dict.items():
+            path = non_field if name == NON_FIELD_ERRORS else prefix + (names or {}).get(name, name)
+            fields.setdefault(path, []).extend(str(message) for message in messages)
+        path, messages = next(iter(fields.items()))
+        message = messages[0] if path == NON_FIELD_ERRORS else f"{path}: {messages[0]}"
+        raise ValidationFailed(message, fields=fields) from None
+
+
 def to_canary_error(exc: Exception) -> CanaryError | None:
     """Map Django's and DRF's own exceptions onto ours (4xx, and 503 for an unreachable
     database); None for anything else, which is a bug and stays a 500."""
@@ -235,6 +261,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     error = to_canary_error(exc)
     if error is None:
         return None
+    if error.status_code < 400:
+        # Not a failure: the change waits for a sign-off, and the request saying so must stay.
+        return Response(error.as_body(), status=error.status_code)
     set_rollback()
     headers: dict[str, str] = {}
     if isinstance(error, (RateLimited, ServiceUnavailable)):

@@ -19,6 +19,20 @@ class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = UtcDateTimeField
 
 
+def time_range(field_name: str) -> tuple[UtcDateTimeFilter, UtcDateTimeFilter]:
+    """The ``since`` and ``until`` filters, both ends included, on the datetime ``field_name``."""
+    return (
+        UtcDateTimeFilter(field_name=field_name, lookup_expr="gte"),
+        UtcDateTimeFilter(field_name=field_name, lookup_expr="lte"),
+    )
+
+
+class NamedFilterSet(django_filters.FilterSet):
+    """For records found by name: ``name`` matches any part of it, in any case."""
+
+    name = django_filters.CharFilter(lookup_expr="icontains")
+
+
 class AuditEntryFilterSet(django_filters.FilterSet):
     object_type = django_filters.CharFilter(
         field_name="content_type__model", lookup_expr="iexact", label="Object type"
@@ -32,8 +46,7 @@ class AuditEntryFilterSet(django_filters.FilterSet):
     )
     action = django_filters.CharFilter(method="filter_action", label="Action")
     source = django_filters.ChoiceFilter(choices=Source.choices)
-    since = UtcDateTimeFilter(field_name="timestamp", lookup_expr="gte")
-    until = UtcDateTimeFilter(field_name="timestamp", lookup_expr="lte")
+    since, until = time_range("timestamp")
 
     class Meta:
         model = AuditEntry

@@ -11,18 +11,12 @@ from auditlog.middleware import AuditlogMiddleware
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 
-from canary_site.choices import Source
+from canary_site.audit import API_PREFIXES, request_source
 from canary_site.exceptions import (
     database_available,
     database_unavailable,
     is_database_unavailable,
 )
-
-API_PREFIXES = ("/api/", "/ofrep/")
-
-
-def request_source(request: HttpRequest) -> str:
-    return Source.API if request.path.startswith(API_PREFIXES) else Source.UI
 
 
 def wants_json(request: HttpRequest) -> bool:

@@ -14,6 +14,19 @@ from canary_site.choices import Source
 from canary_site.exceptions import TransitionNotAllowed
 
 
+def person_field(related_name: str = "+", **options: Any) -> models.ForeignKey:
+    """The person who made, owns or settled a row. Deleting their account empties the link and
+    keeps the row: what they did outlives them."""
+    return models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name=related_name,
+        **options,
+    )
+
+
 class AuditEntry(AbstractLogEntry):
     """One create, update, delete or action on a domain object, with who, where from and why.
 

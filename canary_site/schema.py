@@ -3,6 +3,8 @@ error answers every operation can give, each in the one error body."""
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -11,6 +13,19 @@ from drf_spectacular.utils import OpenApiResponse
 from rest_framework.permissions import AllowAny
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# The REST operations whose services are gated: the lifecycle verbs a policy may name, the flag
+# writes other than the kill, and the routing rules and their weights.
+GATED_PATHS = [
+    re.compile(pattern)
+    for pattern in (
+        r"^/api/v1/deployments/\{id\}/(start|promote|promote-full|abort|retry|rollback)/$",
+        r"^/api/v1/flags/$",
+        r"^/api/v1/flags/\{key\}/$",
+        r"^/api/v1/flags/\{key\}/(enable|disable|rollout|rules)/$",
+        r"^/api/v1/flags/\{key\}/rules/\{index\}/(move/)?$",
+        r"^/api/v1/routing/rules/(\{id\}/(weights/)?)?$",
+    )
+]
 
 ERROR_DESCRIPTIONS = {
     "400": "Invalid input; `fields` names each field at fault.",
@@ -57,6 +72,8 @@ class AutoSchema(SpectacularAutoSchema):
         responses = operation["responses"]
         for status in self.error_statuses(operation):
             responses.setdefault(status, self.error_response(status))
+        if self.method in UNSAFE_METHODS and self._may_be_gated():
+            responses.setdefault("202", self.approval_required_response())
         for status, response in responses.items():
             # An error a view declares itself gets the same description and headers.
             if status in ERROR_DESCRIPTIONS and not response.get("description"):
@@ -96,5 +113,59 @@ class AutoSchema(SpectacularAutoSchema):
             response["headers"] = {**response.get("headers", {}), **WWW_AUTHENTICATE}
         return response
 
+    def _may_be_gated(self) -> bool:
+        """Whether the operation writes through a service an approval policy may gate
+        (`canary_site.gates.GATED_ACTIONS`)."""
+        return any(pattern.match(self.path) for pattern in GATED_PATHS)
+
+    def approval_required_response(self) -> dict[str, Any]:
+        return self._get_response_for_code(
+            OpenApiResponse(
+                _approval_required_serializer(),
+                description="An approval policy covers this change, so it was not made: an "
+                "approval request was opened instead (`approval_request.url`); the change is "
+                "applied once the request is approved.",
+            ),
+            "202",
+        )
+
     def _needs_authentication(self) -> bool:
         return any(not isinstance(p, AllowAny) for p in self.view.get_permissions())
+
+
+def one_spelling_per_route(
+    endpoints: list[tuple[Any, ...]], **kwargs: Any
+) -> list[tuple[Any, ...]]:
+    """drf-spectacular's preprocessing hook: a route that answers with and without a trailing
+    slash (`canary_site.api.routes.optional_slash`) is documented once, without the slash."""
+    bare = {(path, method, callback) for path, _regex, method, callback in endpoints}
+    return [
+        (path, regex, method, callback)
+        for path, regex, method, callback in endpoints
+        if not (path.endswith("/") and (path[:-1], method, callback) in bare)
+    ]
+
+
+@functools.cache
+def _approval_required_serializer() -> Any:
+    """The 202's body, built once (drf-spectacular names a component by its serializer)."""
+    from drf_spectacular.utils import inline_serializer
+    from rest_framework import serializers
+
+    summary = inline_serializer(
+        name="ApprovalRequestSummary",
+        fields={
+            "id": serializers.IntegerField(),
+            "state": serializers.CharField(),
+            "action": serializers.CharField(),
+            "object": serializers.DictField(),
+            "quorum": serializers.IntegerField(),
+            "expires_at": serializers.DateTimeField(),
+            "url": serializers.CharField(help_text="The request in the API."),
+            "page": serializers.CharField(help_text="The request in the dashboard."),
+        },
+    )
+    return inline_serializer(
+        name="ApprovalRequired",
+        fields={"message": serializers.CharField(), "approval_request": summary},
+    )

@@ -1,15 +1,28 @@
-"""Reads of the site's own records: tokens, the audit trail, heartbeats and overview counts."""
+"""Reads of the site's own records: accounts, tokens, the audit trail and heartbeats (the overview's
+figures from every app are read in `canary_site.overview`)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from canary_site import tokens
 from canary_site.models import ApiToken, AuditEntry, Heartbeat
+
+
+def user_named(username: str, *, error: type[Exception]) -> Any:
+    """The account ``username`` names, None for a blank name, and ``error`` (a form's or a
+    serializer's ``ValidationError``) saying so when no account has that name."""
+    username = username.strip()
+    if not username:
+        return None
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise error(f"No user named '{username}'.")
+    return user
 
 
 def api_token_for_secret(*, secret: str) -> ApiToken | None:
@@ -45,51 +58,3 @@ def heartbeat_age_seconds(*, name: str) -> float | None:
     if beat is None:
         return None
     return (timezone.now() - beat).total_seconds()
-
-
-def overview_counts() -> dict[str, Any]:
-    """Figures for the overview page, one aggregate query per subsystem.
-
-    The overview is the one place the site reads every app, which its place at the top of the
-    import graph allows; the apps' own modules never import the site's pages.
-    """
-    from django.db.models import Count, Q
-
-    from deployments.choices import DeploymentStatus
-    from deployments.models import Deployment
-    from flags.choices import FlagStatus
-    from flags.models import Flag
-    from health.choices import AlertSeverity, AlertStatus
-    from health.models import Alert
-    from routing.models import Service, Target
-
-    since = timezone.now() - timedelta(hours=24)
-    flags = Flag.objects.aggregate(
-        enabled=Count("pk", filter=Q(status=FlagStatus.ENABLED)),
-        killed=Count("pk", filter=Q(status=FlagStatus.KILLED)),
-    )
-    alerts = Alert.objects.exclude(status=AlertStatus.RESOLVED).aggregate(
-        open=Count("pk"), critical=Count("pk", filter=Q(severity=AlertSeverity.CRITICAL))
-    )
-    targets = Target.objects.aggregate(
-        total=Count("pk"), unhealthy=Count("pk", filter=Q(healthy=False))
-    )
-    deployments = Deployment.objects.aggregate(
-        running=Count("pk", filter=Q(status=DeploymentStatus.RUNNING)),
-        paused=Count("pk", filter=Q(status=DeploymentStatus.PAUSED)),
-        rolling_back=Count("pk", filter=Q(status=DeploymentStatus.ROLLING_BACK)),
-    )
-    return {
-        "deployments_running": deployments["running"],
-        "deployments_paused": deployments["paused"],
-        "deployments_rolling_back": deployments["rolling_back"],
-        "audit_today": AuditEntry.objects.filter(timestamp__gte=since).count(),
-        "beat_age": heartbeat_age_seconds(name="beat"),
-        "flags_enabled": flags["enabled"],
-        "flags_killed": flags["killed"],
-        "alerts_open": alerts["open"],
-        "alerts_critical": alerts["critical"],
-        "services": Service.objects.count(),
-        "targets": targets["total"],
-        "targets_unhealthy": targets["unhealthy"],
-    }

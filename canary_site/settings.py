@@ -263,6 +263,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "PREPROCESSING_HOOKS": ["canary_site.schema.one_spelling_per_route"],
 }
 
 # --- Celery -------------------------------------------------------------------------------
@@ -308,6 +309,7 @@ CELERY_BEAT_SCHEDULE = {
     # deployments: the orchestration tick, which also asks health to judge each canary (step 3)
     "deployments-tick": {"task": "deployments.tasks.deployments_tick", **_tick},
     # rollback: executions, kill switch triggers and recoveries (step 4)
+    "rollback-approvals-expire": {"task": "rollback.tasks.approval_requests_expire", **_tick},
 }
 
 # --- Canary's own knobs -------------------------------------------------------------------

@@ -5,11 +5,11 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from canary_site import metrics, views
+from canary_site import metrics, overview, views
 
 site_patterns = (
     [
-        path("", views.OverviewView.as_view(), name="overview"),
+        path("", overview.OverviewView.as_view(), name="overview"),
         path("audit/", views.AuditListView.as_view(), name="audit-list"),
         path("profile/", views.ProfileView.as_view(), name="profile"),
         path(

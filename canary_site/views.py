@@ -1,53 +1,41 @@
-"""Dashboard pages of the site itself (overview, audit trail, profile) and the process probes."""
+"""Dashboard pages of the site itself (audit trail, profile), the error pages and the process
+probes. The overview, which reads every app, is `canary_site.overview`."""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
+from django import forms
 from django.contrib import messages
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import render
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.cache import never_cache
 from django.views.generic import TemplateView
 
 from canary_site import selectors, services
+from canary_site.audit import request_source
 from canary_site.celery import app as celery_app
-from canary_site.choices import Source
 from canary_site.exceptions import CanaryError, error_body, is_database_unavailable
 from canary_site.filtersets import AuditEntryFilterSet
-from canary_site.forms import ApiTokenForm
-from canary_site.middleware import API_PREFIXES, database_unavailable_response
+from canary_site.forms import ApiTokenForm, add_error_fields
+from canary_site.htmx import HtmxPartialMixin, partial_template
+from canary_site.htmx import redirect as htmx_redirect
+from canary_site.middleware import database_unavailable_response, wants_json
 from canary_site.roles import RoleRequiredMixin
 
 AUDIT_PAGE_SIZE = 50
 READY_CACHE_KEY = "readyz"
 
 
-class OverviewView(RoleRequiredMixin, TemplateView):
-    template_name = "canary_site/overview.html"
-
-    def get_template_names(self) -> list[str]:
-        if self.request.htmx:
-            return [f"{self.template_name}#overview-counts"]
-        return [self.template_name]
-
-    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
-        return super().get_context_data(counts=selectors.overview_counts(), **kwargs)
-
-
-class AuditListView(RoleRequiredMixin, TemplateView):
+class AuditListView(RoleRequiredMixin, HtmxPartialMixin, TemplateView):
     template_name = "canary_site/audit.html"
     required_permission = "canary_site.view_auditentry"
-
-    def get_template_names(self) -> list[str]:
-        if self.request.htmx:
-            return [f"{self.template_name}#audit-table"]
-        return [self.template_name]
+    htmx_partial = "audit-table"
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         filterset = AuditEntryFilterSet(self.request.GET, queryset=selectors.audit_entries())
@@ -56,52 +44,98 @@ class AuditListView(RoleRequiredMixin, TemplateView):
 
 
 @method_decorator(never_cache, name="dispatch")  # the secret shown once must stay in no cache
-class ProfileView(RoleRequiredMixin, View):
-    """The signed-in user's roles and API tokens. A new token's secret is shown once, here."""
+class CredentialsPageView(RoleRequiredMixin, View):
+    """A page listing someone's credentials (API tokens, evaluation keys) with a form that
+    issues one: the new secret is shown once, on the answer to that post, and the form comes
+    back empty. Over htmx the answer is the region ``partial``."""
 
-    template_name = "canary_site/profile.html"
+    template_name = ""
+    partial = ""
+    form_class: type[forms.Form] = forms.Form
+    # The new credential's name in the context, beside ``new_secret``.
+    issued_as = ""
+
+    def page_context(self, request: HttpRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def issue(self, request: HttpRequest, data: dict[str, Any]) -> tuple[Any, str]:
+        """The new credential and its secret; a ``CanaryError`` when the service refuses."""
+        raise NotImplementedError
+
+    def may_issue(self, request: HttpRequest) -> bool:
+        return True
 
     def render_page(
-        self, request: HttpRequest, form: ApiTokenForm, *, status: int = 200, **extra: Any
+        self, request: HttpRequest, form: forms.Form, *, status: int = 200, **extra: Any
     ) -> HttpResponse:
-        context = {
-            "form": form,
-            "tokens": selectors.api_tokens_for_user(user=request.user),
-            **extra,
-        }
-        template = self.template_name
-        if request.htmx:
-            template = f"{template}#token-panel"
+        context = {"form": form, **self.page_context(request), **extra}
+        template = partial_template(request, self.template_name, self.partial)
         return render(request, template, context, status=status)
 
     def get(self, request: HttpRequest) -> HttpResponse:
-        return self.render_page(request, ApiTokenForm())
+        return self.render_page(request, self.form_class())
 
     def post(self, request: HttpRequest) -> HttpResponse:
-        form = ApiTokenForm(request.POST)
-        if not form.is_valid():
-            return self.render_page(request, form, status=400)
-        try:
-            token, secret = services.api_token_create(
-                user=request.user, source=Source.UI, **form.cleaned_data
-            )
-        except CanaryError as error:
-            for field, problems in error.fields.items():
-                for problem in problems:
-                    form.add_error(field if field in form.fields else None, problem)
-            return self.render_page(request, form, status=400)
-        return self.render_page(request, ApiTokenForm(), new_token=token, new_secret=secret)
+        if not self.may_issue(request):
+            return self.handle_no_permission()
+        form = self.form_class(request.POST)
+        if form.is_valid():
+            try:
+                credential, secret = self.issue(request, form.cleaned_data)
+            except CanaryError as error:
+                add_error_fields(form, error)
+            else:
+                extra = {self.issued_as: credential, "new_secret": secret}
+                return self.render_page(request, self.form_class(), **extra)
+        return self.render_page(request, form, status=400)
 
 
-class TokenRevokeView(RoleRequiredMixin, View):
-    def post(self, request: HttpRequest, token_id: int) -> HttpResponse:
+class ProfileView(CredentialsPageView):
+    """The signed-in user's roles and API tokens. A new token's secret is shown once, here."""
+
+    template_name = "canary_site/profile.html"
+    partial = "token-panel"
+    form_class = ApiTokenForm
+    issued_as = "new_token"
+
+    def page_context(self, request: HttpRequest) -> dict[str, Any]:
+        return {"tokens": selectors.api_tokens_for_user(user=request.user)}
+
+    def issue(self, request: HttpRequest, data: dict[str, Any]) -> tuple[Any, str]:
+        return services.api_token_create(user=request.user, source=request_source(request), **data)
+
+
+class CredentialRevokeView(RoleRequiredMixin, View):
+    """Revokes one credential for good, then goes back to the page that lists them, with what
+    happened as a message."""
+
+    # What the credential is called in the message, and the URL name of its page.
+    noun = ""
+    page = ""
+
+    def revoke(self, request: HttpRequest, credential_id: int) -> Any:
+        raise NotImplementedError
+
+    def post(self, request: HttpRequest, **path: int) -> HttpResponse:
+        # The path holds the one id, named after what it is (``token_id``, ``key_id``).
+        (credential_id,) = path.values()
         try:
-            token = services.api_token_revoke(user=request.user, token_id=token_id)
+            credential = self.revoke(request, credential_id)
         except CanaryError as error:
             messages.error(request, error.message)
         else:
-            messages.success(request, f"Token '{token.name}' revoked.")
-        return redirect("canary_site:profile")
+            messages.success(request, f"{self.noun} '{credential.name}' revoked.")
+        return htmx_redirect(request, self.page)
+
+
+class TokenRevokeView(CredentialRevokeView):
+    noun = "Token"
+    page = "canary_site:profile"
+
+    def revoke(self, request: HttpRequest, credential_id: int) -> Any:
+        return services.api_token_revoke(
+            user=request.user, token_id=credential_id, source=request_source(request)
+        )
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -145,14 +179,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": status, "checks": checks}, status=code)
 
 
-def _wants_json(request: HttpRequest) -> bool:
-    return request.path.startswith(API_PREFIXES) or "application/json" in request.headers.get(
-        "Accept", ""
-    )
-
-
 def _error_response(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:
-    if _wants_json(request):
+    if wants_json(request):
         return JsonResponse(error_body(code, message), status=status)
     context = {"status": status, "code": code, "message": message}
     return render(request, "errors/error.html", context, status=status)

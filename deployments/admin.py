@@ -11,11 +11,12 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from canary_site.admin import RefusableDeleteMixin
+from canary_site.admin import GatedAdminMixin, RefusableDeleteMixin
 from canary_site.choices import Source
 from canary_site.exceptions import CanaryError
 from deployments import services
-from deployments.lifecycle import Action
+from deployments.choices import DeploymentAction
+from deployments.lifecycle import PERSON_ACTIONS, Action
 from deployments.models import Deployment, DeploymentEvent, Phase
 
 
@@ -62,7 +63,9 @@ class DeploymentCreateForm(forms.ModelForm):
         fields = ["health_policy", "flags"]
 
 
-def _lifecycle_action(verb: Action, label: str) -> Callable[..., None]:
+def _lifecycle_action(verb: Action) -> Callable[..., None]:
+    label = DeploymentAction(verb).label
+
     def run(modeladmin: DeploymentAdmin, request: HttpRequest, queryset: QuerySet) -> None:
         done = 0
         for deployment in queryset:
@@ -83,13 +86,13 @@ def _lifecycle_action(verb: Action, label: str) -> Callable[..., None]:
 
     run.__name__ = f"{verb}_deployments"
     # A lifecycle verb needs the change permission, as its API twin does.
-    return admin.action(description=f"{label} the selected deployments", permissions=["change"])(
+    return admin.action(description=f"{label} (the selected deployments)", permissions=["change"])(
         run
     )
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(RefusableDeleteMixin, admin.ModelAdmin):
+class DeploymentAdmin(GatedAdminMixin, RefusableDeleteMixin, admin.ModelAdmin):
     list_display = [
         "name",
         "service",
@@ -103,15 +106,9 @@ class DeploymentAdmin(RefusableDeleteMixin, admin.ModelAdmin):
     list_filter = ["status", "traffic_shift_strategy"]
     search_fields = ["name", "service__name", "canary_version"]
     inlines = [PhaseInline, EventInline]
-    actions = [
-        _lifecycle_action(Action.START, "Start"),
-        _lifecycle_action(Action.PAUSE, "Pause"),
-        _lifecycle_action(Action.RESUME, "Resume"),
-        # Promote from the admin is a person's explicit decision, so its reason says so.
-        _lifecycle_action(Action.PROMOTE, "Promote"),
-        _lifecycle_action(Action.ABORT, "Abort"),
-        _lifecycle_action(Action.RETRY, "Retry"),
-    ]
+    # The verbs of the dashboard and the API; each reason names the admin, so a promotion
+    # without held criteria says whose decision it was.
+    actions = [_lifecycle_action(verb) for verb in PERSON_ACTIONS]
 
     def get_form(
         self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
@@ -155,7 +152,3 @@ class DeploymentAdmin(RefusableDeleteMixin, admin.ModelAdmin):
             )
         except CanaryError as error:
             self.message_user(request, f"{obj}: {error.message}", messages.ERROR)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for obj in queryset:
-            self.delete_model(request, obj)

@@ -1,38 +1,20 @@
-"""Plotly figures of the deployments pages, built from selector data (no plotting in views).
-
-Each figure leaves here as JSON that is safe inside ``<script type="application/json">``;
-``static/canary/charts.js`` draws it after each htmx swap.
-"""
+"""Plotly figures of the deployments pages, built from selector data (no plotting in views), as
+`canary_site.charts.Chart` for the chart partial."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping
 from typing import Any
 
 import plotly.graph_objects as go
 
+from canary_site.charts import Chart, naive_utc
 from deployments.selectors import ShareSeries, Statistics
 
 # Canary-against-stable figures look the same on the health and the deployment pages.
-from health.charts import CANARY_COLOUR, STABLE_COLOUR, comparison_figure, figure_json
+from health.charts import CANARY_COLOUR, STABLE_COLOUR, comparison_charts
 
 PLANNED_COLOUR = "#495057"
-
-
-@dataclass(frozen=True)
-class Chart:
-    """One figure for a page: ``element_id`` of its div and ``figure_json`` to embed."""
-
-    element_id: str
-    title: str
-    figure_json: str
-
-
-def _naive_utc(moments: Sequence[datetime]) -> list[datetime]:
-    # plotly.js reads dates as wall-clock time; the axes say UTC.
-    return [moment.replace(tzinfo=None) for moment in moments]
 
 
 def _layout(figure: go.Figure, *, title: str, unit: str, key: str) -> None:
@@ -58,7 +40,7 @@ def traffic_share_figure(
     if planned.times:
         figure.add_trace(
             go.Scatter(
-                x=_naive_utc(planned.times),
+                x=naive_utc(planned.times),
                 y=planned.shares,
                 name="planned",
                 mode="lines",
@@ -73,7 +55,7 @@ def traffic_share_figure(
             shares.append(100.0 * (canary or 0) / total if total else None)
         figure.add_trace(
             go.Scatter(
-                x=_naive_utc(canary_requests.timestamps),
+                x=naive_utc(canary_requests.timestamps),
                 y=shares,
                 name="observed",
                 mode="lines+markers",
@@ -98,71 +80,52 @@ def deployment_charts(
 ) -> list[Chart]:
     """The deployment page's live charts: traffic share, then error rate and p95 latency."""
     prefix = f"deployment-{deployment_id}"
-    charts = [
-        Chart(
-            element_id=f"{prefix}-share",
-            title="Canary share of traffic",
-            figure_json=figure_json(
-                traffic_share_figure(
-                    planned=planned,
-                    canary_requests=series.get((canary_version, "requests")),
-                    stable_requests=series.get((stable_version, "requests")),
-                )
-            ),
-        )
+    versions = f"canary {canary_version} against stable {stable_version}"
+    share = traffic_share_figure(
+        planned=planned,
+        canary_requests=series.get((canary_version, "requests")),
+        stable_requests=series.get((stable_version, "requests")),
+    )
+    title = "Canary share of traffic"
+    return [
+        Chart.of(share, element_id=f"{prefix}-share", title=title, label=f"{title}: {versions}"),
+        *comparison_charts(
+            series=series,
+            canary_version=canary_version,
+            stable_version=stable_version,
+            id_prefix=prefix,
+            metrics=("error_rate", "latency_p95"),
+        ),
     ]
-    for metric, title, unit in (
-        ("error_rate", "Error rate", "%"),
-        ("latency_p95", "p95 latency", "ms"),
-    ):
-        figure = comparison_figure(
-            title=title,
-            unit=unit,
-            canary=series.get((canary_version, metric)),
-            stable=series.get((stable_version, metric)),
-        )
-        charts.append(
-            Chart(
-                element_id=f"{prefix}-{metric.replace('_', '-')}",
-                title=title,
-                figure_json=figure_json(figure),
-            )
-        )
-    return charts
+
+
+def _bars_layout(figure: go.Figure, *, title: str, unit: str) -> None:
+    figure.update_layout(
+        title={"text": title, "x": 0, "font": {"size": 14}},
+        height=280,
+        margin={"l": 50, "r": 10, "t": 36, "b": 60},
+        yaxis={"title": {"text": unit}, "rangemode": "tozero"},
+        paper_bgcolor="rgba(0,0,0,0)",
+        plot_bgcolor="rgba(0,0,0,0)",
+    )
 
 
 def statistics_charts(stats: Statistics) -> list[Chart]:
     """Time per phase (average and longest, by position) and deployments by outcome."""
     phases = go.Figure()
     labels = [f"{stat.order}. {stat.name}" for stat in stats.phase_times]
-    phases.add_trace(
-        go.Bar(
-            x=labels,
-            y=[stat.average_ms / 1000 for stat in stats.phase_times],
-            name="average",
-            marker={"color": STABLE_COLOUR},
-            hovertemplate="%{y:.0f} s<extra>average</extra>",
+    for name, colour in (("average", STABLE_COLOUR), ("longest", CANARY_COLOUR)):
+        phases.add_trace(
+            go.Bar(
+                x=labels,
+                y=[getattr(stat, f"{name}_ms") / 1000 for stat in stats.phase_times],
+                name=name,
+                marker={"color": colour},
+                hovertemplate=f"%{{y:.0f}} s<extra>{name}</extra>",
+            )
         )
-    )
-    phases.add_trace(
-        go.Bar(
-            x=labels,
-            y=[stat.longest_ms / 1000 for stat in stats.phase_times],
-            name="longest",
-            marker={"color": CANARY_COLOUR},
-            hovertemplate="%{y:.0f} s<extra>longest</extra>",
-        )
-    )
-    phases.update_layout(
-        title={"text": "Time per phase", "x": 0, "font": {"size": 14}},
-        barmode="group",
-        height=280,
-        margin={"l": 50, "r": 10, "t": 36, "b": 60},
-        yaxis={"title": {"text": "seconds"}, "rangemode": "tozero"},
-        paper_bgcolor="rgba(0,0,0,0)",
-        plot_bgcolor="rgba(0,0,0,0)",
-        legend={"orientation": "h", "y": -0.3},
-    )
+    _bars_layout(phases, title="Time per phase", unit="seconds")
+    phases.update_layout(barmode="group", legend={"orientation": "h", "y": -0.3})
     outcomes = go.Figure(
         go.Bar(
             x=list(stats.by_status),
@@ -171,15 +134,8 @@ def statistics_charts(stats: Statistics) -> list[Chart]:
             hovertemplate="%{y}<extra>%{x}</extra>",
         )
     )
-    outcomes.update_layout(
-        title={"text": "Deployments by status", "x": 0, "font": {"size": 14}},
-        height=280,
-        margin={"l": 50, "r": 10, "t": 36, "b": 60},
-        yaxis={"title": {"text": "deployments"}, "rangemode": "tozero"},
-        paper_bgcolor="rgba(0,0,0,0)",
-        plot_bgcolor="rgba(0,0,0,0)",
-    )
+    _bars_layout(outcomes, title="Deployments by status", unit="deployments")
     return [
-        Chart("stats-phase-times", "Time per phase", figure_json(phases)),
-        Chart("stats-outcomes", "Deployments by status", figure_json(outcomes)),
+        Chart.of(phases, element_id="stats-phase-times", title="Time per phase"),
+        Chart.of(outcomes, element_id="stats-outcomes", title="Deployments by status"),
     ]

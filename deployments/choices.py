@@ -1,61 +1,44 @@
-"""Choices (TextChoices) of the deployments app, mirroring the pure engines' enums.
+"""Choices (TextChoices) of the deployments app.
 
-The values are the same words as `deployments.lifecycle.Status` and `.Action` and
-`deployments.config.TrafficShiftStrategy` and `.Operator`; a test keeps them in step.
+Status, action, strategy and criterion operator are derived from the pure engines' enums
+(`deployments.lifecycle.Status` and `.Action`, `deployments.config.TrafficShiftStrategy` and
+`.Operator`), so a stored value feeds the engine without translation.
 """
 
 from django.db import models
 
+from canary_site.choices import mirror, phrase, worded, words
+from deployments import config, lifecycle
 
-class DeploymentStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    RUNNING = "running", "Running"
-    PAUSED = "paused", "Paused"
-    SUCCEEDED = "succeeded", "Succeeded"
-    ROLLING_BACK = "rolling_back", "Rolling back"
-    ROLLED_BACK = "rolled_back", "Rolled back"
-    FAILED = "failed", "Failed"
-    ABORTED = "aborted", "Aborted"
+DeploymentStatus = mirror(lifecycle.Status, name="DeploymentStatus", label=words)
 
+DeploymentAction = mirror(
+    lifecycle.Action,
+    name="DeploymentAction",
+    label=words,
+    PROMOTE="Promote to the next phase",
+    PROMOTE_FULL="Promote fully",
+    ROLLBACK="Roll back",
+    FINISH_ROLLBACK="Finish the rollback",
+)
 
-class DeploymentAction(models.TextChoices):
-    START = "start", "Start"
-    PAUSE = "pause", "Pause"
-    RESUME = "resume", "Resume"
-    PROMOTE = "promote", "Promote to the next phase"
-    PROMOTE_FULL = "promote_full", "Promote fully"
-    SUCCEED = "succeed", "Succeed"
-    ROLLBACK = "rollback", "Roll back"
-    FINISH_ROLLBACK = "finish_rollback", "Finish the rollback"
-    FAIL = "fail", "Fail"
-    ABORT = "abort", "Abort"
-    RETRY = "retry", "Retry"
+TrafficShiftStrategy = mirror(
+    config.TrafficShiftStrategy,
+    LINEAR="Linear: equal steps to 100%",
+    EXPONENTIAL="Exponential: each step multiplies the share",
+    PHASED="Phased: the phases as written",
+    MANUAL="Manual: a person promotes every phase",
+    CUSTOM="Custom: a hand-made list of phases",
+)
 
-
-class TrafficShiftStrategy(models.TextChoices):
-    LINEAR = "linear", "Linear: equal steps to 100%"
-    EXPONENTIAL = "exponential", "Exponential: each step multiplies the share"
-    PHASED = "phased", "Phased: the phases as written"
-    MANUAL = "manual", "Manual: a person promotes every phase"
-    CUSTOM = "custom", "Custom: a hand-made list of phases"
+CriterionOperator = mirror(config.Operator, name="CriterionOperator", label=phrase)
 
 
-class CriterionOperator(models.TextChoices):
-    GREATER_THAN = "greater_than", "greater than"
-    LESS_THAN = "less_than", "less than"
-    EQUALS = "equals", "equals"
-
-
-class PhaseStatus(models.TextChoices):
-    """Where one phase stands. Only one phase of a deployment runs at a time."""
-
-    PENDING = "pending", "Pending"
-    RUNNING = "running", "Running"
-    PASSED = "passed", "Passed"
-    SKIPPED = "skipped", "Skipped"
-    ROLLED_BACK = "rolled_back", "Rolled back"
-    FAILED = "failed", "Failed"
-    ABORTED = "aborted", "Aborted"
+PhaseStatus = worded(
+    "PhaseStatus",
+    "pending running passed skipped rolled_back failed aborted",
+    doc="Where one phase stands. Only one phase of a deployment runs at a time.",
+)
 
 
 class EventKind(models.TextChoices):

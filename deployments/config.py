@@ -59,7 +59,6 @@ from __future__ import annotations
 import json
 import math
 import operator
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -68,6 +67,9 @@ from itertools import pairwise
 from typing import Any, Literal
 
 import yaml
+
+from canary_site.reading import is_list, is_number, key_path, kind_of
+from health import analysis
 
 # --------------------------------------------------------------------------- vocabulary
 
@@ -89,35 +91,31 @@ class Operator(StrEnum):
 
 
 class Metric(StrEnum):
-    """Metrics a success criterion can name, besides ``custom:<name>``."""
+    """Metrics a success criterion can name, besides ``custom:<name>``: the health app's words
+    (`health.analysis.METRICS`), and the seed guide's ``response_time``."""
 
-    AVAILABILITY = "availability"
-    ERROR_RATE = "error_rate"
+    AVAILABILITY = analysis.AVAILABILITY
+    ERROR_RATE = analysis.ERROR_RATE
     RESPONSE_TIME = "response_time"
-    THROUGHPUT = "throughput"
-    LATENCY_P50 = "latency_p50"
-    LATENCY_P95 = "latency_p95"
-    LATENCY_P99 = "latency_p99"
+    THROUGHPUT = analysis.THROUGHPUT
+    LATENCY_P50 = analysis.LATENCY_P50
+    LATENCY_P95 = analysis.LATENCY_P95
+    LATENCY_P99 = analysis.LATENCY_P99
 
 
-CUSTOM_PREFIX = "custom:"
-_METRIC_NAMES = frozenset(str(metric) for metric in Metric)
-_CUSTOM_NAME = re.compile(r"[A-Za-z0-9_.:\-/]{1,100}")
+CUSTOM_PREFIX = analysis.CUSTOM_PREFIX
 
 # The seed guide says response_time; the health app measures latency percentiles. The median is
 # what "the response time" of a service usually means, and p95 has its own rollback threshold.
 _HEALTH_METRIC: dict[str, str] = {Metric.RESPONSE_TIME: Metric.LATENCY_P50}
 
-PERCENT_METRICS = frozenset({Metric.AVAILABILITY, Metric.ERROR_RATE})
+PERCENT_METRICS = analysis.PERCENT_METRICS
 
 
 def is_metric(name: str) -> bool:
-    """Whether a success criterion may name ``name``."""
-    if name in _METRIC_NAMES:
-        return True
-    return name.startswith(CUSTOM_PREFIX) and bool(
-        _CUSTOM_NAME.fullmatch(name[len(CUSTOM_PREFIX) :])
-    )
+    """Whether a success criterion may name ``name``: a metric of the health app, or
+    ``response_time``."""
+    return name == Metric.RESPONSE_TIME or analysis.is_metric(name)
 
 
 def health_metric(name: str) -> str:
@@ -397,7 +395,7 @@ class FieldReader:
 
     def mapping(self, value: Any, path: str) -> Mapping[str, Any] | _Missing:
         if not isinstance(value, Mapping):
-            return self.error(path, INVALID_TYPE, f"must be an object, got {_type_name(value)}.")
+            return self.error(path, INVALID_TYPE, f"must be an object, got {kind_of(value)}.")
         for key in value:
             if not isinstance(key, str):
                 return self.error(path, INVALID_TYPE, f"has a key that is not a string: {key!r}.")
@@ -407,7 +405,7 @@ class FieldReader:
         for key in data:
             if key not in allowed:
                 self.error(
-                    _join(path, key),
+                    key_path(path, key),
                     UNKNOWN_FIELD,
                     f"is not a known field; expected one of {', '.join(allowed)}.",
                 )
@@ -421,7 +419,7 @@ class FieldReader:
         *,
         default: Any = _MISSING,
     ) -> Any:
-        where = _join(path, key)
+        where = key_path(path, key)
         if key not in data or data[key] is None:
             if default is _MISSING:
                 return self.error(where, REQUIRED, "is required.")
@@ -443,15 +441,14 @@ class FieldReader:
         return value
 
     def number(self, value: Any, path: str) -> float | _Missing:
-        # bool is an int in Python; `true` is never a number in this vocabulary.
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not is_number(value):
             return self.error(path, INVALID_TYPE, f"must be a number, got {value!r}.")
         if not math.isfinite(value):
             return self.error(path, INVALID_VALUE, f"must be a finite number, got {value!r}.")
         return float(value)
 
     def milliseconds(self, value: Any, path: str) -> int | _Missing:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not is_number(value):
             return self.error(
                 path, INVALID_TYPE, f"must be a whole number of milliseconds, got {value!r}."
             )
@@ -482,9 +479,30 @@ class FieldReader:
             )
         return value
 
+    def uniform(
+        self,
+        value: Any,
+        path: str,
+        allowed: Sequence[str],
+        read: Callable[[Any, str], Any],
+        *,
+        default: Any,
+    ) -> dict[str, Any] | _Missing:
+        """An object whose keys are all optional and read alike: the values given, by key, or
+        the marker once any of them failed."""
+        before = len(self.errors)
+        data = self.mapping(value, path)
+        if isinstance(data, _Missing):
+            return data
+        self.keys(data, allowed, path)
+        values = {
+            key: self.get(data, key, path, read, default=default) for key in allowed if key in data
+        }
+        return _MISSING if len(self.errors) > before else values
+
     def sequence(self, value: Any, path: str) -> Sequence[Any] | _Missing:
-        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-            return self.error(path, INVALID_TYPE, f"must be a list, got {_type_name(value)}.")
+        if not is_list(value):
+            return self.error(path, INVALID_TYPE, f"must be a list, got {kind_of(value)}.")
         return value
 
 
@@ -685,18 +703,9 @@ def _read_criterion(reader: FieldReader, raw: Any, path: str) -> Criterion | Non
 
 
 def _read_thresholds(reader: FieldReader, raw: Any, path: str) -> RollbackThresholds | _Missing:
-    before = len(reader.errors)
-    data = reader.mapping(raw, path)
-    if isinstance(data, _Missing):
-        return data
-    reader.keys(data, _THRESHOLD_KEYS, path)
-    values = {
-        key: reader.get(data, key, path, reader.number, default=None)
-        for key in _THRESHOLD_KEYS
-        if key in data
-    }
-    if len(reader.errors) > before:
-        return _MISSING
+    values = reader.uniform(raw, path, _THRESHOLD_KEYS, reader.number, default=None)
+    if isinstance(values, _Missing):
+        return values
     return RollbackThresholds(
         error_rate=values.get("errorRate"),
         latency_p95=values.get("latencyP95"),
@@ -705,18 +714,9 @@ def _read_thresholds(reader: FieldReader, raw: Any, path: str) -> RollbackThresh
 
 
 def _read_notifications(reader: FieldReader, raw: Any, path: str) -> Notifications | _Missing:
-    before = len(reader.errors)
-    data = reader.mapping(raw, path)
-    if isinstance(data, _Missing):
-        return data
-    reader.keys(data, _NOTIFICATION_KEYS, path)
-    flags = {
-        key: reader.get(data, key, path, reader.boolean, default=True)
-        for key in _NOTIFICATION_KEYS
-        if key in data
-    }
-    if len(reader.errors) > before:
-        return _MISSING
+    flags = reader.uniform(raw, path, _NOTIFICATION_KEYS, reader.boolean, default=True)
+    if isinstance(flags, _Missing):
+        return flags
     return Notifications(
         on_start=flags.get("onStart", True),
         on_phase_complete=flags.get("onPhaseComplete", True),
@@ -947,23 +947,3 @@ def format_duration(ms: int) -> str:
 def _num_out(value: float) -> int | float:
     """A whole number as an int, so YAML and JSON show ``5`` rather than ``5.0``."""
     return int(value) if float(value).is_integer() else value
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, Sequence):
-        return "a list"
-    return type(value).__name__

@@ -14,9 +14,9 @@ from typing import Any
 
 from django import forms
 
+from deployments import selectors
 from deployments.choices import TrafficShiftStrategy
-from flags import selectors as flag_selectors
-from health import selectors as health_selectors
+from deployments.lifecycle import PERSON_ACTIONS
 from routing import selectors as routing_selectors
 
 MAX_PHASES = 12
@@ -57,13 +57,13 @@ class WizardForm(forms.Form):
         min_value=0.1, initial=60, label="Maximum time (minutes)", required=False
     )
     health_policy = forms.ModelChoiceField(
-        queryset=health_selectors.policies(),
+        queryset=selectors.policy_choices(),
         required=False,
         empty_label="Default policy",
         help_text="How the canary is judged against stable, besides the phases' criteria.",
     )
     linked_flags = forms.ModelMultipleChoiceField(
-        queryset=flag_selectors.flags(),
+        queryset=selectors.flag_choices(),
         required=False,
         to_field_name="key",
         help_text="Flags whose rollout percentage follows the canary's share.",
@@ -197,11 +197,6 @@ def attach_row_errors(rows: list[PhaseRow], issues: list[dict[str, str]]) -> Non
 class ActionForm(forms.Form):
     """A lifecycle button's form: the action, why, and the phase the person is looking at."""
 
-    action = forms.ChoiceField(
-        choices=[
-            (verb, verb)
-            for verb in ("start", "pause", "resume", "promote", "promote_full", "abort", "retry")
-        ]
-    )
+    action = forms.ChoiceField(choices=[(str(verb), str(verb)) for verb in PERSON_ACTIONS])
     reason = forms.CharField(required=False, max_length=5000)
     phase = forms.IntegerField(required=False, min_value=1)

@@ -69,8 +69,9 @@ phase began) with whether the health policy's verdict over it is healthy. With i
   holds the phase, saying so). This holds whatever the criteria, and a phase without
   criteria needs it too, so nothing is promoted on no evidence;
 - the error-rate and availability thresholds are breached on evidence, not on a point value:
-  when the lower bound of the canary's error rate (a one-sided Wilson bound at ``z``, 3.9 by
-  default: a false alarm about once in 20,000 looks at a canary sitting on its threshold) is
+  when the lower bound of the canary's error rate (the exact, Clopper-Pearson, one-sided bound
+  at the level of ``z``, 3.9 by default: a false alarm at most once in 20,000 looks at a canary
+  sitting on its threshold, however thin its window) is
   above ``errorRate``, or the upper bound of its availability below ``availability``, in
   either window. One error in 48 requests is not 2.08% errors beyond doubt. Without evidence
   (a replay of bare values) the latest value is compared as it is;
@@ -88,9 +89,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from deployments.config import ROLLBACK_RULES, Criterion, PhaseConfig, format_duration
+from health import sequential
 
 # --------------------------------------------------------------------------- statuses, actions
 
@@ -125,6 +127,19 @@ TERMINAL_STATUSES = frozenset({Status.SUCCEEDED, Status.ROLLED_BACK, Status.FAIL
 
 ACTIVE_STATUSES = frozenset({Status.RUNNING, Status.PAUSED, Status.ROLLING_BACK})
 """Statuses in which the canary may hold traffic."""
+
+PERSON_ACTIONS: tuple[Action, ...] = (
+    Action.START,
+    Action.PAUSE,
+    Action.RESUME,
+    Action.PROMOTE,
+    Action.PROMOTE_FULL,
+    Action.ABORT,
+    Action.RETRY,
+)
+"""The verbs a person may use, in the dashboard, the API and the admin alike. ``succeed``,
+``rollback``, ``finish_rollback`` and ``fail`` are the tick's own: a person who wants the canary
+out of traffic aborts."""
 
 
 @dataclass(frozen=True)
@@ -234,26 +249,31 @@ def allowed_actions(current: Status | str) -> list[Action]:
     return [action for action in Action if status in TRANSITIONS[action].sources]
 
 
+def person_actions(current: Status | str) -> list[Action]:
+    """The `PERSON_ACTIONS` allowed from ``current``, in the order of `Action`."""
+    return [action for action in allowed_actions(current) if action in PERSON_ACTIONS]
+
+
 def is_terminal(status: Status | str) -> bool:
     return _status(status) in TERMINAL_STATUSES
 
 
+_Word = TypeVar("_Word", Status, Action)
+
+
 def _status(value: Status | str) -> Status:
-    try:
-        return Status(value)
-    except ValueError:
-        raise ValueError(
-            f"unknown deployment status {value!r}; one of {', '.join(Status)}"
-        ) from None
+    return _word(Status, value, "status")
 
 
 def _action(value: Action | str) -> Action:
+    return _word(Action, value, "action")
+
+
+def _word(enum: type[_Word], value: Any, noun: str) -> _Word:
     try:
-        return Action(value)
+        return enum(value)
     except ValueError:
-        raise ValueError(
-            f"unknown deployment action {value!r}; one of {', '.join(Action)}"
-        ) from None
+        raise ValueError(f"unknown deployment {noun} {value!r}; one of {', '.join(enum)}") from None
 
 
 _SUBJECT = {
@@ -871,13 +891,16 @@ _RATE_METRICS = frozenset({"error_rate", "availability"})
 
 def _breach_on_evidence(name: str, limit: float, evidence: Evidence, z: float) -> Breach | None:
     """A rate threshold breached beyond doubt in the current or the fast window: the bound of
-    the canary's error rate nearest to good is on the bad side of the threshold."""
+    the canary's error rate nearest to good is on the bad side of the threshold.
+
+    The bound is the exact one, not Wilson's: at small samples Wilson's is far too sure (one
+    error in one request would read as above a 5% threshold at z = 3.9)."""
     rule = ROLLBACK_RULES[name]
     for window in ("current", "fast"):
         sample = evidence.windows.get(window)
         if sample is None or not sample.requests:
             continue
-        low = (sample.interval(z) or (0.0, 100.0))[0]
+        low = 100.0 * float(sequential.exact_lower(sample.errors, sample.requests, z))
         rate = sample.error_rate or 0.0
         if rule.metric == "error_rate":
             observed, beyond = rate, low > limit

@@ -14,12 +14,12 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from canary_site import audit
 from canary_site.choices import Source
+from canary_site.models import person_field
 from deployments.choices import DeploymentStatus, EventKind, PhaseStatus, TrafficShiftStrategy
 from deployments.config import DeploymentConfig, PhaseConfig, parse_config
 from deployments.lifecycle import ACTIVE_STATUSES, TERMINAL_STATUSES
@@ -96,13 +96,7 @@ class Deployment(models.Model):
     config = models.JSONField(default=dict, help_text="The configuration in the guide's words.")
     # The validator's report on ``config`` when it was last written; starting re-validates.
     validation = models.JSONField(default=dict, blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="deployments",
-    )
+    created_by = person_field("deployments")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -227,13 +221,7 @@ class DeploymentEvent(models.Model):
         blank=True,
         help_text="The canary's share of traffic after the event.",
     )
-    actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-    )
+    actor = person_field()
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.SYSTEM)
     reason = models.TextField(blank=True, default="")
     evidence = models.JSONField(default=dict, blank=True)

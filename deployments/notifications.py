@@ -23,6 +23,7 @@ reports, so the same news is never queued twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.urls import reverse
@@ -62,13 +63,13 @@ def wants(deployment: Deployment, switch: str) -> bool:
     return bool((deployment.notifications or {}).get(switch, True))
 
 
-def deployment_notify(
+def deployment_news(
     *, deployment: Deployment, event: DeploymentEvent, switch: str, headline: str
-) -> list[int]:
-    """Queue the news of ``event`` for the people of the deployment's health policy, when its
-    ``switch`` is on; returns the outbox ids queued."""
+) -> health_services.News | None:
+    """The news of ``event`` for the people of the deployment's health policy, or None when
+    its ``switch`` is off."""
     if not wants(deployment, switch):
-        return []
+        return None
     policy = deployment.health_policy
     url = health_conf.site_url() + reverse("deployments:deployment-detail", args=[deployment.pk])
     service = deployment.service.name
@@ -99,12 +100,19 @@ def deployment_notify(
             "at": event.at.isoformat(),
         },
     }
-    return health_services.notifications_queue(
+    return health_services.News(
         key=f"deployment:{deployment.pk}:event:{event.pk}",
         policy=policy,
         subject=subject,
         payload=payload,
     )
+
+
+def news_queue(news: Iterable[health_services.News | None]) -> list[int]:
+    """Queue every piece of news at once, in the caller's transaction (the one that makes it
+    true); returns the outbox ids queued."""
+    found = [item for item in news if item is not None]
+    return health_services.notifications_queue_many(news=found) if found else []
 
 
 def _headline(action: str, to_status: str, deployment: Deployment, event: DeploymentEvent) -> str:
@@ -123,12 +131,12 @@ def _headline(action: str, to_status: str, deployment: Deployment, event: Deploy
 
 def transition_news(
     *, deployment: Deployment, event: DeploymentEvent, action: str, to_status: str
-) -> list[int]:
-    """Queue the news of a transition, in the transition's own transaction."""
+) -> health_services.News | None:
+    """The news of a transition, to be queued in the transition's own transaction."""
     switch = news_switch(action, to_status)
     if switch is None:
-        return []
-    return deployment_notify(
+        return None
+    return deployment_news(
         deployment=deployment,
         event=event,
         switch=switch,
@@ -136,10 +144,11 @@ def transition_news(
     )
 
 
-def breach_news(*, deployment: Deployment, event: DeploymentEvent) -> list[int]:
-    """Queue the news of a breach that auto-rollback leaves to a person (the tick notes each
-    breach once), in the tick's transaction. With auto-rollback on, the rollback is the news."""
-    return deployment_notify(
+def breach_news(*, deployment: Deployment, event: DeploymentEvent) -> health_services.News | None:
+    """The news of a breach that auto-rollback leaves to a person (the tick notes each breach
+    once), to be queued in the tick's transaction. With auto-rollback on, the rollback is the
+    news."""
+    return deployment_news(
         deployment=deployment,
         event=event,
         switch=ON_ROLLBACK,

@@ -4,7 +4,7 @@ statistics."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,15 +12,19 @@ from typing import Any
 from django.db.models import F, FilteredRelation, Prefetch, Q, QuerySet
 from django.utils import timezone
 
-from canary_site.exceptions import NotFound
-from deployments import conf
+from canary_site.exceptions import NotFound, ValidationFailed
+from deployments import conf, observing
 from deployments.choices import DeploymentStatus, EventKind, PhaseStatus
-from deployments.config import format_duration
-from deployments.lifecycle import ACTIVE_STATUSES, TERMINAL_STATUSES, allowed_actions
+from deployments.config import DeploymentConfig, format_duration
+from deployments.lifecycle import ACTIVE_STATUSES, TERMINAL_STATUSES, person_actions
 from deployments.models import Deployment, DeploymentEvent, Phase
+from deployments.validation import ValidationReport, validate
+from flags import selectors as flag_selectors
+from flags.models import Flag
+from health import conf as health_conf
 from health import selectors as health_selectors
 from health.models import HealthPolicy
-from routing.models import Service
+from routing.models import Service, Target
 
 
 def deployments() -> QuerySet[Deployment]:
@@ -37,9 +41,16 @@ def deployment_get(*, deployment_id: int) -> Deployment:
     return deployment
 
 
-def _columns(model: Any, names: set[str]) -> tuple[str, ...]:
+def _columns(
+    model: Any, names: set[str] | None = None, *, but: frozenset[str] = frozenset()
+) -> tuple[str, ...]:
+    """The columns ``names`` of ``model`` (every one without ``names``), less those in ``but``."""
     # In the model's own order, which `Model.from_db` expects.
-    return tuple(f.attname for f in model._meta.concrete_fields if f.attname in names)
+    return tuple(
+        f.attname
+        for f in model._meta.concrete_fields
+        if (names is None or f.attname in names) and f.attname not in but
+    )
 
 
 # What the tick reads of a deployment and of its running phase; the configuration, the
@@ -63,27 +74,8 @@ _TICK_DEPLOYMENT_FIELDS = _columns(
         "started_at",
     },
 )
-_TICK_PHASE_FIELDS = _columns(
-    Phase,
-    {
-        "id",
-        "deployment_id",
-        "order",
-        "key",
-        "name",
-        "traffic_percentage",
-        "duration_ms",
-        "success_criteria",
-        "rollback_thresholds",
-        "status",
-        "started_at",
-        "observations",
-        "judgement",
-        "judged_at",
-        "ready_at",
-        "breach_seen_at",
-    },
-)
+# A running phase has not ended.
+_TICK_PHASE_FIELDS = _columns(Phase, but=frozenset({"ended_at"}))
 
 
 def deployments_for_tick(*, ids: Sequence[int] | None = None) -> list[Deployment]:
@@ -146,6 +138,44 @@ def health_policy_named(name: str) -> HealthPolicy | None:
     return health_selectors.policies().filter(name=name).first()
 
 
+def policy_choices() -> QuerySet[HealthPolicy]:
+    """The health policies a deployment may be judged by: the wizard's choices, and what a
+    name or id sent to the API is looked up in."""
+    return health_selectors.policies()
+
+
+def flag_choices() -> QuerySet[Flag]:
+    """The flags a deployment may drive: the wizard's choices, and what the API's keys name."""
+    return flag_selectors.flags()
+
+
+def health_policy_for(*, value: str | int | None) -> HealthPolicy | None:
+    """The health policy a client names by id or by name (None: the default policy);
+    `ValidationFailed` on ``health_policy`` when there is none of that id or name."""
+    if value in (None, ""):
+        return None
+    policies = policy_choices()
+    policy = policies.filter(pk=int(value)).first() if str(value).isdigit() else None
+    policy = policy or policies.filter(name=value).first()
+    if policy is None:
+        raise ValidationFailed(
+            f"health_policy: there is no health policy {value!r}.", field="health_policy"
+        )
+    return policy
+
+
+def flags_for(*, keys: Sequence[str]) -> list[Flag]:
+    """The flags of these keys, in their order; `ValidationFailed` on ``linked_flags`` naming
+    the first key that is no flag."""
+    found = {flag.key: flag for flag in flag_choices().filter(key__in=keys)}
+    missing = [key for key in keys if key not in found]
+    if missing:
+        raise ValidationFailed(
+            f"linked_flags: there is no flag {missing[0]!r}.", field="linked_flags"
+        )
+    return [found[key] for key in keys]
+
+
 def active_deployment_of(*, service_id: int, exclude: int | None = None) -> Deployment | None:
     rows = Deployment.objects.filter(
         service_id=service_id, status__in=[str(status) for status in ACTIVE_STATUSES]
@@ -161,8 +191,6 @@ def start_problems(deployment: Deployment) -> list[dict[str, str]]:
     The configuration is validated again (settings or context may have changed since it was
     stored), and the service must be ready for it.
     """
-    from deployments.services import configuration_report  # the validator with our timing
-
     report = configuration_report(deployment.config, context=deployment.validation.get("context"))
     problems = [issue.to_dict() for issue in report.errors]
     service = deployment.service
@@ -209,6 +237,89 @@ def start_problems(deployment: Deployment) -> list[dict[str, str]]:
             }
         )
     return problems
+
+
+def configuration_report(
+    config: Any, *, context: Mapping[str, Any] | None = None
+) -> ValidationReport:
+    """The validator's report with this server's timing (tick interval, rollback budget)."""
+    return validate(config, context=context, timing=conf.timing())
+
+
+def deployment_targets(
+    service: Service, spec: DeploymentConfig
+) -> tuple[Target | None, Target | None]:
+    """The service's targets for the two versions: by endpoint when the configuration names
+    one, else the first target (by name) running that version."""
+    targets = list(service.targets.order_by("name"))
+
+    def pick(endpoint: str | None, version: str) -> Target | None:
+        if endpoint:
+            wanted = endpoint.rstrip("/")
+            return next((t for t in targets if t.endpoint.rstrip("/") == wanted), None)
+        return next((t for t in targets if t.version == version), None)
+
+    return pick(spec.stable_endpoint, spec.stable_version), pick(
+        spec.canary_endpoint, spec.canary_version
+    )
+
+
+_FAULT_METRICS = ("requests", "error_rate", "latency_p95")
+
+
+def fault_starts(
+    rollbacks: Sequence[tuple[Deployment, Phase, datetime]],
+) -> dict[int, datetime]:
+    """When each fault being rolled back began, by deployment: the start of its first bad
+    bucket in the phase (`observing.fault_start`), up to the end of the window it was judged
+    on, as the metric store shows it; so that the time to a rollback is counted from the
+    fault, not from the look that judged it. One query for each window end (one, in a tick)."""
+    step = health_conf.bucket_seconds()
+    by_end: dict[datetime, list[tuple[Deployment, Phase]]] = defaultdict(list)
+    for deployment, phase, end in rollbacks:
+        if phase.started_at is not None and end > phase.started_at:
+            by_end[end].append((deployment, phase))
+    found: dict[int, datetime] = {}
+    for end, group in by_end.items():
+        # The longest phase sets the span; the others read their own buckets from the same
+        # points, which end at the same moment.
+        span = max(int((end - phase.started_at).total_seconds()) for _d, phase in group) + step
+        series = health_selectors.series_many_services(
+            services=sorted({d.service.name for d, _p in group}),
+            versions=sorted({v for d, _p in group for v in (d.canary_version, d.stable_version)}),
+            metrics=_FAULT_METRICS,
+            window_seconds=span,
+            now=end,
+            step_seconds=step,
+        )
+        for deployment, phase in group:
+            start = _fault_start(deployment, phase, series)
+            if start is not None:
+                found[deployment.pk] = start
+    return found
+
+
+def _fault_start(
+    deployment: Deployment, phase: Phase, series: Mapping[tuple[str, str, str], Any]
+) -> datetime | None:
+    service = deployment.service.name
+
+    def rows(version: str) -> list[tuple[float, float | None, float | None]]:
+        requests, rates, p95 = (
+            series[(service, version, metric)].values for metric in _FAULT_METRICS
+        )
+        return [
+            (n or 0.0, rate, latency) for n, rate, latency in zip(requests, rates, p95, strict=True)
+        ]
+
+    moments = series[(service, deployment.canary_version, "requests")].timestamps
+    canary, stable = rows(deployment.canary_version), rows(deployment.stable_version)
+    # Only the phase's own buckets: the first whole one after it began, onwards.
+    first = next((i for i, moment in enumerate(moments) if moment >= phase.started_at), None)
+    if first is None:
+        return None
+    index = observing.fault_start(canary[first:], stable[first:])
+    return None if index is None else moments[first + index]
 
 
 # ---------------------------------------------------------------------------- page panels
@@ -327,13 +438,11 @@ def progress_percent(deployment: Deployment) -> int:
 
 
 def actions_for(deployment: Deployment, user: Any) -> list[str]:
-    """The lifecycle actions a person may press now: the table's, for those whose role may
-    change deployments. ``succeed``, ``rollback``, ``finish_rollback`` and ``fail`` are the
-    tick's own verbs."""
+    """The lifecycle actions a person may press now (`lifecycle.person_actions`), for those
+    whose role may change deployments."""
     if not user.has_perm("deployments.change_deployment"):
         return []
-    people = ("start", "pause", "resume", "promote", "promote_full", "abort", "retry")
-    return [str(action) for action in allowed_actions(deployment.status) if action in people]
+    return [str(action) for action in person_actions(deployment.status)]
 
 
 # ---------------------------------------------------------------------------- charts' data

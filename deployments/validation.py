@@ -86,6 +86,7 @@ from deployments.config import (
     ConfigError,
     Criterion,
     DeploymentConfig,
+    FieldError,
     FieldReader,
     Metric,
     Operator,
@@ -126,14 +127,8 @@ PRODUCTION_NAMES = frozenset({"production", "prod"})
 # --------------------------------------------------------------------------- report
 
 
-@dataclass(frozen=True)
-class Issue:
-    field: str
-    code: str
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"field": self.field, "code": self.code, "message": self.message}
+# A finding reads as the reader's own errors do: where (a path), which code, what.
+Issue = FieldError
 
 
 @dataclass(frozen=True)

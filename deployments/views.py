@@ -17,28 +17,25 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views import View
 from django.views.generic import TemplateView
-from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
+from django_htmx.http import HttpResponseStopPolling
 
-from canary_site.choices import Source
+from canary_site import htmx
+from canary_site.audit import writer
 from canary_site.exceptions import CanaryError, NotFound
+from canary_site.gates import ApprovalRequired
+from canary_site.htmx import partial_template
 from canary_site.roles import RoleRequiredMixin
 from deployments import charts, selectors, services
+from deployments.choices import DeploymentAction
 from deployments.filtersets import DeploymentFilterSet
 from deployments.forms import ActionForm, WizardForm, attach_row_errors, editor_config, phase_rows
+from deployments.lifecycle import PERSON_ACTIONS
 from deployments.models import Deployment
 
 LIST_SIZE = 100
 TIMELINE_SIZE = 100
 DETAIL_PARTIALS = {"deployment-summary", "phase-panel", "deployment-charts", "deployment-timeline"}
-ACTION_LABELS = {
-    "start": "Start",
-    "pause": "Pause",
-    "resume": "Resume",
-    "promote": "Promote to the next phase",
-    "promote_full": "Promote fully",
-    "abort": "Abort",
-    "retry": "Retry",
-}
+ACTION_LABELS = {str(verb): DeploymentAction(verb).label for verb in PERSON_ACTIONS}
 
 
 def _deployment(deployment_id: int) -> Deployment:
@@ -93,18 +90,17 @@ class DetailView(RoleRequiredMixin, View):
     def get(self, request: HttpRequest, deployment_id: int) -> HttpResponse:
         deployment = _deployment(deployment_id)
         context = detail_context(request, deployment)
-        target = request.htmx.target if request.htmx else None
-        if target in DETAIL_PARTIALS:
-            partial = target
-            if target == "deployment-summary":
-                # The buttons come along only when what they depend on has changed.
-                context["state_changed"] = request.GET.get("seen") != context["state"]
-                partial = "summary-response"
-            html = render_to_string(f"{self.template_name}#{partial}", context, request=request)
-            if deployment.is_terminal:
-                return HttpResponseStopPolling(html)
-            return HttpResponse(html)
-        return render(request, self.template_name, context)
+        template = partial_template(request, self.template_name, targets=DETAIL_PARTIALS)
+        if template == self.template_name:
+            return render(request, template, context)
+        if template.endswith("#deployment-summary"):
+            # The buttons come along only when what they depend on has changed.
+            context["state_changed"] = request.GET.get("seen") != context["state"]
+            template = f"{self.template_name}#summary-response"
+        html = render_to_string(template, context, request=request)
+        if deployment.is_terminal:
+            return HttpResponseStopPolling(html)
+        return HttpResponse(html)
 
 
 def detail_context(request: HttpRequest, deployment: Deployment, **extra: Any) -> dict[str, Any]:
@@ -146,6 +142,7 @@ class ActionView(RoleRequiredMixin, View):
         form = ActionForm(request.POST)
         error = ""
         status = 200
+        waiting: ApprovalRequired | None = None
         if not form.is_valid():
             error = "; ".join(
                 f"{name}: {' '.join(problems)}" for name, problems in form.errors.items()
@@ -156,24 +153,30 @@ class ActionView(RoleRequiredMixin, View):
                 services.deployment_transition(
                     deployment_id=deployment.pk,
                     action=form.cleaned_data["action"],
-                    actor=request.user,
-                    source=Source.UI,
                     reason=form.cleaned_data["reason"],
                     expected_phase=form.cleaned_data["phase"],
+                    **writer(request),
                 )
+            except ApprovalRequired as held:
+                waiting, status = held, held.status_code
             except CanaryError as failure:
                 error = failure.message
                 status = failure.status_code
         deployment = _deployment(deployment_id)
         if request.htmx:
             context = detail_context(
-                request, deployment, action_error=error, reason=request.POST.get("reason", "")
+                request,
+                deployment,
+                action_error=error,
+                reason=request.POST.get("reason", ""),
+                approval=waiting,
             )
-            return render(
-                request, "deployments/detail.html#action-response", context, status=status
-            )
+            template = partial_template(request, "deployments/detail.html", "action-response")
+            return render(request, template, context, status=status)
         if error:
             messages.error(request, error)
+        elif waiting is not None:
+            messages.warning(request, waiting.message)
         else:
             messages.success(
                 request, f"{ACTION_LABELS.get(form.cleaned_data['action'], 'Done')}: done."
@@ -216,19 +219,15 @@ class WizardView(RoleRequiredMixin, View):
         try:
             deployment = services.deployment_create(
                 config=config,
-                actor=request.user,
-                source=Source.UI,
                 health_policy=form.cleaned_data.get("health_policy"),
                 flags=form.cleaned_data.get("linked_flags") or [],
+                **writer(request),
             )
         except CanaryError as error:
             report = services.configuration_report(config)
             return self._form(request, form, rows, report, error=error, status=error.status_code)
-        url = reverse("deployments:deployment-detail", args=[deployment.pk])
-        if request.htmx:
-            return HttpResponseClientRedirect(url)
         messages.success(request, f"Deployment '{deployment.name}' created; start it when ready.")
-        return redirect(url)
+        return htmx.redirect(request, "deployments:deployment-detail", deployment.pk)
 
     def _form(
         self,
@@ -240,9 +239,7 @@ class WizardView(RoleRequiredMixin, View):
         error: CanaryError | None = None,
         status: int = 200,
     ) -> HttpResponse:
-        template = self.template_name
-        if request.htmx:
-            template += "#wizard-form"
+        template = partial_template(request, self.template_name, "wizard-form")
         context = self._context(form, rows, report, error=error)
         return render(request, template, context, status=status)
 

@@ -3,17 +3,20 @@ validated, versioned, audited and served everywhere like one from the dashboard 
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.forms.models import construct_instance
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from canary_site.admin import EvidenceAdminMixin, RefusableDeleteMixin
+from canary_site.admin import (
+    GatedAdminMixin,
+    ReadOnlyAdminMixin,
+    RefusableDeleteMixin,
+    ServiceValidatedForm,
+)
+from canary_site.audit import writer
 from canary_site.choices import Source
 from canary_site.exceptions import CanaryError
 from flags import services
@@ -23,42 +26,51 @@ from flags.models import EvaluationKey, Flag, FlagExposure, Segment
 FLAG_FIELDS = ["key", *services.FLAG_EDITABLE_FIELDS]
 
 
-def _errors_to_form(form: forms.BaseForm, error: CanaryError) -> None:
-    if not error.fields:
-        form.add_error(None, error.message)
-    for path, problems in error.fields.items():
-        head = path.split(".")[0].split("[")[0]
-        for problem in problems:
-            if head in form.fields:
-                form.add_error(head, problem if path == head else f"{path}: {problem}")
-            else:
-                form.add_error(None, f"{path}: {problem}")
-
-
-class FlagAdminForm(forms.ModelForm):
-    """Validates through the services; ``save_model`` then saves through them too."""
-
+class FlagAdminForm(ServiceValidatedForm):
     class Meta:
         model = Flag
         fields = FLAG_FIELDS
 
-    def _post_clean(self) -> None:
-        # The model's own full_clean would run before the services' checks; they run both.
-        pass
+    def validate(self, candidate: Flag, data: dict[str, Any]) -> None:
+        services.flag_validate(flag=candidate)
 
-    def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        if not self.errors:
-            candidate = construct_instance(self, copy.copy(self.instance), FLAG_FIELDS)
-            try:
-                services.flag_validate(flag=candidate)
-            except CanaryError as error:
-                _errors_to_form(self, error)
-        return data
+
+class KeyedAdmin(RefusableDeleteMixin, admin.ModelAdmin):
+    """A flag or a segment: its key is fixed once saved, and saves and deletes go through the
+    services named by ``create``, ``update`` and ``delete``, with the form's fields."""
+
+    def create(self, data: dict[str, Any], **by: Any) -> Any:
+        raise NotImplementedError
+
+    def update(self, obj: Any, changes: dict[str, Any], **by: Any) -> Any:
+        raise NotImplementedError
+
+    def delete(self, obj: Any, **by: Any) -> None:
+        raise NotImplementedError
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        fields = list(self.readonly_fields)
+        return [*fields, "key"] if obj is not None else fields
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        data = {name: form.cleaned_data.get(name) for name in self.form._meta.fields}
+        if change:
+            data.pop("key")
+            saved = self.update(obj, data, **writer(request))
+        else:
+            saved = self.create(data, **writer(request))
+        obj.pk = saved.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        try:
+            self.delete(obj, **writer(request))
+        except CanaryError as error:
+            self.message_user(request, error.message, messages.ERROR)
 
 
 @admin.register(Flag)
-class FlagAdmin(RefusableDeleteMixin, admin.ModelAdmin):
+class FlagAdmin(GatedAdminMixin, KeyedAdmin):
     form = FlagAdminForm
     list_display = ["key", "name", "status", "flag_type", "value_type", "version", "controlled_by"]
     list_filter = ["status", "flag_type", "value_type", "kill_switch_enabled"]
@@ -75,34 +87,14 @@ class FlagAdmin(RefusableDeleteMixin, admin.ModelAdmin):
     ]
     actions = ["enable_flags", "disable_flags", "kill_flags"]
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        fields = list(self.readonly_fields)
-        return [*fields, "key"] if obj is not None else fields
+    def create(self, data: dict[str, Any], **by: Any) -> Flag:
+        return services.flag_create(**data, **by)
 
-    def save_model(self, request: HttpRequest, obj: Flag, form: Any, change: bool) -> None:
-        data = {name: form.cleaned_data.get(name) for name in FLAG_FIELDS}
-        if change:
-            data.pop("key")
-            flag = services.flag_update(
-                flag=obj, changes=data, actor=request.user, source=Source.UI
-            )
-        else:
-            flag = services.flag_create(**data, actor=request.user, source=Source.UI)
-        obj.pk = flag.pk
-        obj.refresh_from_db()
+    def update(self, obj: Flag, changes: dict[str, Any], **by: Any) -> Flag:
+        return services.flag_update(flag=obj, changes=changes, **by)
 
-    def delete_model(self, request: HttpRequest, obj: Flag) -> None:
-        try:
-            services.flag_delete(flag=obj, actor=request.user, source=Source.UI)
-        except CanaryError as error:
-            self.message_user(request, error.message, messages.ERROR)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Flag]) -> None:
-        for flag in queryset:
-            try:
-                services.flag_delete(flag=flag, actor=request.user, source=Source.UI)
-            except CanaryError as error:
-                self.message_user(request, error.message, messages.ERROR)
+    def delete(self, obj: Flag, **by: Any) -> None:
+        services.flag_delete(flag=obj, **by)
 
     @admin.action(description="Enable the selected flags", permissions=["change"])
     def enable_flags(self, request: HttpRequest, queryset: QuerySet[Flag]) -> None:
@@ -144,64 +136,34 @@ class FlagAdmin(RefusableDeleteMixin, admin.ModelAdmin):
         )
 
 
-class SegmentAdminForm(forms.ModelForm):
+class SegmentAdminForm(ServiceValidatedForm):
     class Meta:
         model = Segment
         fields = ["key", "name", "description", "constraints"]
 
-    def _post_clean(self) -> None:
-        pass
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        if not self.errors:
-            candidate = construct_instance(
-                self, copy.copy(self.instance), ["key", "name", "description", "constraints"]
-            )
-            try:
-                services.segment_validate(segment=candidate)
-            except CanaryError as error:
-                _errors_to_form(self, error)
-        return data
+    def validate(self, candidate: Segment, data: dict[str, Any]) -> None:
+        services.segment_validate(segment=candidate)
 
 
 @admin.register(Segment)
-class SegmentAdmin(RefusableDeleteMixin, admin.ModelAdmin):
+class SegmentAdmin(KeyedAdmin):
     form = SegmentAdminForm
     list_display = ["key", "name", "version", "updated_at"]
     search_fields = ["key", "name", "description"]
     readonly_fields = ["version", "created_at", "updated_at"]
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        fields = list(self.readonly_fields)
-        return [*fields, "key"] if obj is not None else fields
+    def create(self, data: dict[str, Any], **by: Any) -> Segment:
+        return services.segment_create(**data, **by)
 
-    def save_model(self, request: HttpRequest, obj: Segment, form: Any, change: bool) -> None:
-        fields = {k: form.cleaned_data.get(k) for k in ("name", "description", "constraints")}
-        if change:
-            segment = services.segment_update(
-                segment=obj, changes=fields, actor=request.user, source=Source.UI
-            )
-        else:
-            segment = services.segment_create(
-                key=form.cleaned_data["key"], **fields, actor=request.user, source=Source.UI
-            )
-        obj.pk = segment.pk
-        obj.refresh_from_db()
+    def update(self, obj: Segment, changes: dict[str, Any], **by: Any) -> Segment:
+        return services.segment_update(segment=obj, changes=changes, **by)
 
-    def delete_model(self, request: HttpRequest, obj: Segment) -> None:
-        try:
-            services.segment_delete(segment=obj, actor=request.user, source=Source.UI)
-        except CanaryError as error:
-            self.message_user(request, error.message, messages.ERROR)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Segment]) -> None:
-        for segment in queryset:
-            self.delete_model(request, segment)
+    def delete(self, obj: Segment, **by: Any) -> None:
+        services.segment_delete(segment=obj, **by)
 
 
 @admin.register(EvaluationKey)
-class EvaluationKeyAdmin(admin.ModelAdmin):
+class EvaluationKeyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Keys are created on the evaluation keys page, where the secret is shown once; here they
     are looked at and revoked, for good. The digest is shown to no one."""
 
@@ -211,16 +173,6 @@ class EvaluationKeyAdmin(admin.ModelAdmin):
     fields = ["name", "prefix", "rate_limit", "created_by", "created_at", "revoked_at"]
     readonly_fields = fields
     actions = ["revoke_keys"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Revoking is the only change, through the action below.
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_revoke_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("flags.change_evaluationkey")
@@ -235,7 +187,7 @@ class EvaluationKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(FlagExposure)
-class FlagExposureAdmin(EvidenceAdminMixin, admin.ModelAdmin):
+class FlagExposureAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Read-only: counts come from serving, and only retention deletes them."""
 
     list_display = ["flag_key", "variant", "bucket_start", "count"]

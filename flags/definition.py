@@ -17,6 +17,19 @@ from flags.evaluation import InvalidFlagDefinition
 
 FULL = 100.0
 
+DEFINITION_FIELDS = (
+    "value_type",
+    "variants",
+    "off_variant",
+    "rules",
+    "default_rule",
+    "targets",
+    "stickiness",
+    "salt",
+)
+"""The stored fields that say what a flag serves, besides its key and status: what
+:func:`engine_flag` hands the engine, and what a person edits as the flag's definition."""
+
 
 def percent_to_basis_points(value: Any, field: str) -> int:
     """A percentage (0 to 100, two decimals) as a whole number of basis points (0 to 10000)."""

@@ -141,10 +141,11 @@ from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn, TypeVar
 
 from canary_site import regex_guard
 from canary_site.bucketing import BUCKET_COUNT, bucket_with_prefix, percentage_to_buckets
+from canary_site.reading import Fields, nested_path
 
 __all__ = [
     "MAX_REGEX_BACKTRACKING",
@@ -258,15 +259,7 @@ class InvalidFlagDefinition(ValueError):
 
     def within(self, prefix: str) -> InvalidFlagDefinition:
         """The same error, its field placed under ``prefix`` (``rules[0]`` + ``serve``)."""
-        return InvalidFlagDefinition(_join_field(prefix, self.field), self.message)
-
-
-def _join_field(prefix: str, name: str) -> str:
-    if not prefix:
-        return name
-    if not name:
-        return prefix
-    return f"{prefix}{name}" if name.startswith("[") else f"{prefix}.{name}"
+        return InvalidFlagDefinition(nested_path(prefix, self.field), self.message)
 
 
 @contextmanager
@@ -280,6 +273,17 @@ def _under(prefix: str) -> Iterator[None]:
 
 def _invalid(field: str, message: str) -> NoReturn:
     raise InvalidFlagDefinition(field, message)
+
+
+_Word = TypeVar("_Word", bound=StrEnum)
+
+
+def _one_of(enum: type[_Word], value: Any, field: str) -> _Word:
+    try:
+        return enum(value)
+    except ValueError:
+        words = ", ".join(member.value for member in enum)
+        _invalid(field, f"must be one of {words}; got {value!r}")
 
 
 class ReadOnlyDict(dict[str, Any]):
@@ -430,7 +434,7 @@ _TEXT_OPERATORS = frozenset(
         Operator.REGEX,
     }
 )
-_SINGLE_VALUE_OPERATORS = frozenset(
+SINGLE_VALUE_OPERATORS = frozenset(
     {
         Operator.EQUALS,
         Operator.REGEX,
@@ -459,7 +463,7 @@ def _compile_predicate(
         return _always_true
     if not values:
         _invalid("values", f"{operator} needs at least one value")
-    if operator in _SINGLE_VALUE_OPERATORS and len(values) != 1:
+    if operator in SINGLE_VALUE_OPERATORS and len(values) != 1:
         _invalid("values", f"{operator} takes exactly one value, got {len(values)}")
 
     if operator in _TEXT_OPERATORS:
@@ -947,17 +951,8 @@ class FlagSnapshot:
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key:
             _invalid("key", "must be a non-empty string")
-        try:
-            status = FlagStatus(self.status)
-        except ValueError:
-            _invalid("status", f"must be one of enabled, disabled, killed; got {self.status!r}")
-        try:
-            value_type = ValueType(self.value_type)
-        except ValueError:
-            _invalid(
-                "value_type",
-                f"must be one of boolean, string, number, object; got {self.value_type!r}",
-            )
+        status = _one_of(FlagStatus, self.status, "status")
+        value_type = _one_of(ValueType, self.value_type, "value_type")
         if not isinstance(self.stickiness, str) or not self.stickiness:
             _invalid("stickiness", "must be the name of a context attribute")
         if not isinstance(self.salt, str) or not _encodable(self.salt):
@@ -1372,144 +1367,140 @@ def evaluation_error(flag_key: str, error_code: ErrorCode, message: str) -> Eval
 # --- building from stored dicts -----------------------------------------------------------------
 
 
-def _require(data: Mapping[str, Any], key: str) -> Any:
-    if key not in data:
-        _invalid(key, "is required")
-    return data[key]
+# Each builder reads its object with paths relative to it; ``_under`` places an error under the
+# path of the object that holds it, so the outermost caller reports the path from the top.
 
 
-def _mapping(data: Any, field: str = "") -> Mapping[str, Any]:
-    if not isinstance(data, Mapping):
-        _invalid(field, "must be an object")
-    return data
+def _object(data: Any) -> Fields:
+    return Fields(data, "", InvalidFlagDefinition)
 
 
-def _or_default(data: Mapping[str, Any], key: str, default: Any) -> Any:
-    """``data[key]``, or ``default`` when it is absent or null (a nullable column)."""
-    value = data.get(key)
-    return default if value is None else value
+def _require(item: Fields, key: str) -> Any:
+    """``item[key]``, which must be present; null is the constructor's to refuse."""
+    if key not in item.data:
+        item.fail(key, "is required")
+    return item.data[key]
 
 
-def _list(data: Mapping[str, Any], key: str) -> list[Any]:
-    value = data.get(key, [])
-    if value is None:
-        return []
-    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
-        _invalid(key, "must be a list")
-    return list(value)
+def _values(item: Fields, key: str) -> list[Any]:
+    return [value for _path, value in item.items(key)]
 
 
 def build_constraint(data: Mapping[str, Any]) -> Constraint:
     """Build a :class:`Constraint` from ``{"attribute", "operator", "values", ...}``."""
-    data = _mapping(data)
-    values = data.get("values", [])
+    item = _object(data)
+    values = item.data.get("values", [])
     return Constraint(
-        attribute=_require(data, "attribute"),
-        operator=_require(data, "operator"),
+        attribute=_require(item, "attribute"),
+        operator=_require(item, "operator"),
         values=[] if values is None else values,
-        case_insensitive=data.get("case_insensitive", False),
-        negate=data.get("negate", False),
+        case_insensitive=item.data.get("case_insensitive", False),
+        negate=item.data.get("negate", False),
     )
+
+
+def _constraints(item: Fields) -> tuple[Constraint, ...]:
+    constraints = []
+    for path, constraint in item.items("constraints"):
+        with _under(path):
+            constraints.append(build_constraint(constraint))
+    return tuple(constraints)
 
 
 def build_segment_snapshot(data: Mapping[str, Any]) -> SegmentSnapshot:
     """Build a :class:`SegmentSnapshot` from ``{"key", "name", "constraints": [...]}``."""
-    data = _mapping(data)
-    constraints = []
-    for index, item in enumerate(_list(data, "constraints")):
-        with _under(f"constraints[{index}]"):
-            constraints.append(build_constraint(item))
-    name = data.get("name") or ""
+    item = _object(data)
+    constraints = _constraints(item)
+    name = item.data.get("name") or ""
     if not isinstance(name, str):
-        _invalid("name", "must be a string")
-    return SegmentSnapshot(key=_require(data, "key"), constraints=tuple(constraints), name=name)
+        item.fail("name", "must be a string")
+    return SegmentSnapshot(key=_require(item, "key"), constraints=constraints, name=name)
 
 
 def build_serve(data: Mapping[str, Any]) -> Serve:
     """Build a serve from ``{"variant"}``, ``{"rollout": {...}}`` or ``{"split": [...]}``."""
-    data = _mapping(data)
-    given = [key for key in ("variant", "rollout", "split") if key in data]
+    item = _object(data)
+    given = [key for key in ("variant", "rollout", "split") if key in item.data]
     if len(given) != 1:
         _invalid("", "must have exactly one of variant, rollout or split")
     if given[0] == "variant":
-        return FixedServe(variant=data["variant"])
+        return FixedServe(variant=item.data["variant"])
     if given[0] == "rollout":
         with _under("rollout"):
-            rollout = _mapping(data["rollout"])
+            rollout = _object(item.data["rollout"])
             return RolloutServe(
                 percentage=_require(rollout, "percentage"), variant=_require(rollout, "variant")
             )
     weighted = []
-    for index, item in enumerate(_list(data, "split")):
-        with _under(f"split[{index}]"):
-            item = _mapping(item)
+    for path, raw in item.items("split"):
+        with _under(path):
+            share = _object(raw)
             weighted.append(
-                WeightedVariant(variant=_require(item, "variant"), weight=_require(item, "weight"))
+                WeightedVariant(
+                    variant=_require(share, "variant"), weight=_require(share, "weight")
+                )
             )
     return SplitServe(variants=tuple(weighted))
 
 
 def _build_rule(data: Mapping[str, Any]) -> Rule:
-    data = _mapping(data)
-    constraints = []
-    for index, item in enumerate(_list(data, "constraints")):
-        with _under(f"constraints[{index}]"):
-            constraints.append(build_constraint(item))
-    serve_data = _require(data, "serve")
+    item = _object(data)
+    constraints = _constraints(item)
+    serve_data = _require(item, "serve")
     with _under("serve"):
         serve = build_serve(serve_data)
     return Rule(
         serve=serve,
-        name=data.get("name") or "",
-        constraints=tuple(constraints),
-        segments=tuple(_list(data, "segments")),
+        name=item.data.get("name") or "",
+        constraints=constraints,
+        segments=tuple(_values(item, "segments")),
     )
 
 
 def build_flag_snapshot(data: Mapping[str, Any]) -> FlagSnapshot:
     """Build and validate a :class:`FlagSnapshot` from the stored JSON (module docstring)."""
-    data = _mapping(data)
+    flag = _object(data)
     variants: dict[str, Any] = {}
-    for index, item in enumerate(_list(data, "variants")):
-        with _under(f"variants[{index}]"):
-            item = _mapping(item)
-            name = _require(item, "name")
+    for path, raw in flag.items("variants"):
+        with _under(path):
+            variant = _object(raw)
+            name = _require(variant, "name")
             if not isinstance(name, str) or not name:
-                _invalid("name", "must be a non-empty string")
+                variant.fail("name", "must be a non-empty string")
             if name in variants:
-                _invalid("name", f"duplicate variant name {name!r}")
-            variants[name] = _require(item, "value")
+                variant.fail("name", f"duplicate variant name {name!r}")
+            variants[name] = _require(variant, "value")
 
     targets = []
-    for index, item in enumerate(_list(data, "targets")):
-        with _under(f"targets[{index}]"):
-            item = _mapping(item)
+    for path, raw in flag.items("targets"):
+        with _under(path):
+            target = _object(raw)
             targets.append(
-                Target(variant=_require(item, "variant"), values=tuple(_list(item, "values")))
+                Target(variant=_require(target, "variant"), values=tuple(_values(target, "values")))
             )
 
     rules = []
-    for index, item in enumerate(_list(data, "rules")):
-        with _under(f"rules[{index}]"):
-            rules.append(_build_rule(item))
+    for path, raw in flag.items("rules"):
+        with _under(path):
+            rules.append(_build_rule(raw))
 
     default_rule = None
-    if data.get("default_rule") is not None:
+    if flag.data.get("default_rule") is not None:
         with _under("default_rule"):
-            default_rule = build_serve(data["default_rule"])
+            default_rule = build_serve(flag.data["default_rule"])
 
     return FlagSnapshot(
-        key=_require(data, "key"),
+        key=_require(flag, "key"),
         variants=variants,
-        off_variant=_require(data, "off_variant"),
+        off_variant=_require(flag, "off_variant"),
         default_rule=default_rule,
-        status=_or_default(data, "status", FlagStatus.ENABLED),
-        value_type=_or_default(data, "value_type", ValueType.BOOLEAN),
+        status=flag.value("status", FlagStatus.ENABLED),
+        value_type=flag.value("value_type", ValueType.BOOLEAN),
         rules=tuple(rules),
         targets=tuple(targets),
-        stickiness=_or_default(data, "stickiness", DEFAULT_STICKINESS),
-        salt=data.get("salt") or "",
-        version=_or_default(data, "version", 1),
+        stickiness=flag.value("stickiness", DEFAULT_STICKINESS),
+        salt=flag.data.get("salt") or "",
+        version=flag.value("version", 1),
     )
 
 

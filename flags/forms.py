@@ -1,19 +1,18 @@
 """Dashboard forms of the flags app. They parse what people type into the stored definition's
-shape; the services validate it, and :func:`add_service_errors` puts each error the services
-raise next to the field it names."""
+shape; the services validate it, and `canary_site.forms.add_error_fields` puts each error the
+services raise next to the field it names."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 from django import forms
-from django.contrib.auth import get_user_model
 
-from canary_site.exceptions import CanaryError
+from canary_site.selectors import user_named
 from flags.choices import SINGLE_VALUE_OPERATORS, FlagType, Operator, ServeKind, ValueType
 
 # --- variants as text -----------------------------------------------------------------------------
@@ -144,13 +143,7 @@ class FlagDetailsForm(forms.Form):
         )
 
     def clean_owner(self) -> Any:
-        username = self.cleaned_data.get("owner", "").strip()
-        if not username:
-            return None
-        user = get_user_model().objects.filter(username=username).first()
-        if user is None:
-            raise forms.ValidationError(f"No user named '{username}'.")
-        return user
+        return user_named(self.cleaned_data.get("owner", ""), error=forms.ValidationError)
 
 
 class VariantsForm(forms.Form):
@@ -465,27 +458,3 @@ class EvaluationKeyForm(forms.Form):
         label="Rate limit",
         help_text="Evaluations a second; empty for the default.",
     )
-
-
-# --- service errors next to fields --------------------------------------------------------------
-
-
-def add_service_errors(
-    form: forms.Form, error: CanaryError, field_for: Callable[[str], str | None] | None = None
-) -> None:
-    """Attach each field error of ``error`` to the form field it concerns, or to the form.
-
-    ``field_for`` maps a service field path (``rules[0].constraints[1].operator``) to a form
-    field name; by default a path whose first part names a form field goes there.
-    """
-    if not error.fields:
-        form.add_error(None, error.message)
-        return
-    for path, messages in error.fields.items():
-        name = field_for(path) if field_for else None
-        if name is None:
-            head = re.split(r"[.\[]", path, maxsplit=1)[0]
-            name = head if head in form.fields else None
-        for message in messages:
-            detail = message if name and path == name else f"{path}: {message}"
-            form.add_error(name, detail)

@@ -9,12 +9,12 @@ tells every process to reload.
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
 from canary_site import audit
+from canary_site.models import person_field
 from flags.choices import FlagStatus, FlagType, ValueType
 
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z"
@@ -69,13 +69,7 @@ class Flag(models.Model):
     stickiness = models.CharField(max_length=100, default="targetingKey")
     salt = models.CharField(max_length=100, blank=True)
     expires_on = models.DateField(null=True, blank=True)
-    owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="owned_flags",
-    )
+    owner = person_field("owned_flags")
     tags = models.JSONField(default=list, blank=True)
     # Kill switches with a system-wide scope kill the flags that opt in here.
     kill_switch_enabled = models.BooleanField(default=False)
@@ -106,13 +100,7 @@ class EvaluationKey(models.Model):
     digest = models.CharField(max_length=64, unique=True)
     # Evaluations per second for this key; null means CANARY_OFREP_RATE_LIMIT.
     rate_limit = models.PositiveIntegerField(null=True, blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="evaluation_keys",
-    )
+    created_by = person_field("evaluation_keys")
     created_at = models.DateTimeField(default=timezone.now)
     revoked_at = models.DateTimeField(null=True, blank=True)
 

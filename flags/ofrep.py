@@ -74,9 +74,9 @@ def _general(status: int, details: str) -> HttpResponse:
     return _json({"errorDetails": details}, status)
 
 
-def _method_not_allowed() -> HttpResponse:
-    response = _general(405, "Use POST.")
-    response["Allow"] = "POST"
+def _method_not_allowed(allowed: str = "POST") -> HttpResponse:
+    response = _general(405, f"Use {allowed}.")
+    response["Allow"] = allowed
     return response
 
 
@@ -237,6 +237,15 @@ def _admit(request: HttpRequest) -> Snapshot:
     return snapshot
 
 
+def _evaluation(request: HttpRequest, key: str | None) -> tuple[Snapshot, dict[str, Any]]:
+    """The snapshot and the context of an evaluation request (of one flag, or of all when
+    ``key`` is None); raises `_Refusal` for one that ends before evaluation."""
+    if request.method != "POST":
+        raise _Refusal(_method_not_allowed())
+    snapshot = _admit(request)
+    return snapshot, _context(request, key)
+
+
 def _success(result: EvaluationResult) -> dict[str, Any]:
     return {
         "key": result.flag_key,
@@ -279,11 +288,8 @@ def _evaluate_one(snapshot: Snapshot, key: str, context: dict[str, Any]) -> dict
 @csrf_exempt
 def evaluate_flag(request: HttpRequest, key: str) -> HttpResponse:
     """``POST /ofrep/v1/evaluate/flags/{key}``: one flag for one context."""
-    if request.method != "POST":
-        return _method_not_allowed()
     try:
-        snapshot = _admit(request)
-        context = _context(request, key)
+        snapshot, context = _evaluation(request, key)
     except _Refusal as refusal:
         return refusal.response
     if key not in snapshot.flags and key not in snapshot.broken:
@@ -298,11 +304,8 @@ def evaluate_flag(request: HttpRequest, key: str) -> HttpResponse:
 @csrf_exempt
 def evaluate_flags(request: HttpRequest) -> HttpResponse:
     """``POST /ofrep/v1/evaluate/flags``: every flag for one context, with an ETag."""
-    if request.method != "POST":
-        return _method_not_allowed()
     try:
-        snapshot = _admit(request)
-        context = _context(request, None)
+        snapshot, context = _evaluation(request, None)
     except _Refusal as refusal:
         return refusal.response
     etag = _etag(snapshot, context)
@@ -327,9 +330,7 @@ def evaluate_flags(request: HttpRequest) -> HttpResponse:
 def configuration(request: HttpRequest) -> HttpResponse:
     """``GET /ofrep/v1/configuration``: what this server supports (an OFREP extension)."""
     if request.method != "GET":
-        response = _general(405, "Use GET.")
-        response["Allow"] = "GET"
-        return response
+        return _method_not_allowed("GET")
     try:
         _admit(request)
     except _Refusal as refusal:

@@ -14,21 +14,24 @@ The rule verbs (``flag_rule_add``, ``flag_rule_update``, ``flag_rule_move``,
 ``flag_rule_delete``) splice the rule list of the row they hold locked, and take the flag's
 ``version`` as the client read it: a rule is named by its position, so an edit made against a
 list that has changed since is refused (409) rather than applied to the wrong rule.
+
+The flag writes other than the kill and the release of control are ``@gates.gated``
+(``flags.gating`` describes them): a change an approval policy covers opens an approval request
+instead (``canary_site.gates``).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, timedelta
 from typing import Any
 
-from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from canary_site import tokens
+from canary_site import gates, tokens
 from canary_site.audit import audit_context
 from canary_site.choices import Source
 from canary_site.exceptions import (
@@ -36,12 +39,13 @@ from canary_site.exceptions import (
     NotFound,
     TransitionNotAllowed,
     ValidationFailed,
-    to_canary_error,
+    full_clean,
 )
 from canary_site.versions import counter_bump
-from flags import conf, snapshot
+from flags import conf, gating, snapshot
 from flags.choices import FlagStatus, FlagType, ValueType
 from flags.definition import (
+    DEFINITION_FIELDS,
     FULL,
     engine_flag,
     percent_to_basis_points,
@@ -64,14 +68,7 @@ FLAG_EDITABLE_FIELDS = (
     "name",
     "description",
     "flag_type",
-    "value_type",
-    "variants",
-    "off_variant",
-    "rules",
-    "default_rule",
-    "targets",
-    "stickiness",
-    "salt",
+    *DEFINITION_FIELDS,
     "expires_on",
     "owner",
     "tags",
@@ -87,6 +84,7 @@ _KEY_RE = re.compile(KEY_PATTERN)
 # --- flags --------------------------------------------------------------------------------------
 
 
+@gates.gated(gating.create)
 def flag_create(
     *,
     key: str,
@@ -166,6 +164,7 @@ def flag_create(
     return flag
 
 
+@gates.gated(gating.update)
 def flag_update(
     *,
     flag: Flag,
@@ -243,6 +242,7 @@ def _apply_changes(
 # --- rules --------------------------------------------------------------------------------------
 
 
+@gates.gated(gating.rule_add)
 def flag_rule_add(
     *,
     flag: Flag,
@@ -254,13 +254,15 @@ def flag_rule_add(
 ) -> Flag:
     """Append ``rule`` to the flag's rules. Without ``expected_version`` it is added to the
     rules as they are when the lock is held (an append cannot land on the wrong rule)."""
-    with transaction.atomic():
-        current = _locked(Flag, flag)
-        _check_version(current, expected_version)
-        rules = [*current.rules, _clean_rule(rule)]
-        return _splice(current, rules, len(rules) - 1, actor, source, reason, "rule_add")
+
+    def append(current: Flag, rules: list[Any]) -> int:
+        rules.append(_clean_rule(rule))
+        return len(rules) - 1
+
+    return _edit_rules(flag, expected_version, append, actor, source, reason, "rule_add")
 
 
+@gates.gated(gating.rule_update)
 def flag_rule_update(
     *,
     flag: Flag,
@@ -272,14 +274,15 @@ def flag_rule_update(
     reason: str = "",
 ) -> Flag:
     """Replace the rule at ``index`` (0-based) of the flag at ``expected_version``."""
-    with transaction.atomic():
-        current = _locked(Flag, flag)
-        _check_version(current, expected_version)
-        rules = list(current.rules)
+
+    def replace(current: Flag, rules: list[Any]) -> int:
         rules[_rule_index(current, index)] = _clean_rule(rule)
-        return _splice(current, rules, index, actor, source, reason, "rule_update")
+        return index
+
+    return _edit_rules(flag, expected_version, replace, actor, source, reason, "rule_update")
 
 
+@gates.gated(gating.rule_move)
 def flag_rule_move(
     *,
     flag: Flag,
@@ -291,19 +294,20 @@ def flag_rule_move(
     reason: str = "",
 ) -> Flag:
     """Move the rule at ``index`` to position ``to`` (both 0-based); the others keep their order."""
-    with transaction.atomic():
-        current = _locked(Flag, flag)
-        _check_version(current, expected_version)
-        rules = list(current.rules)
+
+    def move(current: Flag, rules: list[Any]) -> int:
         moved = rules.pop(_rule_index(current, index))
         if type(to) is not int or not 0 <= to <= len(rules):
             raise ValidationFailed(
                 f"A rule can move to a position from 0 to {len(rules)}.", field="to"
             )
         rules.insert(to, moved)
-        return _splice(current, rules, to, actor, source, reason, "rule_move")
+        return to
+
+    return _edit_rules(flag, expected_version, move, actor, source, reason, "rule_move")
 
 
+@gates.gated(gating.rule_delete)
 def flag_rule_delete(
     *,
     flag: Flag,
@@ -314,12 +318,31 @@ def flag_rule_delete(
     reason: str = "",
 ) -> Flag:
     """Delete the rule at ``index`` (0-based) of the flag at ``expected_version``."""
+
+    def delete(current: Flag, rules: list[Any]) -> None:
+        rules.pop(_rule_index(current, index))
+
+    return _edit_rules(flag, expected_version, delete, actor, source, reason, "rule_delete")
+
+
+def _edit_rules(
+    flag: Flag,
+    expected_version: int | None,
+    edit: Callable[[Flag, list[Any]], int | None],
+    actor: Any,
+    source: str,
+    reason: str,
+    verb: str,
+) -> Flag:
+    """Let ``edit`` change the rule list of the flag, locked and at ``expected_version``, and save
+    it. ``edit`` returns the position of the rule it wrote, if any: errors about that rule name
+    ``rule.<field>``."""
     with transaction.atomic():
         current = _locked(Flag, flag)
         _check_version(current, expected_version)
         rules = list(current.rules)
-        rules.pop(_rule_index(current, index))
-        return _splice(current, rules, None, actor, source, reason, "rule_delete")
+        position = edit(current, rules)
+        return _splice(current, rules, position, actor, source, reason, verb)
 
 
 def _check_version(current: Flag, expected_version: int | None) -> None:
@@ -372,6 +395,7 @@ def _splice(
         raise ValidationFailed(error.message, fields=fields) from None
 
 
+@gates.gated(gating.delete)
 def flag_delete(
     *, flag: Flag, actor: Any = None, source: str = Source.SYSTEM, reason: str = ""
 ) -> None:
@@ -387,6 +411,7 @@ def flag_delete(
         _flags_changed()
 
 
+@gates.gated(gating.enable)
 def flag_enable(
     *, flag: Flag, actor: Any = None, source: str = Source.SYSTEM, reason: str = ""
 ) -> Flag:
@@ -402,6 +427,7 @@ def flag_enable(
         return _save_status(current, actor=actor, source=source, reason=reason, verb="enable")
 
 
+@gates.gated(gating.disable)
 def flag_disable(
     *, flag: Flag, actor: Any = None, source: str = Source.SYSTEM, reason: str = ""
 ) -> Flag:
@@ -437,6 +463,7 @@ def flag_kill(*, flag: Flag, reason: str, actor: Any = None, source: str = Sourc
         return _save_status(current, actor=actor, source=source, reason=reason, verb="kill")
 
 
+@gates.gated(gating.rollout)
 def flag_set_rollout(
     *,
     flag: Flag,
@@ -663,7 +690,7 @@ def evaluation_key_create(
         rate_limit=rate_limit,
         created_by=actor if getattr(actor, "is_authenticated", False) else None,
     )
-    _full_clean(key)
+    full_clean(key)
     with transaction.atomic(), audit_context(actor=actor, source=source, verb="create"):
         _save(key)
         _flags_changed()
@@ -738,7 +765,7 @@ def _save_status(current: Flag, *, actor: Any, source: str, reason: str, verb: s
     _track_full_rollout(current, now)
     current.version += 1
     current.updated_at = now
-    _full_clean(current)
+    full_clean(current)
     with audit_context(actor=actor, source=source, reason=reason, verb=verb):
         _save(current)
     _flags_changed()
@@ -791,13 +818,6 @@ def _check_depth(value: Any, field: str) -> None:
             stack.extend((child, depth + 1) for child in item)
 
 
-def _full_clean(instance: Any) -> None:
-    try:
-        instance.full_clean()
-    except DjangoValidationError as error:
-        raise to_canary_error(error) from None
-
-
 def _validate_flag(flag: Flag) -> None:
     """The engine's checks (naming its field), the segments the rules name, then the model's."""
     for name in ("variants", "rules", "default_rule", "targets"):
@@ -827,7 +847,7 @@ def _validate_flag(flag: Flag) -> None:
         # The engine names the field of everything it foresees; this is for what it did not.
         raise ValidationFailed(f"is not a valid definition: {error}", field="definition") from None
     _check_segments_exist(flag.rules)
-    _full_clean(flag)
+    full_clean(flag)
 
 
 def _check_segments_exist(rules: list[Any]) -> None:
@@ -854,7 +874,7 @@ def _validate_segment(segment: Segment) -> None:
         )
     except InvalidFlagDefinition as error:
         raise ValidationFailed(error.message, field=error.field or "constraints") from None
-    _full_clean(segment)
+    full_clean(segment)
 
 
 def _track_full_rollout(flag: Flag, now: Any) -> None:

@@ -29,7 +29,7 @@ from django.db import transaction
 
 from canary_site.versions import Outage, VersionToken, counter_value
 from flags import conf
-from flags.definition import engine_flag
+from flags.definition import DEFINITION_FIELDS, engine_flag
 from flags.evaluation import (
     FlagSnapshot,
     InvalidFlagDefinition,
@@ -43,20 +43,7 @@ logger = logging.getLogger(__name__)
 VERSION_CACHE_KEY = "flags:version"
 
 # The stored fields build_flag_snapshot reads (through flags.definition.engine_flag).
-FLAG_FIELDS = (
-    "id",
-    "key",
-    "status",
-    "value_type",
-    "variants",
-    "off_variant",
-    "rules",
-    "default_rule",
-    "targets",
-    "stickiness",
-    "salt",
-    "version",
-)
+FLAG_FIELDS = ("id", "key", "status", *DEFINITION_FIELDS, "version")
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,20 +8,22 @@ success redirects back to the page. A 400 re-renders the form with each error ne
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.decorators import method_decorator
 from django.views import View
-from django.views.decorators.cache import never_cache
 
-from canary_site.choices import Source
+from canary_site.audit import writer
 from canary_site.exceptions import CanaryError, NotFound
+from canary_site.forms import add_error_fields
+from canary_site.htmx import htmx_target, partial_template
+from canary_site.htmx import redirect as htmx_redirect
 from canary_site.roles import RoleRequiredMixin
+from canary_site.views import CredentialRevokeView, CredentialsPageView
 from flags import charts, selectors, services
 from flags.choices import FlagStatus
 from flags.definition import describe_constraint, describe_serve
@@ -39,11 +41,10 @@ from flags.forms import (
     TargetsForm,
     TryForm,
     VariantsForm,
-    add_service_errors,
     constraint_formset,
     constraints_of,
 )
-from flags.models import Flag
+from flags.models import EvaluationKey, Flag
 
 CHANGE = "flags.change_flag"
 HISTORY_LIMIT = 25
@@ -70,12 +71,9 @@ class FlagListView(RoleRequiredMixin, View):
         flags = list(filterset.qs[:LIST_LIMIT]) if filterset.is_valid() else []
         for flag in flags:
             flag.rollout = selectors.flag_rollout_percentage(flag=flag)
-        template = self.template_name
-        if request.htmx and request.htmx.target == "flag-table":
-            template = f"{template}#flag-table"
         return render(
             request,
-            template,
+            partial_template(request, self.template_name, targets=("flag-table",)),
             {"filterset": filterset, "flags": flags, "can_change": request.user.has_perm(CHANGE)},
         )
 
@@ -90,27 +88,15 @@ class FlagCreateView(RoleRequiredMixin, View):
     def post(self, request: HttpRequest) -> HttpResponse:
         form = FlagCreateForm(request.POST)
         if form.is_valid():
-            data = form.cleaned_data
             try:
-                flag = services.flag_create(
-                    key=data["key"],
-                    name=data["name"],
-                    description=data["description"],
-                    flag_type=data["flag_type"],
-                    value_type=data["value_type"],
-                    variants=data["variants"],
-                    tags=data["tags"],
-                    expires_on=data["expires_on"],
-                    actor=request.user,
-                    source=Source.UI,
-                )
+                flag = services.flag_create(**form.cleaned_data, **writer(request))
             except CanaryError as error:
-                add_service_errors(form, error)
+                add_error_fields(form, error)
             else:
                 messages.success(
                     request, f"Flag '{flag.key}' created, disabled until you enable it."
                 )
-                return _redirect(request, _page_url(flag))
+                return htmx_redirect(request, _page_url(flag))
         return render(request, self.template_name, {"form": form}, status=400)
 
 
@@ -173,9 +159,7 @@ class FlagPageMixin(RoleRequiredMixin):
     def render_page(
         self, request: HttpRequest, flag: Flag, *, status: int = 200, **forms: Any
     ) -> HttpResponse:
-        template = self.template_name
-        if request.htmx:
-            template = f"{template}#flag-page"
+        template = partial_template(request, self.template_name, "flag-page")
         return render(request, template, self.page_context(request, flag, **forms), status=status)
 
 
@@ -189,7 +173,9 @@ def exposure_context(flag: Flag, window: str) -> dict[str, Any]:
         "windows": [(name, spec[2]) for name, spec in selectors.EXPOSURE_WINDOWS.items()],
         "exposure_total": series.total,
         "exposure_totals": {variant: sum(counts) for variant, counts in series.counts.items()},
-        "exposure_figure": charts.exposure_figure_json(series, title=f"Exposures: {label}"),
+        "exposure_chart": charts.exposure_chart(
+            series, title=f"Exposures: {label}", element_id=f"exposure-chart-{flag.pk}"
+        ),
     }
 
 
@@ -205,20 +191,19 @@ class FlagWriteView(FlagPageMixin, View):
     anchor = ""
 
     def done(self, request: HttpRequest, flag: Flag, message: str) -> HttpResponse:
-        if request.htmx:
-            if request.htmx.target and request.htmx.target.startswith("flag-row-"):
-                return render_row(request, flag)
-            messages.success(request, message)
-            return self.render_page(request, selectors.flag_get(key=flag.key))
+        if _swaps_row(request):
+            return render_row(request, flag)
         messages.success(request, message)
+        if request.htmx:
+            return self.render_page(request, selectors.flag_get(key=flag.key))
         return redirect(_page_url(flag, self.anchor))
 
     def refused(self, request: HttpRequest, flag: Flag, error: CanaryError) -> HttpResponse:
         """A state error (409) over htmx or not: the page, with the reason as a message."""
         messages.error(request, error.message)
+        if _swaps_row(request):
+            return render_row(request, flag, status=error.status_code)
         if request.htmx:
-            if request.htmx.target and request.htmx.target.startswith("flag-row-"):
-                return render_row(request, flag, status=error.status_code)
             return self.render_page(request, flag, status=error.status_code)
         return redirect(_page_url(flag, self.anchor))
 
@@ -248,9 +233,9 @@ class FlagToggleView(FlagWriteView):
         wanted = request.POST.get("to")
         try:
             if wanted == FlagStatus.ENABLED:
-                flag = services.flag_enable(flag=flag, actor=request.user, source=Source.UI)
+                flag = services.flag_enable(flag=flag, **writer(request))
             elif wanted == FlagStatus.DISABLED:
-                flag = services.flag_disable(flag=flag, actor=request.user, source=Source.UI)
+                flag = services.flag_disable(flag=flag, **writer(request))
             else:
                 messages.error(request, "Say whether to enable or disable the flag.")
                 return self.render_page(request, flag, status=400)
@@ -268,58 +253,68 @@ class FlagKillView(FlagWriteView):
                 flag = services.flag_kill(
                     flag=flag,
                     reason=form.cleaned_data["reason"],
-                    actor=request.user,
-                    source=Source.UI,
+                    **writer(request),
                 )
             except CanaryError as error:
-                add_service_errors(form, error)
+                add_error_fields(form, error)
             else:
                 return self.done(
                     request, flag, f"Flag '{flag.key}' killed: everyone gets '{flag.off_variant}'."
                 )
-        if request.htmx and request.htmx.target and request.htmx.target.startswith("flag-row-"):
+        if _swaps_row(request):
             messages.error(request, "Say why the flag is being killed.")
             return render_row(request, flag, status=400)
         return self.render_page(request, flag, status=400, kill_form=form)
 
 
-class FlagDetailsView(FlagWriteView):
+class FlagUpdateView(FlagWriteView):
+    """One editor of the flag's page that saves through ``flag_update``: its form is
+    ``form_name`` in the page's context, and a 400 shows it again with its errors."""
+
+    form_name = ""
+    saved = ""
+
+    def form(self, request: HttpRequest, flag: Flag) -> Any:
+        raise NotImplementedError
+
+    def changes(self, form: Any) -> dict[str, Any]:
+        return form.cleaned_data
+
+    def field_for(self, form: Any) -> Callable[[str], str | None] | None:
+        """Which form field an error path goes to, when its first part does not say."""
+        return None
+
+    def post(self, request: HttpRequest, key: str) -> HttpResponse:
+        flag = self.get_flag(key)
+        form = self.form(request, flag)
+        if form.is_valid():
+            try:
+                flag = services.flag_update(
+                    flag=flag, changes=self.changes(form), **writer(request)
+                )
+            except CanaryError as error:
+                add_error_fields(form, error, self.field_for(form))
+            else:
+                return self.done(request, flag, self.saved)
+        return self.render_page(request, flag, status=400, **{self.form_name: form})
+
+
+class FlagDetailsView(FlagUpdateView):
     anchor = "details-panel"
+    form_name = "details_form"
+    saved = "Details saved."
 
-    def post(self, request: HttpRequest, key: str) -> HttpResponse:
-        flag = self.get_flag(key)
-        form = FlagDetailsForm(request.POST, prefix="details")
-        if form.is_valid():
-            try:
-                flag = services.flag_update(
-                    flag=flag,
-                    changes=form.cleaned_data,
-                    actor=request.user,
-                    source=Source.UI,
-                )
-            except CanaryError as error:
-                add_service_errors(form, error)
-            else:
-                return self.done(request, flag, "Details saved.")
-        return self.render_page(request, flag, status=400, details_form=form)
+    def form(self, request: HttpRequest, flag: Flag) -> Any:
+        return FlagDetailsForm(request.POST, prefix="details")
 
 
-class FlagVariantsView(FlagWriteView):
+class FlagVariantsView(FlagUpdateView):
     anchor = "variants-panel"
+    form_name = "variants_form"
+    saved = "Variants saved."
 
-    def post(self, request: HttpRequest, key: str) -> HttpResponse:
-        flag = self.get_flag(key)
-        form = VariantsForm(request.POST, prefix="variants")
-        if form.is_valid():
-            try:
-                flag = services.flag_update(
-                    flag=flag, changes=form.cleaned_data, actor=request.user, source=Source.UI
-                )
-            except CanaryError as error:
-                add_service_errors(form, error)
-            else:
-                return self.done(request, flag, "Variants saved.")
-        return self.render_page(request, flag, status=400, variants_form=form)
+    def form(self, request: HttpRequest, flag: Flag) -> Any:
+        return VariantsForm(request.POST, prefix="variants")
 
 
 class FlagRolloutView(FlagWriteView):
@@ -333,13 +328,12 @@ class FlagRolloutView(FlagWriteView):
                 flag = services.flag_set_rollout(
                     flag=flag,
                     percentage=form.cleaned_data["percentage"],
-                    actor=request.user,
-                    source=Source.UI,
+                    **writer(request),
                 )
             except CanaryError as error:
                 if error.status_code == 409:
                     return self.refused(request, flag, error)
-                add_service_errors(form, error, lambda path: "percentage")
+                add_error_fields(form, error, lambda path: "percentage")
             else:
                 return self.done(
                     request, flag, f"Rollout set to {form.cleaned_data['percentage']:g}%."
@@ -347,48 +341,34 @@ class FlagRolloutView(FlagWriteView):
         return self.render_page(request, flag, status=400, rollout_form=form)
 
 
-class FlagDefaultRuleView(FlagWriteView):
+class FlagDefaultRuleView(FlagUpdateView):
     anchor = "default-panel"
+    form_name = "default_form"
+    saved = "Default rule saved."
 
-    def post(self, request: HttpRequest, key: str) -> HttpResponse:
-        flag = self.get_flag(key)
-        form = DefaultRuleForm(request.POST, variants=_variant_names(flag), prefix="default")
-        if form.is_valid():
-            try:
-                flag = services.flag_update(
-                    flag=flag,
-                    changes={"default_rule": form.serve()},
-                    actor=request.user,
-                    source=Source.UI,
-                )
-            except CanaryError as error:
-                add_service_errors(
-                    form, error, lambda path: form.serve_error_field(_after(path, "default_rule"))
-                )
-            else:
-                return self.done(request, flag, "Default rule saved.")
-        return self.render_page(request, flag, status=400, default_form=form)
+    def form(self, request: HttpRequest, flag: Flag) -> Any:
+        return DefaultRuleForm(request.POST, variants=_variant_names(flag), prefix="default")
+
+    def changes(self, form: Any) -> dict[str, Any]:
+        return {"default_rule": form.serve()}
+
+    def field_for(self, form: Any) -> Callable[[str], str | None]:
+        return lambda path: form.serve_error_field(_after(path, "default_rule"))
 
 
-class FlagTargetsView(FlagWriteView):
+class FlagTargetsView(FlagUpdateView):
     anchor = "targets-panel"
+    form_name = "targets_form"
+    saved = "Individual targets saved."
 
-    def post(self, request: HttpRequest, key: str) -> HttpResponse:
-        flag = self.get_flag(key)
-        form = TargetsForm(request.POST, variants=_variant_names(flag), prefix="targets")
-        if form.is_valid():
-            try:
-                flag = services.flag_update(
-                    flag=flag,
-                    changes={"targets": form.targets()},
-                    actor=request.user,
-                    source=Source.UI,
-                )
-            except CanaryError as error:
-                add_service_errors(form, error, form.field_for)
-            else:
-                return self.done(request, flag, "Individual targets saved.")
-        return self.render_page(request, flag, status=400, targets_form=form)
+    def form(self, request: HttpRequest, flag: Flag) -> Any:
+        return TargetsForm(request.POST, variants=_variant_names(flag), prefix="targets")
+
+    def changes(self, form: Any) -> dict[str, Any]:
+        return {"targets": form.targets()}
+
+    def field_for(self, form: Any) -> Callable[[str], str | None]:
+        return form.field_for
 
 
 class FlagTryView(FlagPageMixin, View):
@@ -403,12 +383,9 @@ class FlagTryView(FlagPageMixin, View):
             result = selectors.flag_evaluate(flag=flag, context=form.context())
             status = 200
         if request.htmx:
-            return render(
-                request,
-                "flags/detail.html#try-panel",
-                {"flag": flag, "try_form": form, "result": result},
-                status=status,
-            )
+            context = {"flag": flag, "try_form": form, "result": result}
+            template = partial_template(request, self.template_name, "try-panel")
+            return render(request, template, context, status=status)
         return self.render_page(request, flag, status=status, try_form=form, result=result)
 
 
@@ -417,7 +394,9 @@ class FlagExposuresView(FlagPageMixin, View):
         flag = self.get_flag(key)
         if request.htmx:
             context = {"flag": flag, **exposure_context(flag, request.GET.get("window", "1h"))}
-            return render(request, "flags/detail.html#exposure-panel", context)
+            return render(
+                request, partial_template(request, self.template_name, "exposure-panel"), context
+            )
         return self.render_page(request, flag)
 
 
@@ -425,11 +404,11 @@ class FlagDeleteView(FlagWriteView):
     def post(self, request: HttpRequest, key: str) -> HttpResponse:
         flag = self.get_flag(key)
         try:
-            services.flag_delete(flag=flag, actor=request.user, source=Source.UI)
+            services.flag_delete(flag=flag, **writer(request))
         except CanaryError as error:
             return self.refused(request, flag, error)
         messages.success(request, f"Flag '{flag.key}' deleted.")
-        return _redirect(request, reverse("flags:index"))
+        return htmx_redirect(request, reverse("flags:index"))
 
 
 # --- rules --------------------------------------------------------------------------------------
@@ -483,16 +462,19 @@ class RuleEditView(RoleRequiredMixin, View):
                 "serve": form.serve(),
             }
             position = len(flag.rules) if index is None else index
-            writer = {"actor": request.user, "source": Source.UI}
             expected = form.cleaned_data["version"]
             try:
                 if index is None:
                     services.flag_rule_add(
-                        flag=flag, rule=rule, expected_version=expected, **writer
+                        flag=flag, rule=rule, expected_version=expected, **writer(request)
                     )
                 else:
                     services.flag_rule_update(
-                        flag=flag, index=index, rule=rule, expected_version=expected, **writer
+                        flag=flag,
+                        index=index,
+                        rule=rule,
+                        expected_version=expected,
+                        **writer(request),
                     )
             except CanaryError as error:
                 if error.status_code in (404, 409):
@@ -504,36 +486,22 @@ class RuleEditView(RoleRequiredMixin, View):
                     self._place_errors(error, form, kept)
             else:
                 messages.success(request, f"Rule {position + 1} saved.")
-                return _redirect(request, _page_url(flag, "rules-panel"))
+                return htmx_redirect(request, _page_url(flag, "rules-panel"))
         elif "version" in form.errors:
             form.add_error(None, "This page is out of date; open the rule again.")
         return self._render(request, flag, index, form, formset, status=status)
 
     def _place_errors(self, error: CanaryError, form: RuleForm, kept: list[Any]) -> None:
-        prefix = "rule"
-        unplaced = CanaryError(error.message)
-        for path, problems in error.fields.items():
-            inner = _after(path, prefix)
-            match = re.match(r"constraints\[(\d+)\]\.?(\w*)", inner)
-            if match and int(match.group(1)) < len(kept):
-                row = kept[int(match.group(1))]
-                name = match.group(2) if match.group(2) in row.fields else None
-                for problem in problems:
-                    row.add_error(name, problem)
-                continue
+        """The service names the rule's fields ``rule.<field>``; its constraints go to their
+        rows, in the order the kept rows were sent."""
+
+        def field_for(path: str) -> str | None:
+            inner = _after(path, "rule")
             if inner.startswith("serve"):
-                name = form.serve_error_field(_after(inner, "serve"))
-            elif inner.startswith("segments"):
-                name = "segments"
-            elif inner.startswith("name"):
-                name = "name"
-            else:
-                unplaced.fields[path] = problems
-                continue
-            for problem in problems:
-                form.add_error(name, problem)
-        if unplaced.fields or not error.fields:
-            add_service_errors(form, unplaced if error.fields else error)
+                return form.serve_error_field(_after(inner, "serve"))
+            return _after(path, "rule")
+
+        add_error_fields(form, error, field_for, rows=kept, rows_at="rule.constraints")
 
     def _rule(self, flag: Flag, index: int | None) -> dict[str, Any]:
         if index is None:
@@ -577,21 +545,21 @@ class RuleChangeView(RoleRequiredMixin, View):
             expected = int(request.POST.get("version", ""))
         except ValueError:
             messages.error(request, "This page is out of date; reload it and try again.")
-            return _redirect(request, _page_url(flag, "rules-panel"))
-        writer = {"actor": request.user, "source": Source.UI, "expected_version": expected}
+            return htmx_redirect(request, _page_url(flag, "rules-panel"))
+        writing = {"expected_version": expected, **writer(request)}
         try:
             if operation == "delete":
-                services.flag_rule_delete(flag=flag, index=index, **writer)
+                services.flag_rule_delete(flag=flag, index=index, **writing)
                 messages.success(request, f"Rule {index + 1} deleted.")
             elif operation in ("up", "down"):
                 to = index - 1 if operation == "up" else index + 1
-                services.flag_rule_move(flag=flag, index=index, to=to, **writer)
+                services.flag_rule_move(flag=flag, index=index, to=to, **writing)
                 messages.success(request, f"Rule {index + 1} moved to {to + 1}.")
             else:
                 messages.error(request, "Say whether to move the rule up or down, or delete it.")
         except CanaryError as error:
             messages.error(request, error.message)
-        return _redirect(request, _page_url(flag, "rules-panel"))
+        return htmx_redirect(request, _page_url(flag, "rules-panel"))
 
 
 # --- segments -----------------------------------------------------------------------------------
@@ -665,29 +633,17 @@ class SegmentEditView(RoleRequiredMixin, View):
                     segment = services.segment_create(
                         key=form.cleaned_data["key"],
                         **fields,
-                        actor=request.user,
-                        source=Source.UI,
+                        **writer(request),
                     )
                 else:
                     segment = services.segment_update(
-                        segment=segment, changes=fields, actor=request.user, source=Source.UI
+                        segment=segment, changes=fields, **writer(request)
                     )
             except CanaryError as error:
-                for path, problems in error.fields.items():
-                    match = re.match(r"constraints\[(\d+)\]\.?(\w*)", path)
-                    if match and int(match.group(1)) < len(kept):
-                        row = kept[int(match.group(1))]
-                        name = match.group(2) if match.group(2) in row.fields else None
-                        for problem in problems:
-                            row.add_error(name, problem)
-                    else:
-                        for problem in problems:
-                            form.add_error(path if path in form.fields else None, problem)
-                if not error.fields:
-                    form.add_error(None, error.message)
+                add_error_fields(form, error, rows=kept, rows_at="constraints")
             else:
                 messages.success(request, f"Segment '{segment.key}' saved.")
-                return _redirect(request, reverse("flags:segment-detail", args=[segment.key]))
+                return htmx_redirect(request, reverse("flags:segment-detail", args=[segment.key]))
         return self._render(request, segment, form, formset, status=400)
 
     def _render(
@@ -720,74 +676,47 @@ class SegmentDeleteView(RoleRequiredMixin, View):
     def post(self, request: HttpRequest, key: str) -> HttpResponse:
         segment = _segment_or_404(key)
         try:
-            services.segment_delete(segment=segment, actor=request.user, source=Source.UI)
+            services.segment_delete(segment=segment, **writer(request))
         except CanaryError as error:
             messages.error(request, error.message)
-            return _redirect(request, reverse("flags:segment-detail", args=[key]))
+            return htmx_redirect(request, reverse("flags:segment-detail", args=[key]))
         messages.success(request, f"Segment '{key}' deleted.")
-        return _redirect(request, reverse("flags:segment-list"))
+        return htmx_redirect(request, reverse("flags:segment-list"))
 
 
 # --- evaluation keys ----------------------------------------------------------------------------
 
 
-@method_decorator(never_cache, name="dispatch")  # the secret shown once must stay in no cache
-class EvaluationKeyListView(RoleRequiredMixin, View):
+class EvaluationKeyListView(CredentialsPageView):
     """OFREP evaluation keys. A new key's secret is shown once, here."""
 
     template_name = "flags/keys.html"
+    partial = "key-panel"
+    form_class = EvaluationKeyForm
+    issued_as = "new_key"
 
-    def render_page(
-        self, request: HttpRequest, form: EvaluationKeyForm, *, status: int = 200, **extra: Any
-    ) -> HttpResponse:
-        template = self.template_name
-        if request.htmx:
-            template = f"{template}#key-panel"
-        context = {
-            "form": form,
+    def page_context(self, request: HttpRequest) -> dict[str, Any]:
+        return {
             "keys": selectors.evaluation_keys(),
             "can_change": request.user.has_perm("flags.add_evaluationkey"),
-            **extra,
         }
-        return render(request, template, context, status=status)
 
-    def get(self, request: HttpRequest) -> HttpResponse:
-        return self.render_page(request, EvaluationKeyForm())
+    def may_issue(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("flags.add_evaluationkey")
 
-    def post(self, request: HttpRequest) -> HttpResponse:
-        if not request.user.has_perm("flags.add_evaluationkey"):
-            return self.handle_no_permission()
-        form = EvaluationKeyForm(request.POST)
-        if form.is_valid():
-            try:
-                key, secret = services.evaluation_key_create(
-                    name=form.cleaned_data["name"],
-                    rate_limit=form.cleaned_data["rate_limit"],
-                    actor=request.user,
-                    source=Source.UI,
-                )
-            except CanaryError as error:
-                add_service_errors(form, error)
-            else:
-                return self.render_page(
-                    request, EvaluationKeyForm(), new_key=key, new_secret=secret
-                )
-        return self.render_page(request, form, status=400)
+    def issue(self, request: HttpRequest, data: dict[str, Any]) -> tuple[Any, str]:
+        return services.evaluation_key_create(
+            name=data["name"], rate_limit=data["rate_limit"], **writer(request)
+        )
 
 
-class EvaluationKeyRevokeView(RoleRequiredMixin, View):
+class EvaluationKeyRevokeView(CredentialRevokeView):
     required_permission = "flags.change_evaluationkey"
+    noun = "Evaluation key"
+    page = "flags:key-list"
 
-    def post(self, request: HttpRequest, key_id: int) -> HttpResponse:
-        try:
-            key = services.evaluation_key_revoke(
-                key_id=key_id, actor=request.user, source=Source.UI
-            )
-        except CanaryError as error:
-            messages.error(request, error.message)
-        else:
-            messages.success(request, f"Evaluation key '{key.name}' revoked.")
-        return _redirect(request, reverse("flags:key-list"))
+    def revoke(self, request: HttpRequest, credential_id: int) -> EvaluationKey:
+        return services.evaluation_key_revoke(key_id=credential_id, **writer(request))
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -814,10 +743,6 @@ def _after(path: str, prefix: str) -> str:
     return path
 
 
-def _redirect(request: HttpRequest, url: str) -> HttpResponse:
-    """A redirect that htmx follows as a full page load (HX-Redirect) and a browser as a 303."""
-    if request.htmx:
-        response = HttpResponse(status=204)
-        response["HX-Redirect"] = url
-        return response
-    return redirect(url)
+def _swaps_row(request: HttpRequest) -> bool:
+    """Whether htmx asks for one row of the list (its buttons) rather than the flag's page."""
+    return (htmx_target(request) or "").startswith("flag-row-")

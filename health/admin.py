@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from canary_site.admin import EvidenceAdminMixin
+from canary_site.admin import ReadOnlyAdminMixin
 from canary_site.choices import Source
 from canary_site.exceptions import CanaryError
 from health import services
@@ -25,7 +25,7 @@ from health.models import (
 )
 
 
-class ReadOnlyAdmin(EvidenceAdminMixin, admin.ModelAdmin):
+class ReadOnlyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Records written by the loop: looked at, never edited by hand, deleted only by retention
     (``metrics_compact``). Actions that move an alert or a notification on call the services."""
 

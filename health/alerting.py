@@ -1,6 +1,8 @@
 """Alerting rules of a health policy: validation, escalation timing and the words sent out.
 
-No model is imported here, so the rules are checked and tested without a database.
+No model is imported here, so the rules are checked and tested without a database. The alert
+decision (`decide_alert`: what a stored check does to its canary's alert) is here too, for the
+same reason; `health.services.alerts` applies it to the rows.
 
 An escalation rule ``{"severity", "delay_seconds", "recipients", "channels"}`` fires once for
 an alert of that severity which nobody has acknowledged ``delay_seconds`` after its escalation
@@ -10,16 +12,50 @@ are told. ``channels`` defaults to the policy's channels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 
-CHANNELS = ("email", "slack", "webhook")
-SEVERITIES = ("warning", "critical")
+from health.analysis import Verdict
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    SLACK = "slack"
+    WEBHOOK = "webhook"
+
+
+class Severity(StrEnum):
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class Status(StrEnum):
+    """Where an alert stands: open until someone acknowledges it or it is resolved."""
+
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+class Event(StrEnum):
+    """Why a notification is written: an alert raised, made worse, escalated or resolved, or
+    news of a deployment (started, phase completed, succeeded, rolled back, failed)."""
+
+    RAISED = "raised"
+    SEVERITY = "severity"
+    ESCALATED = "escalated"
+    RESOLVED = "resolved"
+    DEPLOYMENT = "deployment"
+
+
+CHANNELS: tuple[str, ...] = tuple(Channel)
+SEVERITIES: tuple[str, ...] = tuple(Severity)
 MAX_RECIPIENTS = 50
 MAX_RULES = 20
 
@@ -168,3 +204,101 @@ def due_level(rules: Sequence[EscalationRule], since: datetime, now: datetime) -
 
 def alert_title(*, service: str, canary_version: str, severity: str) -> str:
     return f"{severity.capitalize()}: {service} {canary_version} is unhealthy"
+
+
+# --------------------------------------------------------------------------- the alert decision
+
+_SEVERITY_RANK = {Severity.WARNING: 1, Severity.CRITICAL: 2}
+_FAILING = frozenset({Verdict.WARNING, Verdict.CRITICAL})
+
+
+class AlertAction(StrEnum):
+    """What a check does to its canary's alert."""
+
+    NOTHING = "nothing"
+    RAISE = "raise"
+    SEEN = "seen"
+    WORSEN = "worsen"
+    RESOLVE = "resolve"
+
+
+@dataclass(frozen=True)
+class OpenAlert:
+    """What the decision reads of the canary's alert that is open or acknowledged."""
+
+    severity: str
+    check_count: int
+    notified: bool
+    """Whether it told anyone it was raised: then its resolution is news too."""
+
+
+@dataclass(frozen=True)
+class AlertDecision:
+    """The fields to set on the alert (plain values; linking the check is the caller's) and the
+    news to send, if any."""
+
+    action: AlertAction
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    notify: Event | None = None
+
+
+def decide_alert(
+    *,
+    verdict: str,
+    message: str,
+    service: str,
+    canary_version: str,
+    alert: OpenAlert | None,
+    cooldown_seconds: int,
+    cooling_until: datetime | None,
+    now: datetime,
+) -> AlertDecision:
+    """What a freshly stored check does to the alert of its (service, canary, policy).
+
+    A failing check (warning, critical) raises an alert, or is counted on the open one; a
+    check worse than the open alert's severity makes it critical, restarts its escalation and
+    always notifies. A passing check resolves the open alert. No data and inconclusive change
+    nothing. A new alert notifies unless an alert of the same canary notified within the
+    policy's cooldown (``cooling_until``, the latest such cooldown's end, or None).
+    """
+    if verdict in _FAILING:
+        title = alert_title(service=service, canary_version=canary_version, severity=verdict)
+        cooldown_until = now + timedelta(seconds=cooldown_seconds)
+        if alert is None:
+            changes: dict[str, Any] = {
+                "severity": verdict,
+                "status": Status.OPEN,
+                "title": title,
+                "message": message,
+                "check_count": 1,
+                "raised_at": now,
+                "last_seen_at": now,
+                "escalation_since": now,
+            }
+            if cooling_until is not None:
+                return AlertDecision(AlertAction.RAISE, changes | {"cooldown_until": cooling_until})
+            changes |= {"cooldown_until": cooldown_until, "last_notified_at": now}
+            return AlertDecision(AlertAction.RAISE, changes, Event.RAISED)
+        changes = {"message": message, "check_count": alert.check_count + 1, "last_seen_at": now}
+        if _SEVERITY_RANK[Severity(verdict)] > _SEVERITY_RANK[Severity(alert.severity)]:
+            changes |= {
+                "severity": verdict,
+                "title": title,
+                "escalation_level": 0,
+                "escalation_since": now,
+                "last_notified_at": now,
+                "cooldown_until": cooldown_until,
+            }
+            return AlertDecision(AlertAction.WORSEN, changes, Event.SEVERITY)
+        return AlertDecision(AlertAction.SEEN, changes)
+    if verdict == Verdict.PASS and alert is not None:
+        changes = {
+            "status": Status.RESOLVED,
+            "resolved_at": now,
+            "resolution": f"Recovered: {message}",
+            "last_seen_at": now,
+        }
+        return AlertDecision(
+            AlertAction.RESOLVE, changes, Event.RESOLVED if alert.notified else None
+        )
+    return AlertDecision(AlertAction.NOTHING)

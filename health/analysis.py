@@ -123,6 +123,7 @@ from functools import cached_property
 from statistics import median
 from typing import Any
 
+from canary_site.reading import Fields, is_integer, is_number
 from health import sequential
 from health.histogram import Histogram
 
@@ -178,8 +179,10 @@ COMPARISON_METRICS: tuple[str, ...] = (ERROR_RATE, LATENCY)
 SEVERITIES: tuple[Verdict, ...] = (Verdict.INCONCLUSIVE, Verdict.WARNING, Verdict.CRITICAL)
 
 _LATENCY_QUANTILES = {LATENCY_P50: 50.0, LATENCY_P95: 95.0, LATENCY_P99: 99.0}
-_PERCENT_METRICS = frozenset({AVAILABILITY, ERROR_RATE})
-_CUSTOM_NAME = re.compile(r"[A-Za-z0-9_.:\-/]{1,100}")
+PERCENT_METRICS = frozenset({AVAILABILITY, ERROR_RATE})
+"""Metrics measured in percent, from 0 to 100."""
+CUSTOM_NAME = re.compile(r"[A-Za-z0-9_.:\-/]{1,100}")
+"""What may follow ``custom:`` in a custom metric's name."""
 _RANK = {Verdict.PASS: 0, Verdict.INCONCLUSIVE: 1, Verdict.WARNING: 2, Verdict.CRITICAL: 3}
 _NO_DATA_COUNTS_AS: dict[NoDataRule, Verdict | None] = {
     NoDataRule.FAIL: Verdict.CRITICAL,
@@ -190,10 +193,13 @@ _NO_DATA_COUNTS_AS: dict[NoDataRule, Verdict | None] = {
 
 def is_metric(name: str) -> bool:
     """Whether `name` is a metric a threshold, trend or rollback threshold can watch."""
-    if name in METRICS:
-        return True
+    return name in METRICS or is_custom_metric(name)
+
+
+def is_custom_metric(name: str) -> bool:
+    """Whether ``name`` is ``custom:<name>``, its name 1 to 100 letters, digits or _.:-/."""
     return name.startswith(CUSTOM_PREFIX) and bool(
-        _CUSTOM_NAME.fullmatch(name[len(CUSTOM_PREFIX) :])
+        CUSTOM_NAME.fullmatch(name[len(CUSTOM_PREFIX) :])
     )
 
 
@@ -324,7 +330,7 @@ class WindowStats:
     def interval(self, metric: str) -> tuple[float, float] | None:
         """The 95% interval of ``metric`` over the window, or None when it has none (no data,
         or a metric without one: throughput, custom metrics)."""
-        if metric in _PERCENT_METRICS:
+        if metric in PERCENT_METRICS:
             if not self.requests:
                 return None
             return self._rate_interval if metric == ERROR_RATE else self._availability_interval
@@ -590,7 +596,7 @@ class Policy:
 
 def build_policy(data: Mapping[str, Any] | None = None) -> Policy:
     """Validate a policy dict (shape in the module docstring) into a `Policy`."""
-    top = _Section(data if data is not None else {}, "")
+    top = _Section(data if data is not None else {}, "", InvalidPolicy, top="policy")
     top.only(
         "window_seconds",
         "fast_window_seconds",
@@ -607,9 +613,9 @@ def build_policy(data: Mapping[str, Any] | None = None) -> Policy:
     min_requests = top.integer("min_requests", 100, minimum=1)
     no_data = NoDataRule(top.choice("no_data", "inconclusive", [rule.value for rule in NoDataRule]))
 
-    thresholds = tuple(_build_threshold(item) for item in top.sections("thresholds"))
+    thresholds = tuple(_build_threshold(item) for item in top.objects("thresholds"))
 
-    section = top.section("comparison")
+    section = top.object("comparison")
     section.only(
         "enabled",
         "metrics",
@@ -648,7 +654,7 @@ def build_policy(data: Mapping[str, Any] | None = None) -> Policy:
         rollback=section.boolean("rollback", True),
     )
 
-    section = top.section("trend")
+    section = top.object("trend")
     section.only("enabled", "metrics", "windows", "min_windows", "alpha", "severity")
     windows = section.integer("windows", 10, minimum=3)
     trend = TrendPolicy(
@@ -660,7 +666,7 @@ def build_policy(data: Mapping[str, Any] | None = None) -> Policy:
         severity=section.severity("severity", Verdict.WARNING),
     )
 
-    section = top.section("sample_ratio")
+    section = top.object("sample_ratio")
     section.only("enabled", "alpha", "severity")
     sample_ratio = SampleRatioPolicy(
         enabled=section.boolean("enabled", True),
@@ -668,13 +674,11 @@ def build_policy(data: Mapping[str, Any] | None = None) -> Policy:
         severity=section.severity("severity", Verdict.WARNING),
     )
 
-    section = top.section("auto_rollback")
+    section = top.object("auto_rollback")
     section.only("enabled", "thresholds")
     auto_rollback = AutoRollbackPolicy(
         enabled=section.boolean("enabled", True),
-        thresholds=tuple(
-            _build_rollback_threshold(item) for item in section.sections("thresholds")
-        ),
+        thresholds=tuple(_build_rollback_threshold(item) for item in section.objects("thresholds")),
     )
 
     return Policy(
@@ -698,15 +702,13 @@ def _build_threshold(section: _Section) -> Threshold:
     warning = section.optional_number("warning", minimum=low, maximum=high)
     critical = section.optional_number("critical", minimum=low, maximum=high)
     if warning is None and critical is None:
-        raise InvalidPolicy(
-            section.path("critical"), "give a warning value, a critical value or both"
-        )
+        section.fail("critical", "give a warning value, a critical value or both")
     if warning is not None and critical is not None:
         higher_is_worse = operator in (Operator.GT, Operator.GTE)
         if (critical < warning) if higher_is_worse else (critical > warning):
             side = "at or above" if higher_is_worse else "at or below"
-            raise InvalidPolicy(
-                section.path("critical"),
+            section.fail(
+                "critical",
                 f"with operator {operator} the critical value must be {side} the warning value",
             )
     return Threshold(
@@ -725,7 +727,7 @@ def _build_rollback_threshold(section: _Section) -> RollbackThreshold:
     low, high = _metric_range(metric)
     threshold = section.optional_number("threshold", minimum=low, maximum=high)
     if threshold is None:
-        raise InvalidPolicy(section.path("threshold"), "is required")
+        section.fail("threshold", "is required")
     return RollbackThreshold(
         metric=metric,
         operator=operator,
@@ -735,48 +737,27 @@ def _build_rollback_threshold(section: _Section) -> RollbackThreshold:
 
 
 def _metric_range(metric: str) -> tuple[float | None, float | None]:
-    if metric in _PERCENT_METRICS:
+    if metric in PERCENT_METRICS:
         return 0.0, 100.0
     if metric.startswith(CUSTOM_PREFIX):
         return None, None
     return 0.0, None
 
 
-class _Section:
+class _Section(Fields):
     """One object of the policy dict, read with the field path kept for error messages."""
 
-    def __init__(self, data: Any, prefix: str) -> None:
-        if not isinstance(data, Mapping):
-            raise InvalidPolicy(prefix or "policy", "must be an object")
-        self.data = data
-        self.prefix = prefix
-
-    def path(self, key: str) -> str:
-        return f"{self.prefix}.{key}" if self.prefix else key
+    __slots__ = ()
 
     def only(self, *keys: str) -> None:
-        for key in self.data:
-            if key not in keys:
-                raise InvalidPolicy(
-                    self.path(str(key)), f"unknown field; expected one of {', '.join(keys)}"
-                )
-
-    def section(self, key: str) -> _Section:
-        value = self.data.get(key)
-        return _Section({} if value is None else value, self.path(key))
-
-    def sections(self, key: str) -> list[_Section]:
-        value = self.data.get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list | tuple):
-            raise InvalidPolicy(self.path(key), "must be a list")
-        return [_Section(item, f"{self.path(key)}[{index}]") for index, item in enumerate(value)]
+        unknown = self.unknown(keys)
+        if unknown is not None:
+            self.fail(unknown, f"unknown field; expected one of {', '.join(keys)}")
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self.data.get(key, default)
         if not isinstance(value, bool):
-            raise InvalidPolicy(self.path(key), "must be true or false")
+            self.fail(key, "must be true or false")
         return value
 
     def optional_number(
@@ -791,19 +772,15 @@ class _Section:
         value = self.data.get(key)
         if value is None:
             return None
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise InvalidPolicy(self.path(key), "must be a number")
+        if not is_number(value) or not math.isfinite(value):
+            self.fail(key, "must be a number")
         value = float(value)
         if minimum is not None and (value <= minimum if open_minimum else value < minimum):
             word = "above" if open_minimum else "at least"
-            raise InvalidPolicy(self.path(key), f"must be {word} {minimum:g}, got {value:g}")
+            self.fail(key, f"must be {word} {minimum:g}, got {value:g}")
         if maximum is not None and (value >= maximum if open_maximum else value > maximum):
             word = "below" if open_maximum else "at most"
-            raise InvalidPolicy(self.path(key), f"must be {word} {maximum:g}, got {value:g}")
+            self.fail(key, f"must be {word} {maximum:g}, got {value:g}")
         return value
 
     def number(self, key: str, default: float, **bounds: Any) -> float:
@@ -819,52 +796,44 @@ class _Section:
         value = self.data.get(key)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidPolicy(self.path(key), "must be a whole number")
+        if not is_integer(value):
+            self.fail(key, "must be a whole number")
         if value < minimum:
-            raise InvalidPolicy(self.path(key), f"must be at least {minimum}, got {value}")
+            self.fail(key, f"must be at least {minimum}, got {value}")
         if maximum is not None and value > maximum:
-            raise InvalidPolicy(self.path(key), f"must be at most {maximum}, got {value}")
+            self.fail(key, f"must be at most {maximum}, got {value}")
         return value
 
     def choice(self, key: str, default: str | None, choices: Sequence[str]) -> str:
         value = self.data.get(key, default)
         if value is None:
-            raise InvalidPolicy(self.path(key), f"is required; one of {', '.join(choices)}")
+            self.fail(key, f"is required; one of {', '.join(choices)}")
         if value not in choices:
-            raise InvalidPolicy(
-                self.path(key), f"must be one of {', '.join(choices)}, got {value!r}"
-            )
+            self.fail(key, f"must be one of {', '.join(choices)}, got {value!r}")
         return value
 
     def severity(self, key: str, default: Verdict) -> Verdict:
         return Verdict(self.choice(key, default.value, [verdict.value for verdict in SEVERITIES]))
 
     def metric(self, key: str) -> str:
-        value = self.data.get(key)
-        if value is None:
-            raise InvalidPolicy(self.path(key), "is required")
+        value = self.value(key)
         if not isinstance(value, str) or not is_metric(value):
-            raise InvalidPolicy(
-                self.path(key),
-                f"must be one of {', '.join(METRICS)} or custom:<name>, got {value!r}",
-            )
+            self.fail(key, f"must be one of {', '.join(METRICS)} or custom:<name>, got {value!r}")
         return value
 
     def names(
         self, key: str, default: tuple[str, ...], allowed: Callable[[str], bool]
     ) -> tuple[str, ...]:
-        value = self.data.get(key)
-        if value is None:
+        if self.data.get(key) is None:
             return default
-        if not isinstance(value, list | tuple):
-            raise InvalidPolicy(self.path(key), "must be a list")
-        for index, name in enumerate(value):
+        items = self.items(key)
+        for path, name in items:
             if not isinstance(name, str) or not allowed(name):
-                raise InvalidPolicy(f"{self.path(key)}[{index}]", f"unknown metric {name!r}")
-        if len(set(value)) != len(value):
-            raise InvalidPolicy(self.path(key), "lists a metric twice")
-        return tuple(value)
+                raise self.error(path, f"unknown metric {name!r}")
+        names = tuple(name for _path, name in items)
+        if len(set(names)) != len(names):
+            self.fail(key, "lists a metric twice")
+        return names
 
 
 # --------------------------------------------------------------------------- statistics
@@ -1970,22 +1939,19 @@ def _sample(bad: float, total: float, noun: str = "error") -> str:
     """``2 errors in 48 requests (4.17%, 95% interval 1.15-13.98%)``: a rate with its sample."""
     if total <= 0:
         return f"no requests ({noun}s: none)"
-    low, high = sequential.wilson(bad, total)
-    rate = 100.0 * bad / total
-    return (
-        f"{_count(bad, noun)} in {_count(total, 'request')} ({rate:.2f}%, 95% interval "
-        f"{100.0 * float(low):.2f}-{100.0 * float(high):.2f}%)"
-    )
+    return f"{_count(bad, noun)} in {_count(total, 'request')} ({_rate(bad, total)})"
 
 
 def _share(bad: float, total: float) -> str:
     """``46 of 60 requests (76.67%, 95% interval 64.6-85.6%)``."""
+    return f"{round(bad):,} of {_count(total, 'request')} ({_rate(bad, total)})"
+
+
+def _rate(bad: float, total: float) -> str:
+    """``4.17%, 95% interval 1.15-13.98%``: a rate with its Wilson interval."""
     low, high = sequential.wilson(bad, total)
     rate = 100.0 * bad / total if total else 0.0
-    return (
-        f"{round(bad):,} of {_count(total, 'request')} ({rate:.2f}%, 95% interval "
-        f"{100.0 * float(low):.2f}-{100.0 * float(high):.2f}%)"
-    )
+    return f"{rate:.2f}%, 95% interval {100.0 * float(low):.2f}-{100.0 * float(high):.2f}%"
 
 
 def _evidence(window: WindowStats, metric: str) -> str:
@@ -1993,7 +1959,7 @@ def _evidence(window: WindowStats, metric: str) -> str:
     interval = window.interval(metric)
     if interval is None:
         return ""
-    if metric in _PERCENT_METRICS:
+    if metric in PERCENT_METRICS:
         return (
             f" ({_count(window.errors, 'error')} in {_count(window.requests, 'request')}, "
             f"95% interval {interval[0]:.2f}-{interval[1]:.2f}%)"
@@ -2048,34 +2014,31 @@ def _label(metric: str) -> str:
     return _LABELS.get(metric, metric)
 
 
-def _format_value(metric: str, value: float) -> str:
-    if metric in _PERCENT_METRICS:
-        return f"{value:.2f}%"
+def _notation(metric: str) -> tuple[str, str]:
+    """How a metric's numbers are written: the format of a measured value, and the unit."""
+    if metric in PERCENT_METRICS:
+        return ".2f", "%"
     if metric in _LATENCY_QUANTILES:
-        return f"{value:.1f} ms"
+        return ".1f", " ms"
     if metric == THROUGHPUT:
-        return f"{value:.2f} req/s"
-    return f"{value:.4g}"
+        return ".2f", " req/s"
+    return ".4g", ""
+
+
+def _format_value(metric: str, value: float) -> str:
+    spec, unit = _notation(metric)
+    return f"{value:{spec}}{unit}"
 
 
 def _format_bound(metric: str, bound: float) -> str:
-    if metric in _PERCENT_METRICS:
-        return f"{bound:g}%"
-    if metric in _LATENCY_QUANTILES:
-        return f"{bound:g} ms"
-    if metric == THROUGHPUT:
-        return f"{bound:g} req/s"
-    return f"{bound:g}"
+    # A threshold reads as it was written, without the measured value's fixed decimals.
+    return f"{bound:g}{_notation(metric)[1]}"
 
 
 def _format_change(metric: str, change: float) -> str:
-    if metric in _PERCENT_METRICS:
-        return f"{change:+.2f} points"
-    if metric in _LATENCY_QUANTILES:
-        return f"{change:+.1f} ms"
-    if metric == THROUGHPUT:
-        return f"{change:+.2f} req/s"
-    return f"{change:+.4g}"
+    # A percentage moves by points: 1% to 3% is +2 points, not +200%.
+    spec, unit = _notation(metric)
+    return f"{change:+{spec}}{' points' if unit == '%' else unit}"
 
 
 def _windows(count: int) -> str:

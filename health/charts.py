@@ -1,17 +1,13 @@
-"""Plotly figures of the health pages, built from selector series (no plotting in views).
-
-Each figure leaves here as JSON that is safe inside ``<script type="application/json">``;
-``static/canary/charts.js`` draws it after each htmx swap.
-"""
+"""Plotly figures of the health pages, built from selector series (no plotting in views), as
+`canary_site.charts.Chart` for the chart partial."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Collection, Mapping
 
 import plotly.graph_objects as go
 
+from canary_site.charts import Chart, naive_utc
 from health.selectors import Series
 
 CANARY_COLOUR = "#d9480f"
@@ -23,24 +19,6 @@ COMPARISON_CHARTS: tuple[tuple[str, str, str], ...] = (
     ("throughput", "Requests per second", "req/s"),
 )
 """(metric, title, unit) of the canary-against-stable charts of a service's health page."""
-
-# Keeps "</script>" and friends out of the embedded JSON whatever a series is named.
-_SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
-
-
-@dataclass(frozen=True)
-class Chart:
-    """One figure for a page: ``element_id`` of its div and ``figure_json`` to embed."""
-
-    element_id: str
-    metric: str
-    title: str
-    figure_json: str
-
-
-def _naive_utc(moments: Sequence[datetime]) -> list[datetime]:
-    # plotly.js reads dates as wall-clock time and would mis-handle an offset; axes say UTC.
-    return [moment.replace(tzinfo=None) for moment in moments]
 
 
 def comparison_figure(
@@ -60,7 +38,7 @@ def comparison_figure(
             continue
         figure.add_trace(
             go.Scatter(
-                x=_naive_utc(series.timestamps),
+                x=naive_utc(series.timestamps),
                 y=series.values,
                 name=f"{label} {series.version}",
                 mode="lines+markers",
@@ -84,21 +62,21 @@ def comparison_figure(
     return figure
 
 
-def figure_json(figure: go.Figure) -> str:
-    """The figure as JSON safe to embed in a page's ``<script type="application/json">``."""
-    return figure.to_json().translate(_SCRIPT_SAFE)
-
-
 def comparison_charts(
     *,
     series: Mapping[tuple[str, str], Series],
     canary_version: str,
     stable_version: str | None,
     id_prefix: str = "chart",
+    metrics: Collection[str] | None = None,
 ) -> list[Chart]:
-    """The service page's charts: error rate, p95 latency and requests per second."""
+    """The service page's charts: error rate, p95 latency and requests per second (those of
+    ``metrics`` only, when given)."""
     charts: list[Chart] = []
+    versions = f"canary {canary_version} against stable {stable_version or '(none)'}"
     for metric, title, unit in COMPARISON_CHARTS:
+        if metrics is not None and metric not in metrics:
+            continue
         figure = comparison_figure(
             title=title,
             unit=unit,
@@ -106,11 +84,11 @@ def comparison_charts(
             stable=series.get((stable_version, metric)) if stable_version else None,
         )
         charts.append(
-            Chart(
+            Chart.of(
+                figure,
                 element_id=f"{id_prefix}-{metric.replace('_', '-')}",
-                metric=metric,
                 title=title,
-                figure_json=figure_json(figure),
+                label=f"{title}: {versions}",
             )
         )
     return charts

@@ -1,6 +1,10 @@
-"""Choices (TextChoices) of the health app."""
+"""Choices (TextChoices) of the health app; those with an engine's words are derived from its
+enum (`health.analysis`, `health.alerting`)."""
 
 from django.db import models
+
+from canary_site.choices import mirror, worded, words
+from health import alerting, analysis
 
 TRAFFIC_METRIC = "requests"
 """The bucket metric that holds a version's request and error counts and its latency histogram.
@@ -8,51 +12,27 @@ TRAFFIC_METRIC = "requests"
 Custom metrics are stored under their own name, ``custom:<name>``, with sum, count, min and max.
 """
 
-CUSTOM_PREFIX = "custom:"
+CUSTOM_PREFIX = analysis.CUSTOM_PREFIX
+
+Verdict = mirror(analysis.Verdict, doc="A health check's verdict.", label=words)
+
+AlertSeverity = mirror(alerting.Severity, name="AlertSeverity", label=words)
+
+AlertStatus = mirror(alerting.Status, name="AlertStatus", label=words)
+
+NotificationChannel = mirror(alerting.Channel, name="NotificationChannel", label=words)
 
 
-class Verdict(models.TextChoices):
-    """A health check's verdict; the same words as ``health.analysis.Verdict``."""
-
-    PASS = "pass", "Pass"
-    WARNING = "warning", "Warning"
-    CRITICAL = "critical", "Critical"
-    NO_DATA = "no_data", "No data"
-    INCONCLUSIVE = "inconclusive", "Inconclusive"
+NotificationStatus = worded("NotificationStatus", "pending delivered failed")
 
 
-class AlertSeverity(models.TextChoices):
-    WARNING = "warning", "Warning"
-    CRITICAL = "critical", "Critical"
-
-
-class AlertStatus(models.TextChoices):
-    OPEN = "open", "Open"
-    ACKNOWLEDGED = "acknowledged", "Acknowledged"
-    RESOLVED = "resolved", "Resolved"
-
-
-class NotificationChannel(models.TextChoices):
-    EMAIL = "email", "Email"
-    SLACK = "slack", "Slack"
-    WEBHOOK = "webhook", "Webhook"
-
-
-class NotificationStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    DELIVERED = "delivered", "Delivered"
-    FAILED = "failed", "Failed"
-
-
-class NotificationEvent(models.TextChoices):
-    """Why a notification was written: an alert raised, made worse, escalated or resolved, or
-    news of a deployment (started, phase completed, succeeded, rolled back, failed)."""
-
-    RAISED = "raised", "Raised"
-    SEVERITY = "severity", "Severity raised"
-    ESCALATED = "escalated", "Escalated"
-    RESOLVED = "resolved", "Resolved"
-    DEPLOYMENT = "deployment", "Deployment"
+NotificationEvent = mirror(
+    alerting.Event,
+    name="NotificationEvent",
+    doc=alerting.Event.__doc__ or "",
+    label=words,
+    SEVERITY="Severity raised",
+)
 
 
 class PushMetric(models.TextChoices):

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import django_filters
 
-from canary_site.filtersets import UtcDateTimeFilter
+from canary_site.filtersets import NamedFilterSet, UtcDateTimeFilter, time_range
 from health.choices import AlertSeverity, AlertStatus, Verdict
 from health.models import Alert, HealthCheck, HealthPolicy
 
 
-class HealthPolicyFilterSet(django_filters.FilterSet):
-    name = django_filters.CharFilter(lookup_expr="icontains")
-
+class HealthPolicyFilterSet(NamedFilterSet):
     class Meta:
         model = HealthPolicy
         fields = ["name", "alerting_enabled"]
@@ -24,8 +22,7 @@ class HealthCheckFilterSet(django_filters.FilterSet):
     verdict = django_filters.MultipleChoiceFilter(choices=Verdict.choices)
     policy = django_filters.NumberFilter(field_name="policy_id", label="Policy id")
     should_rollback = django_filters.BooleanFilter(label="Should roll back")
-    since = UtcDateTimeFilter(field_name="window_end", lookup_expr="gte")
-    until = UtcDateTimeFilter(field_name="window_end", lookup_expr="lte")
+    since, until = time_range("window_end")
 
     class Meta:
         model = HealthCheck

@@ -111,10 +111,7 @@ class Histogram:
     @classmethod
     def merged(cls, histograms: Iterable[Histogram]) -> Histogram:
         """One histogram holding the counts of all of `histograms`."""
-        result = cls()
-        for histogram in histograms:
-            result.update(histogram)
-        return result
+        return sum(histograms, cls())
 
     def record(self, latency_ms: float, count: int = 1) -> None:
         self.counts[bisect_left(BOUNDS, latency_ms)] += count

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from health.choices import CUSTOM_PREFIX, TRAFFIC_METRIC, PushMetric
+from health.analysis import is_custom_metric
+from health.choices import TRAFFIC_METRIC, PushMetric
 from health.histogram import BOUNDS, NUM_BUCKETS, Histogram
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:\-/@+]{1,100}")
-CUSTOM_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:\-/]{1,100}")
 MAX_COUNT = 10**12  # far above any real bucket; stops a typo from poisoning a series forever
 
 
@@ -251,11 +251,7 @@ def parse_samples(
                         )
                     good_names.add(value)
             if not isinstance(metric, str) or metric not in good_metrics:
-                if not (
-                    isinstance(metric, str)
-                    and metric.startswith(CUSTOM_PREFIX)
-                    and CUSTOM_NAME_PATTERN.fullmatch(metric[len(CUSTOM_PREFIX) :])
-                ):
+                if not (isinstance(metric, str) and is_custom_metric(metric)):
                     raise SampleError(
                         f"samples[{index}].metric",
                         f"unknown metric {metric!r}; use requests, errors, latency_ms or "

@@ -9,16 +9,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
 from canary_site import audit
+from canary_site.models import person_field
 from health import analysis
 from health.alerting import InvalidAlerting, validate_alerting
 from health.choices import (
-    CUSTOM_PREFIX,
     TRAFFIC_METRIC,
     AlertSeverity,
     AlertStatus,
@@ -29,7 +28,6 @@ from health.choices import (
     Verdict,
 )
 
-CUSTOM_NAME = re.compile(r"[A-Za-z0-9_.:\-/]{1,100}")
 PLACEHOLDER = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 
 
@@ -254,21 +252,9 @@ class Alert(models.Model):
     escalation_since = models.DateTimeField(
         default=timezone.now, help_text="When the escalation clock of its severity started."
     )
-    acknowledged_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-    )
+    acknowledged_by = person_field()
     acknowledged_at = models.DateTimeField(null=True, blank=True)
-    resolved_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-    )
+    resolved_by = person_field()
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolution = models.TextField(blank=True, default="")
 
@@ -334,13 +320,7 @@ class PushBatch(models.Model):
     digest = models.CharField(max_length=64)
     samples = models.PositiveIntegerField()
     source = models.CharField(max_length=32, default="api")
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-    )
+    created_by = person_field()
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
@@ -379,10 +359,8 @@ class PrometheusQuery(models.Model):
         return self.name
 
     def clean(self) -> None:
-        custom = self.metric.startswith(CUSTOM_PREFIX) and CUSTOM_NAME.fullmatch(
-            self.metric[len(CUSTOM_PREFIX) :]
-        )
-        if self.metric not in PrometheusMetric.values and not custom:
+        metric = self.metric
+        if metric not in PrometheusMetric.values and not analysis.is_custom_metric(metric):
             raise ValidationError({"metric": "Use requests, errors or custom:<name>."})
         unknown = PLACEHOLDER.findall(self.query)
         if any(name not in ("service", "version", "window") for name in unknown):

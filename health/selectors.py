@@ -12,9 +12,9 @@ from django.db.models import Count, Max, QuerySet
 from django.utils import timezone
 
 from health import conf, store
+from health.analysis import is_custom_metric
 from health.choices import CUSTOM_PREFIX, TRAFFIC_METRIC, AlertStatus, SeriesMetric
 from health.histogram import Histogram
-from health.ingest import CUSTOM_NAME_PATTERN
 from health.models import Alert, HealthCheck, HealthPolicy, NotificationOutbox
 
 MAX_POINTS = 180
@@ -23,11 +23,7 @@ _QUANTILES = {"latency_p50": 50.0, "latency_p95": 95.0, "latency_p99": 99.0}
 
 
 def is_series_metric(name: str) -> bool:
-    if name in SeriesMetric.values:
-        return True
-    return name.startswith(CUSTOM_PREFIX) and bool(
-        CUSTOM_NAME_PATTERN.fullmatch(name[len(CUSTOM_PREFIX) :])
-    )
+    return name in SeriesMetric.values or is_custom_metric(name)
 
 
 # --------------------------------------------------------------------------- series
@@ -106,6 +102,28 @@ def series_many(
     Points end at the last whole step before ``now``; the step in progress is left out so a
     chart's last point is not a half-filled bucket.
     """
+    found = series_many_services(
+        services=[service],
+        versions=versions,
+        metrics=metrics,
+        window_seconds=window_seconds,
+        now=now,
+        step_seconds=step_seconds,
+    )
+    return {(version, metric): series for (_s, version, metric), series in found.items()}
+
+
+def series_many_services(
+    *,
+    services: Sequence[str],
+    versions: Sequence[str],
+    metrics: Sequence[str],
+    window_seconds: int,
+    now: datetime | None = None,
+    step_seconds: int | None = None,
+) -> dict[tuple[str, str, str], Series]:
+    """`series_many` for several services at once, by (service, version, metric), from one
+    query: every service's series of every version named."""
     now = now or timezone.now()
     step = step_seconds or series_step(window_seconds)
     points = max(1, math.ceil(window_seconds / step))
@@ -115,32 +133,33 @@ def series_many(
         metric if metric.startswith(CUSTOM_PREFIX) else TRAFFIC_METRIC for metric in metrics
     }
     groups = store.grouped(
-        services=[service],
+        services=services,
         spans=[(versions, points * step)],
         end=end,
         group_seconds=step,
         metrics=bucket_metrics,
     )
-    found: dict[tuple[str, str, int], store.Group] = {
-        (group.version, group.metric, group.index): group for group in groups
+    found: dict[tuple[str, str, str, int], store.Group] = {
+        (group.service, group.version, group.metric, group.index): group for group in groups
     }
     timestamps = [end - timedelta(seconds=step * (k + 1)) for k in range(points - 1, -1, -1)]
-    result: dict[tuple[str, str], Series] = {}
-    for version in versions:
-        for metric in metrics:
-            bucket_metric = metric if metric.startswith(CUSTOM_PREFIX) else TRAFFIC_METRIC
-            values = [
-                _value(metric, found.get((version, bucket_metric, k)), step)
-                for k in range(points - 1, -1, -1)
-            ]
-            result[(version, metric)] = Series(
-                service=service,
-                version=version,
-                metric=metric,
-                step_seconds=step,
-                timestamps=list(timestamps),
-                values=values,
-            )
+    result: dict[tuple[str, str, str], Series] = {}
+    for service in dict.fromkeys(services):
+        for version in versions:
+            for metric in metrics:
+                bucket_metric = metric if metric.startswith(CUSTOM_PREFIX) else TRAFFIC_METRIC
+                values = [
+                    _value(metric, found.get((service, version, bucket_metric, k)), step)
+                    for k in range(points - 1, -1, -1)
+                ]
+                result[(service, version, metric)] = Series(
+                    service=service,
+                    version=version,
+                    metric=metric,
+                    step_seconds=step,
+                    timestamps=list(timestamps),
+                    values=values,
+                )
     return result
 
 

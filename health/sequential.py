@@ -3,7 +3,12 @@
 A pure engine (numpy and scipy's special functions; no Django). Every function takes counts as
 numbers or as numpy arrays of any shape and answers element by element, so the judge
 (`health.analysis`, one canary at a time) and the simulation benchmark (`bench/judge_sim.py`,
-thousands of seeded runs at once) take their decisions with the same code.
+thousands of seeded runs at once) take their decisions with the same code. Plain numbers (and
+a histogram as a plain list of counts) take a pure-Python path: numpy's cost per call on a
+single number is many times the arithmetic, and the judge makes dozens of such calls a canary.
+It is the same formulas, the same IEEE operations in the same order (numpy's own log and exp,
+on the alternatives' vector), so it answers what the array path answers, bit for bit
+(`tests/health/test_sequential.py` holds the two together); it returns floats and bools.
 
 The canary is compared with stable on two kinds of window, each with its own test:
 
@@ -50,7 +55,10 @@ from stable's traffic at its cautious bound, which widens the null for such a ca
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -74,6 +82,10 @@ STABLE_CONFIDENCE = 0.95
 
 _LOWERS = np.array((0.0, *BOUNDS))
 _UPPERS = np.array((*BOUNDS, MAX_BOUND_MS))
+_LOWER_BOUNDS: tuple[float, ...] = (0.0, *BOUNDS)
+_UPPER_BOUNDS: tuple[float, ...] = (*BOUNDS, MAX_BOUND_MS)
+_LOG_WEIGHTS = np.log(WEIGHTS)
+_NUMBER = (int, float, np.integer, np.floating)
 
 
 def _special() -> Any:
@@ -87,11 +99,26 @@ def _array(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=float)
 
 
+def _numbers(*values: Any) -> bool:
+    """Whether every value is a single number (not an array): the pure-Python path's case."""
+    return all(isinstance(value, _NUMBER) for value in values)
+
+
+def _histograms(*values: Any) -> bool:
+    """Whether every value is one histogram as a plain list of counts (`Histogram.counts`)."""
+    for value in values:
+        if type(value) is not list or not value or not isinstance(value[0], _NUMBER):
+            return False
+    return True
+
+
 # --------------------------------------------------------------------------- intervals
 
 
 def wilson(k: Any, n: Any, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
     """The Wilson score interval of the rate k / n (fractions); (0, 1) where n is 0."""
+    if _numbers(k, n):
+        return _wilson_number(float(k), float(n), z)
     k, n = _array(k), _array(n)
     safe = np.maximum(n, 1.0)
     p = np.clip(k / safe, 0.0, 1.0)
@@ -107,16 +134,56 @@ def wilson(k: Any, n: Any, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
+def _wilson_number(k: float, n: float, z: float) -> tuple[float, float]:
+    safe = n if n > 1.0 else 1.0
+    p = min(max(k / safe, 0.0), 1.0)
+    zz = z * z
+    denominator = 1.0 + zz / safe
+    centre = (p + zz / (2.0 * safe)) / denominator
+    half = z * math.sqrt(p * (1.0 - p) / safe + zz / (4.0 * safe * safe)) / denominator
+    if n > 0:
+        low, high = max(0.0, centre - half), min(1.0, centre + half)
+    else:
+        low, high = 0.0, 1.0
+    if k <= 0:
+        low = 0.0
+    if k >= n and n > 0:
+        high = 1.0
+    return low, high
+
+
 def poisson_upper(k: Any, n: Any, confidence: float = STABLE_CONFIDENCE) -> np.ndarray:
     """The exact upper confidence bound of a rate from k events in n trials (Poisson), capped
     at 1; 1 where n is 0."""
+    if _numbers(k, n):
+        k, n = float(k), float(n)
+        if not n > 0:
+            return 1.0
+        return min(1.0, float(_special().gammaincinv(k + 1.0, confidence)) / max(n, 1.0))
     k, n = _array(k), _array(n)
     bound = _special().gammaincinv(k + 1.0, confidence) / np.maximum(n, 1.0)
     return np.where(n > 0, np.minimum(1.0, bound), 1.0)
 
 
+def exact_lower(k: Any, n: Any, z: float) -> np.ndarray:
+    """The exact (Clopper-Pearson) one-sided lower confidence bound of the rate k / n at the
+    level of the normal quantile ``z`` (z = 3.9: one in 20,000); 0 where k or n is 0.
+
+    Unlike the Wilson bound, it never reads a thin sample as sure: one error in one request
+    has a lower bound of 0.005%, where Wilson's at the same z is 6.2%."""
+    k, n = _array(k), _array(n)
+    alpha = _special().ndtr(-z)
+    bound = _special().betaincinv(np.maximum(k, 1.0), np.maximum(n - k + 1.0, 1.0), alpha)
+    return np.where((k > 0) & (n > 0), bound, 0.0)
+
+
 def binomial_tail(k: Any, n: Any, p: Any) -> np.ndarray:
     """P(X >= k) for X ~ Binomial(n, p): the one-sided exact p-value of k bad in n."""
+    if _numbers(k, n, p):
+        k, n, p = float(k), float(n), float(p)
+        if k >= 1 and n >= k:
+            return float(_special().betainc(max(k, 1.0), max(n - k + 1.0, 1.0), p))
+        return 1.0 if k <= 0 else 0.0
     k, n, p = _array(k), _array(n), _array(p)
     ok = (k >= 1) & (n >= k)
     tail = _special().betainc(np.maximum(k, 1.0), np.maximum(n - k + 1.0, 1.0), p)
@@ -125,6 +192,15 @@ def binomial_tail(k: Any, n: Any, p: Any) -> np.ndarray:
 
 def log_evalue(k: Any, n: Any, p0: Any) -> np.ndarray:
     """The natural log of the mixture e-value of k bad in n against the null rate p0."""
+    if _numbers(k, n, p0):
+        k, n, p0 = float(k), float(n), float(p0)
+        p0 = min(max(p0, 1e-12), 1.0 - 1e-9)
+        odds = (p0 / (1.0 - p0)) * ODDS_RATIOS
+        theta = odds / (1.0 + odds)
+        terms = k * np.log(theta / p0) + (n - k) * np.log((1.0 - theta) / (1.0 - p0))
+        terms = terms + _LOG_WEIGHTS
+        top = terms.max()
+        return float(top + np.log(np.exp(terms - top).sum()))
     k, n, p0 = _array(k), _array(n), _array(p0)
     p0 = np.clip(p0, 1e-12, 1.0 - 1e-9)
     odds = (p0 / (1.0 - p0))[..., None] * ODDS_RATIOS
@@ -133,7 +209,7 @@ def log_evalue(k: Any, n: Any, p0: Any) -> np.ndarray:
     terms = k[..., None] * np.log(theta / base) + (n - k)[..., None] * np.log(
         (1.0 - theta) / (1.0 - base)
     )
-    terms = terms + np.log(WEIGHTS)
+    terms = terms + _LOG_WEIGHTS
     top = terms.max(axis=-1)
     return top + np.log(np.exp(terms - top[..., None]).sum(axis=-1))
 
@@ -151,10 +227,33 @@ def _read(counts: np.ndarray, cumulative: np.ndarray, rank: np.ndarray) -> np.nd
     return low + (high - low) * (rank - before) / np.maximum(inside, 1.0)
 
 
+def _read_one(counts: list, cumulative: list, rank: float) -> float:
+    """`_read` of one histogram: its counts and their running sums as lists."""
+    index = bisect_left(cumulative, rank)
+    if index == len(cumulative):
+        index = 0  # argmax of nothing reached, as `_read` reads it
+    inside = float(counts[index])
+    before = float(cumulative[index]) - inside
+    low, high = _LOWER_BOUNDS[index], _UPPER_BOUNDS[index]
+    return low + (high - low) * (rank - before) / max(inside, 1.0)
+
+
+def percentile(counts: Any, q: float) -> np.ndarray:
+    """The q-th percentile (ms) of histogram counts (last axis), read as
+    `Histogram.percentile` reads it; NaN where there is no sample."""
+    counts = np.asarray(counts, dtype=float)
+    total = counts.sum(axis=-1)
+    rank = np.maximum(total * (q / 100.0), 1e-300)
+    value = _read(counts, np.cumsum(counts, axis=-1), rank)
+    return np.where(total > 0, value, np.nan)
+
+
 def quantile_bound(counts: Any, q: float, *, upper: bool, z: float = Z95) -> np.ndarray:
     """A confidence bound (ms) of the q-th percentile from histogram counts (last axis): the
     latency at the rank ``n q/100 +- z sqrt(n q/100 (1 - q/100))`` (its order statistic),
     read as `Histogram.percentile` reads a rank. NaN where there is no sample."""
+    if _histograms(counts):
+        return _quantile_bound_one(counts, q, upper, z)
     counts = np.asarray(counts, dtype=float)
     total = counts.sum(axis=-1)
     fraction = q / 100.0
@@ -165,11 +264,27 @@ def quantile_bound(counts: Any, q: float, *, upper: bool, z: float = Z95) -> np.
     return np.where(total > 0, value, np.nan)
 
 
+def _quantile_bound_one(counts: list, q: float, upper: bool, z: float) -> float:
+    total = float(sum(counts))
+    if not total > 0:
+        return math.nan
+    fraction = q / 100.0
+    spread = z * math.sqrt(total * fraction * (1.0 - fraction))
+    if upper:
+        rank = float(math.ceil(total * fraction + spread))
+    else:
+        rank = float(math.floor(total * fraction - spread))
+    rank = min(max(rank, 1.0), max(total, 1.0))
+    return _read_one(counts, list(accumulate(counts)), rank)
+
+
 def quantile_intervals(
     counts: Any, qs: tuple[float, ...], z: float = Z95
 ) -> tuple[np.ndarray, np.ndarray]:
     """`quantile_bound` of one histogram at several percentiles at once: (lows, highs), one
     of each per q."""
+    if _histograms(counts):
+        return _quantile_intervals_one(counts, qs, z)
     counts = np.asarray(counts, dtype=float)
     total = float(counts.sum())
     if total <= 0:
@@ -187,6 +302,24 @@ def quantile_intervals(
         ranks,
     )
     return values[: len(qs)], values[len(qs) :]
+
+
+def _quantile_intervals_one(
+    counts: list, qs: tuple[float, ...], z: float
+) -> tuple[list[float], list[float]]:
+    total = float(sum(counts))
+    if total <= 0:
+        return [math.nan] * len(qs), [math.nan] * len(qs)
+    cumulative = list(accumulate(counts))
+    lows, highs = [], []
+    for q in qs:
+        fraction = q / 100.0
+        spread = z * math.sqrt(total * fraction * (1.0 - fraction))
+        low_rank = min(max(float(math.floor(total * fraction - spread)), 1.0), total)
+        high_rank = min(max(float(math.ceil(total * fraction + spread)), 1.0), total)
+        lows.append(_read_one(counts, cumulative, low_rank))
+        highs.append(_read_one(counts, cumulative, high_rank))
+    return lows, highs
 
 
 def slow_index(threshold_ms: Any) -> np.ndarray:
@@ -225,28 +358,29 @@ class Decision:
     ``fast_bad``/``fast_n`` the bad requests and requests behind each test; ``log_evalue``
     the phase test's statistic (its bound is ``log(1 / alpha)``) and ``fast_p`` the fast test's
     p-value; ``breach`` whether either found the canary worse. ``threshold`` is, for latency,
-    the ms above which a request counts as bad (NaN for errors).
+    the ms above which a request counts as bad (NaN for errors). Arrays, or floats and bools
+    when the counts were plain numbers.
     """
 
-    null: np.ndarray
-    phase_bad: np.ndarray
-    phase_n: np.ndarray
-    fast_bad: np.ndarray
-    fast_n: np.ndarray
-    log_evalue: np.ndarray
-    fast_p: np.ndarray
-    phase_breach: np.ndarray
-    fast_breach: np.ndarray
-    threshold: np.ndarray
+    null: Any
+    phase_bad: Any
+    phase_n: Any
+    fast_bad: Any
+    fast_n: Any
+    log_evalue: Any
+    fast_p: Any
+    phase_breach: Any
+    fast_breach: Any
+    threshold: Any
 
     @property
-    def breach(self) -> np.ndarray:
+    def breach(self) -> Any:
         return self.phase_breach | self.fast_breach
 
 
 def _decide(
     *,
-    null: np.ndarray,
+    null: Any,
     phase_bad: Any,
     phase_n: Any,
     fast_bad: Any,
@@ -254,14 +388,24 @@ def _decide(
     margin: Margin,
     threshold: Any,
 ) -> Decision:
-    phase_bad, phase_n = _array(phase_bad), _array(phase_n)
-    fast_bad, fast_n = _array(fast_bad), _array(fast_n)
-    log_e = np.where(phase_n > 0, log_evalue(phase_bad, phase_n, null), 0.0)
-    fast_p = binomial_tail(fast_bad, fast_n, null)
     # Only a canary doing worse than the null can breach: the e-value of a run of good luck
     # for it is below 1 anyway, and this keeps the rule readable.
-    phase_breach = (log_e >= np.log(1.0 / margin.alpha)) & (phase_bad > null * phase_n)
-    fast_breach = (fast_p < margin.fast_alpha) & (fast_bad > null * fast_n)
+    if _numbers(null, phase_bad, phase_n, fast_bad, fast_n, threshold):
+        null, threshold = float(null), float(threshold)
+        phase_bad, phase_n = float(phase_bad), float(phase_n)
+        fast_bad, fast_n = float(fast_bad), float(fast_n)
+        log_e = log_evalue(phase_bad, phase_n, null) if phase_n > 0 else 0.0
+        fast_p = binomial_tail(fast_bad, fast_n, null)
+        phase_breach = bool(log_e >= np.log(1.0 / margin.alpha)) and phase_bad > null * phase_n
+        fast_breach = fast_p < margin.fast_alpha and fast_bad > null * fast_n
+    else:
+        phase_bad, phase_n = _array(phase_bad), _array(phase_n)
+        fast_bad, fast_n = _array(fast_bad), _array(fast_n)
+        log_e = np.where(phase_n > 0, log_evalue(phase_bad, phase_n, null), 0.0)
+        fast_p = binomial_tail(fast_bad, fast_n, null)
+        phase_breach = (log_e >= np.log(1.0 / margin.alpha)) & (phase_bad > null * phase_n)
+        fast_breach = (fast_p < margin.fast_alpha) & (fast_bad > null * fast_n)
+        threshold = _array(threshold)
     return Decision(
         null=null,
         phase_bad=phase_bad,
@@ -272,7 +416,7 @@ def _decide(
         fast_p=fast_p,
         phase_breach=phase_breach,
         fast_breach=fast_breach,
-        threshold=_array(threshold),
+        threshold=threshold,
     )
 
 
@@ -289,6 +433,11 @@ def error_null(
     ``baseline_window_seconds`` before the phase, ``phase`` and ``fast`` its traffic in those
     windows, which widen the null when stable itself is surely worse there.
     """
+    if _numbers(*reference, *phase, *fast):
+        rate = poisson_upper(*reference)
+        for errors, requests in (phase, fast):
+            rate = max(rate, _wilson_number(float(errors), float(requests), Z99_ONE_SIDED)[0])
+        return min(1.0 - 1e-6, (1.0 + margin.relative) * rate + margin.absolute)
     stable = poisson_upper(*reference)
     for errors, requests in (phase, fast):
         low, _high = wilson(errors, requests, Z99_ONE_SIDED)
@@ -317,7 +466,7 @@ def judge_errors(
         fast_bad=canary_fast[0],
         fast_n=canary_fast[1],
         margin=margin,
-        threshold=np.full(np.shape(null), np.nan),
+        threshold=math.nan if type(null) is float else np.full(np.shape(null), np.nan),
     )
 
 
@@ -332,6 +481,13 @@ def latency_threshold(
     """The ms above which a canary request counts as slow: stable's cautious percentile q
     (histogram counts on the last axis) times ``1 + relative``, at least ``absolute`` above
     it; NaN without a stable sample."""
+    if _histograms(stable_reference, stable_phase, stable_fast):
+        bound = _quantile_bound_one(stable_reference, q, True, Z95)
+        for counts in (stable_phase, stable_fast):
+            low = _quantile_bound_one(counts, q, False, Z95)
+            if not math.isnan(low):
+                bound = low if math.isnan(bound) else max(bound, low)
+        return max(bound * (1.0 + margin.relative), bound + margin.absolute)
     reference = quantile_bound(stable_reference, q, upper=True)
     for counts in (stable_phase, stable_fast):
         low = quantile_bound(counts, q, upper=False)
@@ -351,6 +507,25 @@ def judge_latency(
 ) -> Decision:
     """Is the canary's percentile q significantly and materially above stable's? Arguments
     are histogram counts (last axis `NUM_BUCKETS`)."""
+    if _histograms(canary_phase, canary_fast, stable_reference, stable_phase, stable_fast):
+        threshold = latency_threshold(
+            stable_reference=stable_reference,
+            stable_phase=stable_phase,
+            stable_fast=stable_fast,
+            q=q,
+            margin=margin,
+        )
+        unknown = math.isnan(threshold)
+        index = min(bisect_left(_LOWER_BOUNDS, math.inf if unknown else threshold), NUM_BUCKETS)
+        return _decide(
+            null=1.0 - q / 100.0,
+            phase_bad=0.0 if unknown else float(sum(reversed(canary_phase[index:]))),
+            phase_n=float(sum(canary_phase)),
+            fast_bad=0.0 if unknown else float(sum(reversed(canary_fast[index:]))),
+            fast_n=float(sum(canary_fast)),
+            margin=margin,
+            threshold=threshold,
+        )
     threshold = latency_threshold(
         stable_reference=stable_reference,
         stable_phase=stable_phase,

@@ -361,6 +361,10 @@ def insert_checks(checks: Sequence[Any]) -> None:
             for check in checks
         ],
         separators=(",", ":"),
+        # Half the encoder's time is escaping text to ASCII, which the database reads back to
+        # the same characters; the results hold no cycles to look for.
+        ensure_ascii=False,
+        check_circular=False,
     )
     with connection.cursor() as cursor:
         cursor.execute(_POSTGRES_CHECKS, [payload])

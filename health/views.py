@@ -11,8 +11,10 @@ from django.urls import reverse
 from django.views import View
 from django.views.generic import TemplateView
 
-from canary_site.choices import Source
+from canary_site.audit import writer
+from canary_site.charts import Chart
 from canary_site.exceptions import CanaryError
+from canary_site.htmx import HtmxPartialMixin, partial_template
 from canary_site.roles import RoleRequiredMixin
 from health import charts, selectors, services
 from health.charts import COMPARISON_CHARTS
@@ -24,21 +26,11 @@ WINDOWS = [(900, "15 minutes"), (3600, "1 hour"), (6 * 3600, "6 hours"), (24 * 3
 DEFAULT_WINDOW = 900
 
 
-def _htmx_partial(request: HttpRequest, template: str, partials: set[str]) -> str:
-    """The page, or over htmx the partial named like the element that asked for it."""
-    target = getattr(request, "htmx", None) and request.htmx.target
-    if target in partials:
-        return f"{template}#{target}"
-    return template
-
-
-class IndexView(RoleRequiredMixin, TemplateView):
+class IndexView(RoleRequiredMixin, HtmxPartialMixin, TemplateView):
     """Services with recent checks, worst first, and every open alert."""
 
     template_name = "health/index.html"
-
-    def get_template_names(self) -> list[str]:
-        return [_htmx_partial(self.request, self.template_name, {"health-overview"})]
+    htmx_targets = ("health-overview",)
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         return super().get_context_data(
@@ -49,7 +41,7 @@ class IndexView(RoleRequiredMixin, TemplateView):
         )
 
 
-class ServiceHealthView(RoleRequiredMixin, TemplateView):
+class ServiceHealthView(RoleRequiredMixin, HtmxPartialMixin, TemplateView):
     """One service: live charts of canary against stable, its checks and its alerts.
 
     ``?canary=&stable=`` choose the versions (default: those of the latest check) and
@@ -57,10 +49,7 @@ class ServiceHealthView(RoleRequiredMixin, TemplateView):
     """
 
     template_name = "health/service.html"
-    partials = {"health-charts", "health-checks", "health-alerts"}
-
-    def get_template_names(self) -> list[str]:
-        return [_htmx_partial(self.request, self.template_name, self.partials)]
+    htmx_targets = ("health-charts", "health-checks", "health-alerts")
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         service = kwargs.pop("service")
@@ -80,7 +69,7 @@ def service_context(request: HttpRequest, service: str) -> dict[str, Any]:
     if window not in dict(WINDOWS):
         window = DEFAULT_WINDOW
 
-    chart_list: list[charts.Chart] = []
+    chart_list: list[Chart] = []
     if canary:
         versions = [canary] + ([stable] if stable and stable != canary else [])
         series = selectors.series_many(
@@ -138,18 +127,16 @@ class AlertActionView(RoleRequiredMixin, View):
         error = ""
         try:
             if self.action == "acknowledge":
-                services.alert_acknowledge(
-                    alert=alert, actor=request.user, source=Source.UI, note=note
-                )
+                services.alert_acknowledge(alert=alert, note=note, **writer(request))
             else:
-                services.alert_resolve(alert=alert, actor=request.user, source=Source.UI, note=note)
+                services.alert_resolve(alert=alert, note=note, **writer(request))
         except CanaryError as failure:
             status = failure.status_code
             error = failure.message
         if request.htmx:
-            context = service_context(request, alert.service)
-            context["alert_error"] = error
-            return render(request, "health/service.html#health-alerts", context, status=status)
+            context = service_context(request, alert.service) | {"alert_error": error}
+            template = partial_template(request, "health/service.html", "health-alerts")
+            return render(request, template, context, status=status)
         if error:
             messages.error(request, error)
         else:

@@ -580,7 +580,8 @@ def _minus(first: WindowStats, second: WindowStats) -> WindowStats:
     go below zero, as a late flush can make it, stops at zero."""
     histogram = Histogram.__new__(Histogram)
     histogram.counts = [
-        max(0, a - b) for a, b in zip(first.latency.counts, second.latency.counts, strict=True)
+        a - b if a > b else 0
+        for a, b in zip(first.latency.counts, second.latency.counts, strict=True)
     ]
     histogram.total = sum(histogram.counts)
     requests = max(0, first.requests - second.requests)

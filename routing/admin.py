@@ -6,27 +6,27 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from canary_site.admin import RefusableDeleteMixin, drop_needed_permission
-from canary_site.choices import Source
+from canary_site.admin import (
+    GatedAdminMixin,
+    ReadOnlyAdminMixin,
+    RefusableDeleteMixin,
+    drop_needed_permission,
+)
+from canary_site.audit import writer
 from canary_site.exceptions import CanaryError
 from routing import services
 from routing.forms import RULE_FIELDS, RuleAdminForm, TargetAdminForm
 from routing.models import RoutingRule, RuleTarget, Service, Target
 
 
-def _writer(request: HttpRequest) -> dict[str, Any]:
-    return {"actor": request.user, "source": Source.UI, "reason": "admin"}
+def _admin_writer(request: HttpRequest) -> dict[str, Any]:
+    return {**writer(request), "reason": "admin"}
 
 
 class ServiceActionsMixin(RefusableDeleteMixin):
     """Deletes one by one through the services; a refused delete is reported, not raised."""
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for obj in queryset:
-            self.delete_model(request, obj)  # type: ignore[attr-defined]
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
         deleted, counts, perms_needed, protected = super().get_deleted_objects(  # type: ignore[misc]
@@ -60,21 +60,21 @@ class ServiceAdmin(ServiceActionsMixin, admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Service, form: Any, change: bool) -> None:
         data = {name: form.cleaned_data[name] for name in ("name", "stable_version", "description")}
         if change:
-            saved = services.service_update(service=obj, **data, **_writer(request))
+            saved = services.service_update(service=obj, **data, **_admin_writer(request))
         else:
-            saved = services.service_create(**data, **_writer(request))
+            saved = services.service_create(**data, **_admin_writer(request))
         obj.pk = saved.pk
         obj.routing_version = saved.routing_version
 
     def delete_model(self, request: HttpRequest, obj: Service) -> None:
         try:
-            services.service_delete(service=obj, **_writer(request))
+            services.service_delete(service=obj, **_admin_writer(request))
         except CanaryError as error:
             messages.error(request, error.message)
 
 
 @admin.register(Target)
-class TargetAdmin(ServiceActionsMixin, admin.ModelAdmin):
+class TargetAdmin(GatedAdminMixin, ServiceActionsMixin, admin.ModelAdmin):
     form = TargetAdminForm
     list_display = [
         "name",
@@ -99,13 +99,13 @@ class TargetAdmin(ServiceActionsMixin, admin.ModelAdmin):
         data = {name: form.cleaned_data[name] for name in TargetAdminForm.Meta.fields}
         if change:
             data.pop("service")
-            services.target_update(target=obj, **data, **_writer(request))
+            services.target_update(target=obj, **data, **_admin_writer(request))
         else:
-            obj.pk = services.target_create(**data, **_writer(request)).pk
+            obj.pk = services.target_create(**data, **_admin_writer(request)).pk
 
     def delete_model(self, request: HttpRequest, obj: Target) -> None:
         try:
-            services.target_delete(target=obj, **_writer(request))
+            services.target_delete(target=obj, **_admin_writer(request))
         except CanaryError as error:
             messages.error(request, error.message)
 
@@ -124,7 +124,7 @@ class RuleTargetInline(admin.TabularInline):
 
 
 @admin.register(RoutingRule)
-class RoutingRuleAdmin(ServiceActionsMixin, admin.ModelAdmin):
+class RoutingRuleAdmin(GatedAdminMixin, ServiceActionsMixin, admin.ModelAdmin):
     form = RuleAdminForm
     list_display = ["__str__", "service", "priority", "enabled", "strategy", "updated_at"]
     list_filter = ["enabled", "strategy", "service"]
@@ -144,10 +144,13 @@ class RoutingRuleAdmin(ServiceActionsMixin, admin.ModelAdmin):
         data = {name: form.cleaned_data[name] for name in RULE_FIELDS}
         targets = form.cleaned_data["targets_text"]
         if change:
-            services.rule_update(rule=obj, targets=targets, **data, **_writer(request))
+            services.rule_update(rule=obj, targets=targets, **data, **_admin_writer(request))
         else:
             rule = services.rule_create(
-                service=form.cleaned_data["service"], targets=targets, **data, **_writer(request)
+                service=form.cleaned_data["service"],
+                targets=targets,
+                **data,
+                **_admin_writer(request),
             )
             obj.pk = rule.pk
 
@@ -156,22 +159,13 @@ class RoutingRuleAdmin(ServiceActionsMixin, admin.ModelAdmin):
         return None
 
     def delete_model(self, request: HttpRequest, obj: RoutingRule) -> None:
-        services.rule_delete(rule=obj, **_writer(request))
+        services.rule_delete(rule=obj, **_admin_writer(request))
 
 
 @admin.register(RuleTarget)
-class RuleTargetAdmin(admin.ModelAdmin):
+class RuleTargetAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Read-only: a rule's weights change only as a whole (the rule's Targets field, the weights
     endpoint or the slider), so that they always add up."""
 
     list_display = ["rule", "target", "weight", "position"]
     list_filter = ["rule__service"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

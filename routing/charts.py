@@ -1,27 +1,17 @@
-"""Plotly figures of the routing pages, built from selector series (no plotting in views).
-
-Figures leave here as JSON that is safe inside ``<script type="application/json">``;
-``static/canary/charts.js`` draws them after each htmx swap.
-"""
+"""Plotly figures of the routing pages, built from selector series (no plotting in views), as
+`canary_site.charts.Chart` for the chart partial."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from canary_site.charts import Chart, naive_utc
+
 PALETTE = ("#1c7ed6", "#d9480f", "#2b8a3e", "#7048e8", "#e67700", "#0c8599", "#c2255c")
-
-# Keeps "</script>" and friends out of the embedded JSON whatever a version is named.
-_SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
-
-
-def _naive_utc(moments: Sequence[datetime]) -> list[datetime]:
-    # plotly.js reads dates as wall-clock time and would mis-handle an offset; axes say UTC.
-    return [moment.replace(tzinfo=None) for moment in moments]
 
 
 def traffic_figure(
@@ -45,7 +35,7 @@ def traffic_figure(
         points = series[version]
         colour = PALETTE[index % len(PALETTE)]
         name = labels.get(version, version)
-        x = _naive_utc(points["timestamps"])
+        x = naive_utc(points["timestamps"])
         for row, key, unit in ((1, "rps", "req/s"), (2, "error_rate", "%")):
             figure.add_trace(
                 go.Scatter(
@@ -76,6 +66,16 @@ def traffic_figure(
     return figure
 
 
-def figure_json(figure: go.Figure) -> str:
-    """The figure as JSON safe to embed in a script element."""
-    return figure.to_json().translate(_SCRIPT_SAFE)
+def traffic_chart(
+    *,
+    series: Mapping[str, Mapping[str, Sequence[Any]]],
+    labels: Mapping[str, str],
+    stable_version: str,
+) -> Chart:
+    figure = traffic_figure(series=series, labels=labels, stable_version=stable_version)
+    return Chart.of(
+        figure,
+        element_id="traffic-chart-plot",
+        title="Traffic per target",
+        label="Requests per second and error rate per version",
+    )

@@ -1,41 +1,38 @@
-"""Choices (TextChoices) of the routing app; their values are the decision engine's words."""
+"""Choices (TextChoices) of the routing app; those with the decision engine's words are derived
+from its enums (`routing.engine`)."""
 
-from django.db import models
+from canary_site.choices import mirror, phrase, worded, words
+from routing import engine
 
+Strategy = mirror(
+    engine.Strategy,
+    label=words,
+    WEIGHTED="Weighted split",
+    HEADER="Header names the target",
+    COOKIE="Cookie names the target",
+    QUERY="Query parameter names the target",
+)
 
-class Strategy(models.TextChoices):
-    WEIGHTED = "weighted", "Weighted split"
-    ROUND_ROBIN = "round_robin", "Round robin"
-    LEAST_CONNECTIONS = "least_connections", "Least connections"
-    HEADER = "header", "Header names the target"
-    COOKIE = "cookie", "Cookie names the target"
-    QUERY = "query", "Query parameter names the target"
+ConditionSource = mirror(
+    engine.Source,
+    name="ConditionSource",
+    label=words,
+    QUERY="Query parameter",
+    CLIENT_IP="Client IP",
+)
 
-
-class ConditionSource(models.TextChoices):
-    HEADER = "header", "Header"
-    COOKIE = "cookie", "Cookie"
-    QUERY = "query", "Query parameter"
-    PATH = "path", "Path"
-    METHOD = "method", "Method"
-    CLIENT_IP = "client_ip", "Client IP"
-
-
-class ConditionOperator(models.TextChoices):
-    EQUALS = "equals", "equals"
-    IN = "in", "is one of"
-    PREFIX = "prefix", "starts with"
-    CONTAINS = "contains", "contains"
-    REGEX = "regex", "matches regex"
-    CIDR = "cidr", "is in network (CIDR)"
-
-
-class AffinityType(models.TextChoices):
-    COOKIE = "cookie", "Cookie"
-    HEADER = "header", "Header"
+ConditionOperator = mirror(
+    engine.Operator,
+    name="ConditionOperator",
+    label=phrase,
+    IN="is one of",
+    PREFIX="starts with",
+    REGEX="matches regex",
+    CIDR="is in network (CIDR)",
+)
 
 
-class CircuitState(models.TextChoices):
-    CLOSED = "closed", "Closed"
-    OPEN = "open", "Open"
-    HALF_OPEN = "half_open", "Half-open"
+AffinityType = worded("AffinityType", "cookie header")
+
+
+CircuitState = mirror(engine.CircuitState, label=words, HALF_OPEN="Half-open")

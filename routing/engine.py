@@ -104,6 +104,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from canary_site import regex_guard
 from canary_site.bucketing import BUCKET_COUNT, bucket
+from canary_site.reading import Fields, is_integer, is_list, is_number, key_path, nested_path
 
 __all__ = [
     "BUCKETS",
@@ -217,8 +218,7 @@ class InvalidRoutingDefinition(ValueError):
 
     def within(self, prefix: str) -> InvalidRoutingDefinition:
         """The same error with its field placed under ``prefix``."""
-        joined = f"{prefix}.{self.field}" if self.field else prefix
-        return InvalidRoutingDefinition(joined, self.message)
+        return InvalidRoutingDefinition(nested_path(prefix, self.field), self.message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,6 +495,8 @@ class Affinity:
     path: str = "/"
     secure: bool = False
     httponly: bool = True
+    # What follows name=value in the cookie's Set-Cookie, for the proxy and the nginx export.
+    attributes: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.type not in ("cookie", "header"):
@@ -516,6 +518,14 @@ class Affinity:
             )
         if self.type == "header":
             object.__setattr__(self, "name", self.name.lower())
+        attributes = [f"Path={self.path}", "SameSite=Lax"]
+        if self.ttl_s is not None:
+            attributes.append(f"Max-Age={self.ttl_s}")
+        if self.secure:
+            attributes.append("Secure")
+        if self.httponly:
+            attributes.append("HttpOnly")
+        object.__setattr__(self, "attributes", "; ".join(attributes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -845,14 +855,7 @@ class Decision:
         if not self.key_issued or self.rule is None or self.rule.affinity is None:
             return None
         affinity = self.rule.affinity
-        parts = [f"{affinity.name}={self.sticky_key}", f"Path={affinity.path}", "SameSite=Lax"]
-        if affinity.ttl_s is not None:
-            parts.append(f"Max-Age={affinity.ttl_s}")
-        if affinity.secure:
-            parts.append("Secure")
-        if affinity.httponly:
-            parts.append("HttpOnly")
-        return "; ".join(parts)
+        return f"{affinity.name}={self.sticky_key}; {affinity.attributes}"
 
     def explain(self) -> str:
         """A plain-English sentence saying why the request goes where it goes."""
@@ -1424,31 +1427,20 @@ def _default_route(
 # ---------------------------------------------------------------------------------------------
 # Building a snapshot from plain data
 
-_SERVICE_KEYS = frozenset({"name", "stable_version", "version", "targets", "rules"})
-_TARGET_KEYS = frozenset({"id", "name", "endpoint", "version", "healthy", "weight"})
-_RULE_KEYS = frozenset(
-    {
-        "id",
-        "name",
-        "priority",
-        "enabled",
-        "strategy",
-        "strategy_key",
-        "conditions",
-        "targets",
-        "affinity",
-        "failover",
-        "circuit_breaker",
-        "rate_limit",
-    }
-)
-_CONDITION_KEYS = frozenset(
-    {"source", "name", "operator", "values", "case_sensitive", "negate"},
-)
-_AFFINITY_KEYS = frozenset({"type", "name", "ttl_s", "path", "secure", "httponly"})
-_FAILOVER_KEYS = frozenset({"fail_open", "fallback_target_ids", "retries", "retry_delay_ms"})
-_BREAKER_KEYS = frozenset({"failure_threshold", "recovery_timeout_s", "half_open_requests"})
-_RATE_KEYS = frozenset({"rps", "burst"})
+
+def _keys(cls: type[Any]) -> frozenset[str]:
+    """The keys a definition of ``cls`` may hold: the fields its dataclass takes."""
+    return frozenset(item.name for item in fields(cls) if item.init)
+
+
+_SERVICE_KEYS = _keys(ServiceSnapshot)
+_TARGET_KEYS = _keys(TargetSnapshot)
+_RULE_KEYS = _keys(RuleSnapshot)
+_CONDITION_KEYS = _keys(Condition)
+_AFFINITY_KEYS = _keys(Affinity)
+_FAILOVER_KEYS = _keys(Failover)
+_BREAKER_KEYS = _keys(CircuitBreakerSettings)
+_RATE_KEYS = _keys(RateLimit)
 
 
 def build_service_snapshot(data: Mapping[str, Any]) -> ServiceSnapshot:
@@ -1456,24 +1448,22 @@ def build_service_snapshot(data: Mapping[str, Any]) -> ServiceSnapshot:
 
     Raises :class:`InvalidRoutingDefinition` naming the first offending field.
     """
-    _check_keys(data, _SERVICE_KEYS, "")
+    service = _fields(data, "")
+    _check_keys(service, _SERVICE_KEYS)
     catalogue: dict[str, TargetSnapshot] = {}
     targets: list[TargetSnapshot] = []
-    for index, item in enumerate(_list(data, "targets", "")):
-        target = _build_target(item, f"targets[{index}]", reference=None)
+    for path, item in service.items("targets"):
+        target = _build_target(item, path, reference=None)
         if target.id in catalogue:
-            raise InvalidRoutingDefinition(f"targets[{index}].id", "appears twice")
+            raise InvalidRoutingDefinition(key_path(path, "id"), "appears twice")
         catalogue[target.id] = target
         targets.append(target)
-    raw_rules = _list(data, "rules", "")
+    raw_rules = service.items("rules")
     # Targets may be defined inline in any rule and referenced from any other, so collect the
     # definitions before resolving references.
-    for index, raw_rule in enumerate(raw_rules):
-        _check_mapping(raw_rule, f"rules[{index}]")
-        for position, item in enumerate(_list(raw_rule, "targets", f"rules[{index}]")):
-            path = f"rules[{index}].targets[{position}]"
-            _check_mapping(item, path)
-            if "endpoint" in item:
+    for rule_path, raw_rule in raw_rules:
+        for path, item in _fields(raw_rule, rule_path).items("targets"):
+            if "endpoint" in _fields(item, path).data:
                 target = _build_target(item, path, reference=None)
                 known = catalogue.get(target.id)
                 if known is not None and known.identity != target.identity:
@@ -1482,39 +1472,35 @@ def build_service_snapshot(data: Mapping[str, Any]) -> ServiceSnapshot:
                     )
                 catalogue.setdefault(target.id, target)
     rules = tuple(
-        _build_rule(raw_rule, f"rules[{index}]", catalogue)
-        for index, raw_rule in enumerate(raw_rules)
+        _build_rule(_fields(raw_rule, rule_path), catalogue) for rule_path, raw_rule in raw_rules
     )
     return ServiceSnapshot(
-        name=_get(data, "name", "", str),
-        stable_version=_get(data, "stable_version", "", str),
+        name=_get(service, "name", str),
+        stable_version=_get(service, "stable_version", str),
         rules=rules,
         targets=tuple(targets),
-        version=_get(data, "version", "", int, 0),
+        version=_get(service, "version", int, 0),
     )
 
 
 def _build_target(
-    item: Any, path: str, *, reference: Mapping[str, TargetSnapshot] | None
+    raw: Any, path: str, *, reference: Mapping[str, TargetSnapshot] | None
 ) -> TargetSnapshot:
-    _check_mapping(item, path)
-    _check_keys(item, _TARGET_KEYS, path)
-    raw_id = item.get("id")
-    if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+    item = _fields(raw, path)
+    _check_keys(item, _TARGET_KEYS)
+    raw_id = item.data.get("id")
+    if is_integer(raw_id):
         raw_id = str(raw_id)
     if not isinstance(raw_id, str) or not raw_id:
-        raise InvalidRoutingDefinition(_join(path, "id"), "must be a non-empty string")
-    if reference is not None and "endpoint" not in item:
+        item.fail("id", "must be a non-empty string")
+    if reference is not None and "endpoint" not in item.data:
         known = reference.get(raw_id)
         if known is None:
-            raise InvalidRoutingDefinition(
-                _join(path, "id"), f"names no target of the service: {raw_id!r}"
-            )
-        extra = set(item) - {"id", "weight"}
+            item.fail("id", f"names no target of the service: {raw_id!r}")
+        extra = set(item.data) - {"id", "weight"}
         if extra:
-            raise InvalidRoutingDefinition(
-                _join(path, sorted(extra)[0]),
-                "a reference to a service target carries only id and weight",
+            item.fail(
+                sorted(extra)[0], "a reference to a service target carries only id and weight"
             )
         return _construct(
             path,
@@ -1523,75 +1509,69 @@ def _build_target(
             name=known.name,
             endpoint=known.endpoint,
             version=known.version,
-            weight=_get(item, "weight", path, int),
+            weight=_get(item, "weight", int),
             healthy=known.healthy,
         )
     return _construct(
         path,
         TargetSnapshot,
         id=raw_id,
-        name=_get(item, "name", path, str, raw_id) or raw_id,
-        endpoint=_get(item, "endpoint", path, str),
-        version=_get(item, "version", path, str),
-        weight=_get(item, "weight", path, int, 0),
-        healthy=_get(item, "healthy", path, bool, True),
+        name=_get(item, "name", str, raw_id) or raw_id,
+        endpoint=_get(item, "endpoint", str),
+        version=_get(item, "version", str),
+        weight=_get(item, "weight", int, 0),
+        healthy=_get(item, "healthy", bool, True),
     )
 
 
-def _build_rule(
-    raw: Mapping[str, Any], path: str, catalogue: Mapping[str, TargetSnapshot]
-) -> RuleSnapshot:
-    _check_keys(raw, _RULE_KEYS, path)
+def _build_rule(rule: Fields, catalogue: Mapping[str, TargetSnapshot]) -> RuleSnapshot:
+    _check_keys(rule, _RULE_KEYS)
     conditions = []
-    for index, item in enumerate(_list(raw, "conditions", path)):
-        condition_path = f"{path}.conditions[{index}]"
-        _check_mapping(item, condition_path)
-        _check_keys(item, _CONDITION_KEYS, condition_path)
-        values = item.get("values")
-        if not isinstance(values, list | tuple):
-            raise InvalidRoutingDefinition(
-                _join(condition_path, "values"), "must be a list of strings"
-            )
+    for condition_path, raw_condition in rule.items("conditions"):
+        condition = _fields(raw_condition, condition_path)
+        _check_keys(condition, _CONDITION_KEYS)
+        values = condition.data.get("values")
+        if not is_list(values):
+            condition.fail("values", "must be a list of strings")
         conditions.append(
             _construct(
-                condition_path,
+                condition.path,
                 Condition,
-                source=_get(item, "source", condition_path, str),
-                operator=_get(item, "operator", condition_path, str),
+                source=_get(condition, "source", str),
+                operator=_get(condition, "operator", str),
                 values=tuple(values),
-                name=_get(item, "name", condition_path, str, ""),
-                case_sensitive=_get(item, "case_sensitive", condition_path, bool, False),
-                negate=_get(item, "negate", condition_path, bool, False),
+                name=_get(condition, "name", str, ""),
+                case_sensitive=_get(condition, "case_sensitive", bool, False),
+                negate=_get(condition, "negate", bool, False),
             )
         )
     targets = tuple(
-        _build_target(item, f"{path}.targets[{index}]", reference=catalogue)
-        for index, item in enumerate(_list(raw, "targets", path))
+        _build_target(item, path, reference=catalogue) for path, item in rule.items("targets")
     )
-    raw_id = raw.get("id")
+    raw_id = rule.data.get("id")
     if isinstance(raw_id, bool) or not isinstance(raw_id, int | str):
-        raise InvalidRoutingDefinition(_join(path, "id"), "must be an integer or a string")
-    strategy_key = raw.get("strategy_key")
+        rule.fail("id", "must be an integer or a string")
+    strategy_key = rule.data.get("strategy_key")
     if strategy_key is not None and not isinstance(strategy_key, str):
-        raise InvalidRoutingDefinition(_join(path, "strategy_key"), "must be a string")
+        rule.fail("strategy_key", "must be a string")
     return _construct(
-        path,
+        rule.path,
         RuleSnapshot,
         id=raw_id,
-        name=_get(raw, "name", path, str, ""),
-        priority=_get(raw, "priority", path, int, 0),
-        enabled=_get(raw, "enabled", path, bool, True),
-        strategy=_get(raw, "strategy", path, str, Strategy.WEIGHTED.value),
+        name=_get(rule, "name", str, ""),
+        priority=_get(rule, "priority", int, 0),
+        enabled=_get(rule, "enabled", bool, True),
+        strategy=_get(rule, "strategy", str, Strategy.WEIGHTED.value),
         strategy_key=strategy_key,
         conditions=tuple(conditions),
         targets=targets,
-        affinity=_build_section(raw, "affinity", path, Affinity, _AFFINITY_KEYS, _AFFINITY_TYPES),
-        failover=_build_section(raw, "failover", path, Failover, _FAILOVER_KEYS, _FAILOVER_TYPES)
+        affinity=_build_section(rule, "affinity", Affinity, _AFFINITY_KEYS, _AFFINITY_TYPES),
+        failover=_build_section(rule, "failover", Failover, _FAILOVER_KEYS, _FAILOVER_TYPES)
         or Failover(),
         circuit_breaker=_build_section(
-            raw, "circuit_breaker", path, CircuitBreakerSettings, _BREAKER_KEYS, _BREAKER_TYPES
+            rule, "circuit_breaker", CircuitBreakerSettings, _BREAKER_KEYS, _BREAKER_TYPES
         ),
-        rate_limit=_build_section(raw, "rate_limit", path, RateLimit, _RATE_KEYS, _RATE_TYPES),
+        rate_limit=_build_section(rule, "rate_limit", RateLimit, _RATE_KEYS, _RATE_TYPES),
     )
 
 
@@ -1618,33 +1598,29 @@ _RATE_TYPES: dict[str, Any] = {"rps": float, "burst": int}
 
 
 def _build_section(
-    raw: Mapping[str, Any],
+    rule: Fields,
     key: str,
-    path: str,
     cls: type[Any],
     keys: frozenset[str],
     types: Mapping[str, Any],
 ) -> Any:
-    section = raw.get(key)
-    if section is None:
+    if rule.data.get(key) is None:
         return None
-    section_path = _join(path, key)
-    _check_mapping(section, section_path)
-    _check_keys(section, keys, section_path)
+    section = rule.object(key)
+    _check_keys(section, keys)
     arguments: dict[str, Any] = {}
-    for name, value in section.items():
+    for name, value in section.data.items():
         if name in _IGNORED_KEYS or value is None:
             continue
-        arguments[name] = _typed(value, types[name], _join(section_path, name))
+        arguments[name] = _typed(value, types[name], section.field(name))
     if "fallback_target_ids" in arguments:
         arguments["fallback_target_ids"] = tuple(
-            str(item) if isinstance(item, int) and not isinstance(item, bool) else item
-            for item in arguments["fallback_target_ids"]
+            str(item) if is_integer(item) else item for item in arguments["fallback_target_ids"]
         )
     try:
         return cls(**arguments)
     except InvalidRoutingDefinition as error:
-        raise error.within(section_path) from None
+        raise error.within(section.path) from None
     except TypeError:
         required = [
             item.name
@@ -1653,7 +1629,7 @@ def _build_section(
         ]
         missing = [name for name in required if name not in arguments]
         raise InvalidRoutingDefinition(
-            _join(section_path, missing[0]) if missing else section_path, "is required"
+            section.field(missing[0]) if missing else section.path, "is required"
         ) from None
 
 
@@ -1664,16 +1640,18 @@ def _construct(path: str, cls: type[Any], **arguments: Any) -> Any:
         raise error.within(path) from None
 
 
+def _fields(data: Any, path: str) -> Fields:
+    return Fields(data, path, InvalidRoutingDefinition, top="service")
+
+
 _MISSING = object()
 
 
-def _get(item: Mapping[str, Any], key: str, path: str, kind: type, default: Any = _MISSING) -> Any:
-    value = item.get(key, _MISSING)
-    if value is _MISSING or value is None:
-        if default is _MISSING:
-            raise InvalidRoutingDefinition(_join(path, key), "is required")
-        return default
-    return _typed(value, kind, _join(path, key))
+def _get(item: Fields, key: str, kind: type, default: Any = _MISSING) -> Any:
+    value = item.data.get(key)
+    if value is None:
+        return default if default is not _MISSING else item.value(key)
+    return _typed(value, kind, item.field(key))
 
 
 def _typed(value: Any, kind: type, path: str) -> Any:
@@ -1681,39 +1659,20 @@ def _typed(value: Any, kind: type, path: str) -> Any:
         if not isinstance(value, bool):
             raise InvalidRoutingDefinition(path, "must be true or false")
     elif kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_integer(value):
             raise InvalidRoutingDefinition(path, "must be an integer")
     elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not is_number(value):
             raise InvalidRoutingDefinition(path, "must be a number")
     elif kind is list:
-        if not isinstance(value, list | tuple):
+        if not is_list(value):
             raise InvalidRoutingDefinition(path, "must be a list")
     elif not isinstance(value, kind):
         raise InvalidRoutingDefinition(path, "must be a string")
     return value
 
 
-def _list(item: Mapping[str, Any], key: str, path: str) -> Sequence[Any]:
-    value = item.get(key)
-    if value is None:
-        return ()
-    if not isinstance(value, list | tuple):
-        raise InvalidRoutingDefinition(_join(path, key), "must be a list")
-    return value
-
-
-def _check_mapping(item: Any, path: str) -> None:
-    if not isinstance(item, Mapping):
-        raise InvalidRoutingDefinition(path, "must be an object")
-
-
-def _check_keys(item: Mapping[str, Any], allowed: frozenset[str], path: str) -> None:
-    _check_mapping(item, path or "service")
-    for key in item:
+def _check_keys(item: Fields, allowed: frozenset[str]) -> None:
+    for key in item.data:
         if key not in allowed and key not in _IGNORED_KEYS:
-            raise InvalidRoutingDefinition(_join(path, str(key)), "is not a known field")
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+            item.fail(str(key), "is not a known field")

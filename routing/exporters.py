@@ -597,18 +597,11 @@ class _Builder:
                 affinity = rule.affinity
                 assert affinity is not None
                 source += "|${cookie_" + affinity.name + "}"
-                attributes = [f"Path={affinity.path}", "SameSite=Lax"]
-                if affinity.ttl_s is not None:
-                    attributes.append(f"Max-Age={affinity.ttl_s}")
-                if affinity.secure:
-                    attributes.append("Secure")
-                if affinity.httponly:
-                    attributes.append("HttpOnly")
                 # The value is the request id, the one variable here; the rest is literal.
                 cookie = (
                     self.text(f"{affinity.name}=")[:-1]
                     + "${request_id}"
-                    + self.text("; " + "; ".join(attributes))[1:]
+                    + self.text("; " + affinity.attributes)[1:]
                 )
                 pattern = f"~^{rule_key}\\|" + "[^|]*\\|" * index + "(\\||$)"
                 entries.append((quote(pattern), cookie))

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import django_filters
 
+from canary_site.filtersets import NamedFilterSet
 from routing.choices import Strategy
 from routing.models import RoutingRule, Service, Target
 
 
-class ServiceFilterSet(django_filters.FilterSet):
-    name = django_filters.CharFilter(lookup_expr="icontains")
-
+class ServiceFilterSet(NamedFilterSet):
     class Meta:
         model = Service
         fields = ["name", "stable_version"]

@@ -1,5 +1,6 @@
 """Forms of the routing dashboard and admin. They parse input only; the services validate it by
-compiling the routing definition, and their errors are put back on the fields they name."""
+compiling the routing definition, and `canary_site.forms.add_error_fields` puts their errors
+back on the fields they name."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from urllib.parse import parse_qsl
 from django import forms
 
 from canary_site.exceptions import CanaryError
+from canary_site.forms import add_error_fields
 from routing import services
 from routing.choices import ConditionOperator, ConditionSource, Strategy
 from routing.models import RoutingRule, Target
@@ -24,19 +26,6 @@ JSON_SECTIONS = (
     "health_check",
 )
 RULE_FIELDS = ("name", "priority", "enabled", "strategy", "strategy_key", *JSON_SECTIONS)
-
-
-def add_errors(form: forms.BaseForm, error: CanaryError, *, prefix: str = "") -> None:
-    """Put a service error on the form field it names (``affinity.ttl_s`` on ``affinity``),
-    or on the whole form."""
-    for name, messages in (error.fields or {"__all__": [error.message]}).items():
-        if prefix and name.startswith(prefix):
-            name = name[len(prefix) :]
-        base = name.split(".", 1)[0].split("[", 1)[0]
-        field = base if base in form.fields else None
-        for message in messages:
-            text = message if field is None or name == base else f"{name}: {message}"
-            form.add_error(field, text)
 
 
 def _json_widget(rows: int = 3) -> forms.Textarea:
@@ -139,16 +128,7 @@ class WeightsForm(forms.Form):
 class TargetAdminForm(forms.ModelForm):
     class Meta:
         model = Target
-        fields = [
-            "service",
-            "name",
-            "endpoint",
-            "version",
-            "weight",
-            "healthy",
-            "metadata",
-            "health_check",
-        ]
+        fields = ["service", *services.TARGET_FIELDS]
 
     def _post_clean(self) -> None:
         super()._post_clean()
@@ -157,7 +137,7 @@ class TargetAdminForm(forms.ModelForm):
         try:
             services.target_check(target=self.instance)
         except CanaryError as error:
-            add_errors(self, error)
+            add_error_fields(self, error)
 
 
 class RuleAdminForm(forms.ModelForm):
@@ -200,7 +180,7 @@ class RuleAdminForm(forms.ModelForm):
         except CanaryError as error:
             if "targets" in error.fields:
                 error.fields["targets_text"] = error.fields.pop("targets")
-            add_errors(self, error)
+            add_error_fields(self, error)
 
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

@@ -1,6 +1,6 @@
 """Services, their targets and the routing rules that split traffic between them.
 
-The rows hold exactly what ``routing.engine`` needs: ``selectors.service_snapshot_data`` turns a
+The rows hold exactly what ``routing.engine`` needs: ``definition.service_definition`` turns a
 service with its targets and rules into the engine's plain-dict shape, and every write is checked
 by building that snapshot before it is saved (``services.py``), so a stored rule always compiles.
 Weights are percentages with two decimals (0 to 100), basis points in the engine. Every change
@@ -17,6 +17,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 
 from canary_site import audit
+from canary_site.reading import index_path, key_path
 from routing.choices import Strategy
 from routing.engine import InvalidRoutingDefinition, check_endpoint, check_text
 
@@ -44,10 +45,10 @@ def validate_metadata(value: object) -> None:
         if isinstance(item, dict):
             for key, inner in item.items():
                 walk(key, path)
-                walk(inner, f"{path}.{key}" if path else str(key))
+                walk(inner, key_path(path, str(key)))
         elif isinstance(item, list):
             for index, inner in enumerate(item):
-                walk(inner, f"{path}[{index}]")
+                walk(inner, index_path(path, index))
         else:
             try:
                 check_text(path, item)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from canary_site.reading import Fields, is_integer, is_list, is_number
 from routing.engine import InvalidRoutingDefinition
 
 _KEYS = frozenset(
@@ -58,36 +59,30 @@ def parse_health_check(data: Any, *, field: str = "health_check") -> HealthCheck
     """Validate a stored or submitted check; None stays None. Errors name ``field.<key>``."""
     if data is None:
         return None
-    if not isinstance(data, Mapping):
-        raise InvalidRoutingDefinition(field, "must be an object")
-    for key in data:
-        if key not in _KEYS:
-            raise InvalidRoutingDefinition(f"{field}.{key}", "is not a known field")
+    check = Fields(data, field, InvalidRoutingDefinition)
+    unknown = check.unknown(_KEYS)
+    if unknown is not None:
+        check.fail(unknown, "is not a known field")
     defaults = HealthCheckSettings()
-    enabled = data.get("enabled", defaults.enabled)
+    enabled = check.data.get("enabled", defaults.enabled)
     if not isinstance(enabled, bool):
-        raise InvalidRoutingDefinition(f"{field}.enabled", "must be true or false")
-    path = data.get("path", defaults.path)
+        check.fail("enabled", "must be true or false")
+    path = check.data.get("path", defaults.path)
     if not isinstance(path, str) or not path.startswith("/") or any(c in path for c in " \r\n"):
-        raise InvalidRoutingDefinition(f"{field}.path", "must be a path starting with /")
-    interval = _number(data, "interval_s", defaults.interval_s, field, minimum=1.0)
-    timeout = _number(data, "timeout_s", defaults.timeout_s, field, minimum=0.05)
+        check.fail("path", "must be a path starting with /")
+    interval = _seconds(check, "interval_s", defaults.interval_s, minimum=1.0)
+    timeout = _seconds(check, "timeout_s", defaults.timeout_s, minimum=0.05)
     if timeout > interval:
-        raise InvalidRoutingDefinition(f"{field}.timeout_s", "cannot exceed interval_s")
-    healthy = _count(data, "healthy_threshold", defaults.healthy_threshold, field)
-    unhealthy = _count(data, "unhealthy_threshold", defaults.unhealthy_threshold, field)
-    statuses = data.get("expected_statuses", list(defaults.expected_statuses))
+        check.fail("timeout_s", "cannot exceed interval_s")
+    healthy = _count(check, "healthy_threshold", defaults.healthy_threshold)
+    unhealthy = _count(check, "unhealthy_threshold", defaults.unhealthy_threshold)
+    statuses = check.data.get("expected_statuses", list(defaults.expected_statuses))
     if (
-        not isinstance(statuses, list | tuple)
+        not is_list(statuses)
         or not statuses
-        or not all(
-            isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599
-            for code in statuses
-        )
+        or not all(is_integer(code) and 100 <= code <= 599 for code in statuses)
     ):
-        raise InvalidRoutingDefinition(
-            f"{field}.expected_statuses", "must be a non-empty list of HTTP status codes"
-        )
+        check.fail("expected_statuses", "must be a non-empty list of HTTP status codes")
     return HealthCheckSettings(
         enabled=enabled,
         path=path,
@@ -99,21 +94,19 @@ def parse_health_check(data: Any, *, field: str = "health_check") -> HealthCheck
     )
 
 
-def _number(
-    data: Mapping[str, Any], key: str, default: float, field: str, *, minimum: float
-) -> float:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise InvalidRoutingDefinition(f"{field}.{key}", "must be a number of seconds")
+def _seconds(check: Fields, key: str, default: float, *, minimum: float) -> float:
+    value = check.data.get(key, default)
+    if not is_number(value) or value != value:
+        check.fail(key, "must be a number of seconds")
     if value < minimum:
-        raise InvalidRoutingDefinition(f"{field}.{key}", f"must be at least {minimum:g} seconds")
+        check.fail(key, f"must be at least {minimum:g} seconds")
     return float(value)
 
 
-def _count(data: Mapping[str, Any], key: str, default: int, field: str) -> int:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRoutingDefinition(f"{field}.{key}", "must be an integer of at least 1")
+def _count(check: Fields, key: str, default: int) -> int:
+    value = check.data.get(key, default)
+    if not is_integer(value) or value < 1:
+        check.fail(key, "must be an integer of at least 1")
     return value
 
 

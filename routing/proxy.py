@@ -208,34 +208,23 @@ class Outcomes:
 
 
 def load_snapshots_from_database() -> tuple[Any, dict[str, ServiceSnapshot]]:
-    """Read the routing version, then every snapshot (in this order: a change committed in
-    between is seen now or by the next poll, never lost).
+    """The routing version and every snapshot, read consistently (``snapshot.load_snapshots``)."""
+    from django.db import close_old_connections
 
-    On PostgreSQL the four reads share one snapshot of the database (REPEATABLE READ, read
-    only), so a tick committing between two of them cannot hand the proxy half of its change.
-    Plain reads never wait on the row locks a tick holds."""
-    from django.db import close_old_connections, connection, transaction
+    from routing import snapshot
 
-    from routing import selectors
-
+    # No request cycle closes a broken or expired connection in the proxy's threads.
     close_old_connections()
-    version = selectors.routing_version()
-    if connection.vendor != "postgresql":
-        # SQLite: the project's transactions take the write lock (IMMEDIATE), which a reader
-        # must not hold; its reads outside one each see a committed state.
-        return version, selectors.all_snapshots()
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        return version, selectors.all_snapshots()
+    return snapshot.load_snapshots()
 
 
 def read_routing_version() -> Any:
     from django.db import close_old_connections
 
-    from routing import selectors
+    from routing import snapshot
 
     close_old_connections()
-    return selectors.routing_version()
+    return snapshot.read_version()
 
 
 def record_outcomes_in_metric_store(items: list[Any]) -> None:

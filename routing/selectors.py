@@ -1,44 +1,29 @@
-"""Reads of the routing app: engine snapshots, the routing version, probes due, dashboard data.
+"""Reads of the routing app: circuit states, probes due, dashboard data, decisions.
 
-Snapshots are built from four queries whatever the number of services, targets and rules
-(services, targets, rules, rule targets), so a proxy reload costs the same for one service or
-a thousand.
+The engine's definitions of services come from ``routing.definition`` and their compiled
+snapshots, with the routing version, from ``routing.snapshot``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from django.core.cache import cache
 from django.db.models import Count, Prefetch, QuerySet
 from django.utils import timezone
 
-from canary_site.conf import setting
 from canary_site.exceptions import NotFound
-from canary_site.versions import VersionToken
-from routing.engine import (
-    Decision,
-    InvalidRoutingDefinition,
-    RequestContext,
-    ServiceSnapshot,
-    build_service_snapshot,
-    decide,
-)
+from routing.engine import Decision, InvalidRoutingDefinition, RequestContext, decide
 from routing.models import RoutingRule, RuleTarget, Service, Target
 from routing.probes import HealthCheckSettings, parse_health_check
+from routing.snapshot import service_snapshot
 
 logger = logging.getLogger(__name__)
-
-ROUTING_VERSION_KEY = "routing:version"
-"""Cache key every proxy polls; any change of its value means "reload your snapshots"."""
 
 BREAKERS_KEY = "routing:breakers"
 """Cache key where proxies publish their circuit breaker states, keyed by proxy id."""
@@ -47,155 +32,8 @@ BREAKER_REPORT_MAX_AGE = 30.0
 """Seconds after which a proxy's breaker report is considered stale (the proxy is gone)."""
 
 
-def percent_to_basis_points(value: Decimal | int | float | str) -> int:
-    """100.00% is 10,000 basis points, the engine's unit."""
-    return int((Decimal(str(value)) * 100).to_integral_value())
-
-
-def basis_points_to_percent(value: int) -> Decimal:
-    return (Decimal(value) / 100).quantize(Decimal("0.01"))
-
-
 # ---------------------------------------------------------------------------------------------
-# Engine snapshots
-
-
-def target_data(target: Target) -> dict[str, Any]:
-    """A target in the engine's shape; its name is the engine's target id."""
-    return {
-        "id": target.name,
-        "name": target.name,
-        "endpoint": target.endpoint,
-        "version": target.version,
-        "healthy": target.healthy,
-        "weight": percent_to_basis_points(target.weight),
-    }
-
-
-def rule_data(
-    rule: RoutingRule, rule_targets: Iterable[RuleTarget], names: dict[int, str]
-) -> dict[str, Any]:
-    """A rule in the engine's shape. ``names`` maps target primary keys to target names."""
-    return {
-        # An unsaved rule (being validated) still needs an id unique within the service.
-        "id": rule.pk if rule.pk is not None else "new",
-        "name": rule.name,
-        "priority": rule.priority,
-        "enabled": rule.enabled,
-        "strategy": rule.strategy,
-        "strategy_key": rule.strategy_key or None,
-        "conditions": rule.conditions or [],
-        "targets": [
-            {"id": names[item.target_id], "weight": percent_to_basis_points(item.weight)}
-            for item in rule_targets
-        ],
-        "affinity": rule.affinity,
-        "failover": rule.failover,
-        "circuit_breaker": rule.circuit_breaker,
-        "rate_limit": rule.rate_limit,
-    }
-
-
-def _snapshot_data(services: QuerySet[Service]) -> dict[str, dict[str, Any]]:
-    service_list = list(services)
-    ids = [service.pk for service in service_list]
-    targets_by_service: dict[int, list[Target]] = defaultdict(list)
-    names: dict[int, str] = {}
-    for target in Target.objects.filter(service_id__in=ids).order_by("name"):
-        targets_by_service[target.service_id].append(target)
-        names[target.pk] = target.name
-    rules_by_service: dict[int, list[RoutingRule]] = defaultdict(list)
-    rule_ids = []
-    for rule in RoutingRule.objects.filter(service_id__in=ids).order_by("priority", "id"):
-        rules_by_service[rule.service_id].append(rule)
-        rule_ids.append(rule.pk)
-    targets_by_rule: dict[int, list[RuleTarget]] = defaultdict(list)
-    for item in RuleTarget.objects.filter(rule_id__in=rule_ids).order_by("position", "id"):
-        targets_by_rule[item.rule_id].append(item)
-    return {
-        service.name: {
-            "name": service.name,
-            "stable_version": service.stable_version,
-            "version": service.routing_version,
-            "targets": [target_data(target) for target in targets_by_service[service.pk]],
-            "rules": [
-                rule_data(rule, targets_by_rule[rule.pk], names)
-                for rule in rules_by_service[service.pk]
-            ],
-        }
-        for service in service_list
-    }
-
-
-def service_snapshot_data(
-    *, name: str | None = None, service_id: int | None = None
-) -> dict[str, Any] | None:
-    """The engine's plain-dict definition of one service (by name or primary key), or None
-    when there is no such service."""
-    services = (
-        Service.objects.filter(name=name)
-        if name is not None
-        else Service.objects.filter(pk=service_id)
-    )
-    data = _snapshot_data(services)
-    return next(iter(data.values()), None)
-
-
-def all_snapshot_data() -> dict[str, dict[str, Any]]:
-    """Every service's engine definition, by service name, in four queries."""
-    return _snapshot_data(Service.objects.all())
-
-
-def service_snapshot(*, name: str) -> ServiceSnapshot | None:
-    data = service_snapshot_data(name=name)
-    return None if data is None else build_service_snapshot(data)
-
-
-def build_snapshots(data: dict[str, dict[str, Any]]) -> dict[str, ServiceSnapshot]:
-    """Compile definitions; a service that does not compile is left out and logged, so one bad
-    row (written around the services, say by hand in SQL) cannot take every service down."""
-    snapshots: dict[str, ServiceSnapshot] = {}
-    for name, definition in data.items():
-        try:
-            snapshots[name] = build_service_snapshot(definition)
-        except InvalidRoutingDefinition as error:
-            logger.error("Routing for service %s does not compile: %s", name, error)
-    return snapshots
-
-
-def all_snapshots() -> dict[str, ServiceSnapshot]:
-    return build_snapshots(all_snapshot_data())
-
-
-# ---------------------------------------------------------------------------------------------
-# Routing version and the proxies' reports
-
-
-def _database_routing_version() -> str:
-    """Every service's id and ``routing_version``, digested: every routing write bumps its
-    service's column in its transaction, and creating or deleting a service changes the ids."""
-    digest = hashlib.blake2b(digest_size=8)
-    for pk, version in Service.objects.order_by("pk").values_list("pk", "routing_version"):
-        digest.update(f"{pk}:{version};".encode())
-    return digest.hexdigest()
-
-
-ROUTING_VERSION = VersionToken(
-    name="routing",
-    cache_key=ROUTING_VERSION_KEY,
-    database_version=_database_routing_version,
-    database_interval=lambda: float(setting("CANARY_ROUTING_DB_VERSION_SECONDS", 2)),
-    log=logger,
-)
-"""The routing version (:mod:`canary_site.versions`): a token in the cache, replaced after each
-routing write commits, and the services' versions in the database, read at most every
-``CANARY_ROUTING_DB_VERSION_SECONDS`` (2 s), so proxies reload while the cache is down too."""
-
-
-def routing_version() -> str:
-    """The routing version as one string; any change means "reload your snapshots". Never
-    raises: a cache or database outage leaves its part as last read, logged once."""
-    return ROUTING_VERSION.read()
+# The proxies' reports
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,11 @@ Every write is validated by compiling the service's whole routing definition wit
 change through ``routing.engine.build_service_snapshot`` (a bad rule never saves), is recorded on
 the audit trail with its actor, source and reason, and bumps the routing version: the service's
 ``routing_version`` column inside the transaction and the shared cache token after commit, both
-of which the proxies poll (``routing.selectors.ROUTING_VERSION``).
+of which the proxies poll (``routing.snapshot.ROUTING_VERSION``). The definition a write
+compiles is the stored one (``routing.definition``) with the change applied.
+
+The rule writes and a target's weight are ``@gates.gated`` (``routing.gating`` describes them):
+a change an approval policy covers opens an approval request instead (``canary_site.gates``).
 """
 
 from __future__ import annotations
@@ -19,18 +23,27 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F, ProtectedError
 from django.utils import timezone
 
+from canary_site import gates
 from canary_site.audit import audit_context, audit_updates
+from canary_site.bulk import write_rows
 from canary_site.choices import Source
-from canary_site.exceptions import TransitionNotAllowed, ValidationFailed
-from routing import probes, selectors
+from canary_site.exceptions import TransitionNotAllowed, ValidationFailed, full_clean
+from routing import gating, probes, selectors
 from routing.choices import Strategy
+from routing.definition import (
+    engine_rule,
+    engine_target,
+    rename_target,
+    service_definitions,
+    stored_definition,
+)
 from routing.engine import InvalidRoutingDefinition, build_service_snapshot
 from routing.models import RoutingRule, RuleTarget, Service, Target
+from routing.snapshot import version_changed
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +52,9 @@ _RULE_PATH = re.compile(r"^rules\[(\d+)\]")
 _TARGET_PATH = re.compile(r"^targets\[(\d+)\]")
 _HUNDRED = Decimal("100")
 _SERVICE_FIELDS = frozenset({"name", "stable_version", "description"})
-_TARGET_FIELDS = frozenset(
-    {"name", "endpoint", "version", "weight", "healthy", "metadata", "health_check"}
-)
+# What a target's writes may set, in the order the admin and the API show them.
+TARGET_FIELDS = ("name", "endpoint", "version", "weight", "healthy", "metadata", "health_check")
+_TARGET_FIELDS = frozenset(TARGET_FIELDS)
 _RULE_FIELDS = frozenset(
     {
         "name",
@@ -73,24 +86,11 @@ def routing_version_bump(*, service_ids: Iterable[int]) -> None:
     ids = list(service_ids)
     if ids:
         Service.objects.filter(pk__in=ids).update(routing_version=F("routing_version") + 1)
-    selectors.ROUTING_VERSION.changed()
+    version_changed()
 
 
 # ---------------------------------------------------------------------------------------------
 # Validation through the engine
-
-
-def _full_clean(instance: Any, *, exclude: list[str] | None = None) -> None:
-    try:
-        instance.full_clean(exclude=exclude, validate_unique=True)
-    except ValidationError as error:
-        fields = {
-            name: [str(message) for message in messages]
-            for name, messages in error.message_dict.items()
-        }
-        name, messages = next(iter(fields.items()))
-        label = messages[0] if name == "__all__" else f"{name}: {messages[0]}"
-        raise ValidationFailed(label, fields=fields) from None
 
 
 def _check_definition(
@@ -128,17 +128,6 @@ def _as_validation_failed(
     if field == "non_field_errors":
         return ValidationFailed(error.message[:1].upper() + error.message[1:] + ".", field=field)
     return ValidationFailed(f"{field}: {error.message}.", field=field)
-
-
-def _definition(service: Service) -> dict[str, Any]:
-    # By primary key: a service being renamed is still stored under its old name.
-    data = selectors.service_snapshot_data(service_id=service.pk) if service.pk else None
-    if data is None:  # a service being created has no rows yet
-        data = {"name": service.name, "stable_version": service.stable_version, "targets": []}
-    data["name"] = service.name
-    data["stable_version"] = service.stable_version
-    data.setdefault("rules", [])
-    return data
 
 
 def _percent(value: Any, field: str) -> Decimal:
@@ -179,7 +168,7 @@ def service_create(
     reason: str = "",
 ) -> Service:
     service = Service(name=name, stable_version=stable_version, description=description or "")
-    _full_clean(service, exclude=["routing_version"])
+    full_clean(service, exclude=["routing_version"])
     with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
         service.save()
         routing_version_bump(service_ids=[service.pk])
@@ -201,13 +190,83 @@ def service_update(
         service = Service.objects.select_for_update().get(pk=service.pk)
         for field, value in changes.items():
             setattr(service, field, value)
-        _full_clean(service, exclude=["routing_version"])
+        full_clean(service, exclude=["routing_version"])
         # The stable version decides the canary-first layout and the default route.
-        _check_definition(_definition(service))
+        _check_definition(stored_definition(service))
         service.save()
         routing_version_bump(service_ids=[service.pk])
     service.refresh_from_db(fields=["routing_version"])
     return service
+
+
+@dataclass(frozen=True)
+class StableVersionChange:
+    """One service's new stable version for `services_set_stable_version`; ``reason`` replaces
+    the call's reason on the service's audit entry."""
+
+    service_id: int
+    stable_version: str
+    reason: str = ""
+
+
+def services_set_stable_version(
+    *,
+    changes: Sequence[StableVersionChange],
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> dict[int, Service]:
+    """`service_update` of ``stable_version`` for many services in one transaction (the
+    deployments that succeed in one tick), in a number of queries that does not grow with
+    them: the services locked in one statement, each compiled with its new version, the rows,
+    the audit entries and the routing versions written in one statement each. A version that
+    is not valid, or that would break a service's routing, raises `ValidationFailed` and
+    nothing is written. Returns the services by id."""
+    if not changes:
+        return {}
+    ids = list(dict.fromkeys(change.service_id for change in changes))
+    with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
+        services = {
+            service.pk: service
+            for service in Service.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+        }
+        missing = [service_id for service_id in ids if service_id not in services]
+        if missing:
+            raise ValidationFailed(f"services: there is no service {missing[0]}.", field="services")
+        data = service_definitions(Service.objects.filter(pk__in=ids))
+        # Only the version changes: its own validators run, not the name's uniqueness query.
+        others = [field.name for field in Service._meta.fields if field.name != "stable_version"]
+        now = timezone.now()
+        audited: list[tuple[Any, Any, Mapping[str, str]]] = []
+        changed: dict[int, Service] = {}
+        for change in changes:
+            service = services[change.service_id]
+            if service.stable_version == change.stable_version:
+                continue
+            old = copy.copy(service)
+            service.stable_version = change.stable_version
+            service.updated_at = now
+            full_clean(service, exclude=others)
+            audited.append((old, service, {"reason": change.reason} if change.reason else {}))
+            data[service.name]["stable_version"] = service.stable_version
+            changed[service.pk] = service
+        for service in changed.values():
+            # The stable version decides the canary-first layout and the default route.
+            try:
+                build_service_snapshot(data[service.name])
+            except InvalidRoutingDefinition as error:
+                raise ValidationFailed(
+                    f"Service {service.name}: this change would break its routing: "
+                    f"{error.field} {error.message}.",
+                    field="stable_version",
+                ) from None
+        if changed:
+            write_rows(Service, list(changed.values()), ["stable_version", "updated_at"])
+            audit_updates(audited)
+            routing_version_bump(service_ids=list(changed))
+            for service in changed.values():
+                service.routing_version += 1
+    return services
 
 
 def service_delete(
@@ -240,6 +299,7 @@ def _check_names(changes: Mapping[str, Any], allowed: frozenset[str]) -> None:
 # Targets
 
 
+@gates.gated(gating.target_create)
 def target_create(
     *,
     service: Service,
@@ -265,10 +325,10 @@ def target_create(
         health_check=_health_check(health_check),
     )
     _check_target_name(target)
-    _full_clean(target)
+    full_clean(target)
     with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
-        data = _definition(service)
-        data["targets"].append(selectors.target_data(target))
+        data = stored_definition(service)
+        data["targets"].append(engine_target(target))
         _check_definition(data, target_index=len(data["targets"]) - 1)
         target.save()
         routing_version_bump(service_ids=[service.pk])
@@ -295,6 +355,7 @@ def _health_check(value: Any, field: str = "health_check") -> dict[str, Any] | N
     return None if settings is None else settings.to_dict()
 
 
+@gates.gated(gating.target_update)
 def target_update(
     *,
     target: Target,
@@ -318,26 +379,19 @@ def target_update(
         for field, value in changes.items():
             setattr(target, field, value)
         _check_target_name(target)
-        _full_clean(target)
-        data = _definition(target.service)
+        full_clean(target)
+        data = stored_definition(target.service)
         index = next(i for i, item in enumerate(data["targets"]) if item["id"] == old_name)
-        data["targets"][index] = selectors.target_data(target)
+        data["targets"][index] = engine_target(target)
         if target.name != old_name:
-            _rename_references(data, old_name, target.name)
+            rename_target(data, old_name, target.name)
         _check_definition(data, target_index=index)
         target.save()
         routing_version_bump(service_ids=[target.service_id])
     return target
 
 
-def _rename_references(data: dict[str, Any], old: str, new: str) -> None:
-    """Rule links follow a renamed target by key; fallback lists name it and must be fixed."""
-    for rule in data["rules"]:
-        for item in rule["targets"]:
-            if item["id"] == old:
-                item["id"] = new
-
-
+@gates.gated(gating.target_delete)
 def target_delete(
     *, target: Target, actor: Any = None, source: str = Source.SYSTEM, reason: str = ""
 ) -> None:
@@ -351,7 +405,7 @@ def target_delete(
             field="target",
         )
     with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
-        data = _definition(target.service)
+        data = stored_definition(target.service)
         data["targets"] = [item for item in data["targets"] if item["id"] != target.name]
         _check_definition(data)
         service_id = target.service_id
@@ -392,6 +446,7 @@ def target_set_health(
 # Rules
 
 
+@gates.gated(gating.rule_create)
 def rule_create(
     *,
     service: Service,
@@ -437,6 +492,7 @@ def rule_create(
     return rule
 
 
+@gates.gated(gating.rule_update)
 def rule_update(
     *,
     rule: RoutingRule,
@@ -464,6 +520,7 @@ def rule_update(
     return rule
 
 
+@gates.gated(gating.weights)
 def rule_set_weights(
     *,
     rule: RoutingRule,
@@ -561,7 +618,7 @@ def rules_update_many(
         ):
             items[item.rule_id].append(item)
         services = {rule.service_id: rule.service for rule in rules.values()}
-        data = selectors._snapshot_data(Service.objects.filter(pk__in=services))
+        data = service_definitions(Service.objects.filter(pk__in=services))
         audited: list[tuple[Any, Any, Mapping[str, str]]] = []
         changed_items: list[RuleTarget] = []
         switched: dict[bool, list[int]] = {True: [], False: []}
@@ -589,7 +646,7 @@ def rules_update_many(
             definition = data[services[rule.service_id].name]
             names = {item.target_id: item.target.name for item in items[rule.pk]}
             index = next(i for i, row in enumerate(definition["rules"]) if row["id"] == rule.pk)
-            definition["rules"][index] = selectors.rule_data(rule, items[rule.pk], names)
+            definition["rules"][index] = engine_rule(rule, items[rule.pk], names)
         for service in services.values():
             try:
                 build_service_snapshot(data[service.name])
@@ -600,7 +657,7 @@ def rules_update_many(
                     field="rules",
                 ) from None
         if changed_items:
-            RuleTarget.objects.bulk_update(changed_items, ["weight"], batch_size=5000)
+            write_rows(RuleTarget, changed_items, ["weight"])
         now = timezone.now()
         for enabled, rule_ids in switched.items():
             if rule_ids:
@@ -613,11 +670,12 @@ def rules_update_many(
     return rules
 
 
+@gates.gated(gating.rule_delete)
 def rule_delete(
     *, rule: RoutingRule, actor: Any = None, source: str = Source.SYSTEM, reason: str = ""
 ) -> None:
     with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
-        data = _definition(rule.service)
+        data = stored_definition(rule.service)
         data["rules"] = [item for item in data["rules"] if item["id"] != rule.pk]
         _check_definition(data)
         service_id = rule.service_id
@@ -636,7 +694,7 @@ def _assign_rule_fields(rule: RoutingRule, fields: Mapping[str, Any]) -> None:
         elif field in ("name", "strategy_key") and value is None:
             value = ""
         setattr(rule, field, value)
-    _full_clean(rule, exclude=["service"])
+    full_clean(rule, exclude=["service"])
 
 
 def _resolve_targets(service: Service, targets: Mapping[str, Any]) -> list[tuple[Target, Decimal]]:
@@ -656,13 +714,13 @@ def _resolve_targets(service: Service, targets: Mapping[str, Any]) -> list[tuple
 
 
 def _check_rule(rule: RoutingRule, links: list[tuple[Target, Decimal]]) -> None:
-    data = _definition(rule.service)
+    data = stored_definition(rule.service)
     names = {target.pk: target.name for target, _weight in links}
     rule_targets = [
         RuleTarget(target_id=target.pk, weight=weight, position=index)
         for index, (target, weight) in enumerate(links)
     ]
-    proposed = selectors.rule_data(rule, rule_targets, names)
+    proposed = engine_rule(rule, rule_targets, names)
     index = next((i for i, item in enumerate(data["rules"]) if item["id"] == rule.pk), None)
     if index is None:
         data["rules"].append(proposed)
@@ -711,21 +769,21 @@ def target_check(*, target: Target) -> None:
     """Raise ValidationFailed if saving ``target`` as assigned would break its service's
     routing. Writes nothing."""
     _check_target_name(target)
-    _full_clean(target)
-    data = _definition(target.service)
+    full_clean(target)
+    data = stored_definition(target.service)
     old_name = (
         Target.objects.filter(pk=target.pk).values_list("name", flat=True).first()
         if target.pk
         else None
     )
     if old_name is None:
-        data["targets"].append(selectors.target_data(target))
+        data["targets"].append(engine_target(target))
         index = len(data["targets"]) - 1
     else:
         index = next(i for i, item in enumerate(data["targets"]) if item["id"] == old_name)
-        data["targets"][index] = selectors.target_data(target)
+        data["targets"][index] = engine_target(target)
         if target.name != old_name:
-            _rename_references(data, old_name, target.name)
+            rename_target(data, old_name, target.name)
     _check_definition(data, target_index=index)
 
 

@@ -14,27 +14,22 @@ from django.urls import reverse
 from django.views import View
 from django.views.generic import TemplateView
 
-from canary_site.choices import Source
+from canary_site.audit import writer
 from canary_site.exceptions import CanaryError
+from canary_site.forms import add_error_fields
+from canary_site.htmx import HtmxPartialMixin, partial_template
 from canary_site.roles import RoleRequiredMixin
 from routing import charts, selectors, services
-from routing.forms import RULE_FIELDS, DecideForm, RuleForm, WeightsForm, add_errors
+from routing.forms import RULE_FIELDS, DecideForm, RuleForm, WeightsForm
 from routing.models import RoutingRule, Service
+from routing.snapshot import read_version
 
 CHART_WINDOW_SECONDS = 15 * 60
 
 
-def _partial(request: HttpRequest, template: str, allowed: tuple[str, ...]) -> str:
-    """The page, or over htmx the partial named after the element being refreshed."""
-    target = getattr(request.htmx, "target", None) if request.htmx else None
-    return f"{template}#{target}" if target in allowed else template
-
-
-class IndexView(RoleRequiredMixin, TemplateView):
+class IndexView(RoleRequiredMixin, HtmxPartialMixin, TemplateView):
     template_name = "routing/index.html"
-
-    def get_template_names(self) -> list[str]:
-        return [_partial(self.request, self.template_name, ("services-panel",))]
+    htmx_targets = ("services-panel",)
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         circuits = {(state.service, state.target): state for state in selectors.circuit_states()}
@@ -48,9 +43,7 @@ class IndexView(RoleRequiredMixin, TemplateView):
             )
             for service in selectors.service_list()
         ]
-        return super().get_context_data(
-            rows=rows, routing_version=selectors.routing_version(), **kwargs
-        )
+        return super().get_context_data(rows=rows, routing_version=read_version(), **kwargs)
 
 
 def _service_or_404(name: str) -> Service:
@@ -73,10 +66,9 @@ def service_context(service: Service, *, part: str | None = None) -> dict[str, A
         series = selectors.outcome_series(
             service=service.name, versions=sorted(versions), window_seconds=CHART_WINDOW_SECONDS
         )
-        figure = charts.traffic_figure(
+        context["chart"] = charts.traffic_chart(
             series=series, labels=labels, stable_version=service.stable_version
         )
-        context["chart_json"] = charts.figure_json(figure)
         context["has_traffic"] = any(
             value for points in series.values() for value in points["rps"] if value
         )
@@ -94,7 +86,7 @@ class ServiceDetailView(RoleRequiredMixin, View):
 
     def get(self, request: HttpRequest, name: str) -> HttpResponse:
         service = _service_or_404(name)
-        template = _partial(request, self.template_name, self.partials)
+        template = partial_template(request, self.template_name, targets=self.partials)
         part = template.partition("#")[2] or None
         context = service_context(service, part=part) | {"decide_form": DecideForm()}
         return render(request, template, context)
@@ -117,16 +109,15 @@ class DecideView(RoleRequiredMixin, View):
                     selectors.decision_for(service=service.name, **form.cleaned_data)
                 )
             except CanaryError as error:
-                add_errors(form, error)
+                add_error_fields(form, error)
                 status = 400
         else:
             status = 400
         context = {"service": service, "decide_form": form, "decision": decision}
-        if request.htmx:
-            return render(request, f"{self.template_name}#decide-panel", context, status=status)
-        return render(
-            request, self.template_name, service_context(service) | context, status=status
-        )
+        template = partial_template(request, self.template_name, "decide-panel")
+        if template == self.template_name:
+            context = service_context(service) | context
+        return render(request, template, context, status=status)
 
 
 def _rule_or_404(rule_id: int) -> RoutingRule:
@@ -165,10 +156,10 @@ class RuleEditView(RoleRequiredMixin, View):
         saved: bool = False,
     ) -> HttpResponse:
         context = _weights_context(rule, WeightsForm(rule=rule)) | {"form": form, "saved": saved}
-        template = self.template_name
-        if request.htmx and request.method == "POST":
-            template = f"{template}#rule-form"
-        return render(request, template, context, status=status)
+        partial = "rule-form" if request.method == "POST" else None
+        return render(
+            request, partial_template(request, self.template_name, partial), context, status=status
+        )
 
     def get(self, request: HttpRequest, rule_id: int) -> HttpResponse:
         rule = _rule_or_404(rule_id)
@@ -184,14 +175,10 @@ class RuleEditView(RoleRequiredMixin, View):
         changes = {name: form.cleaned_data[name] for name in RULE_FIELDS}
         try:
             services.rule_update(
-                rule=rule,
-                actor=request.user,
-                source=Source.UI,
-                reason=form.cleaned_data["reason"],
-                **changes,
+                rule=rule, reason=form.cleaned_data["reason"], **changes, **writer(request)
             )
         except CanaryError as error:
-            add_errors(form, error)
+            add_error_fields(form, error)
             return self.render_page(request, rule, form, status=400)
         if request.htmx:
             rule = _rule_or_404(rule_id)
@@ -216,16 +203,14 @@ class RuleWeightsView(RoleRequiredMixin, View):
                 services.rule_set_weights(
                     rule=rule,
                     weights=form.weights(),
-                    actor=request.user,
-                    source=Source.UI,
                     reason=form.cleaned_data["reason"],
+                    **writer(request),
                 )
                 saved = True
             except CanaryError as error:
-                for field, problems in (error.fields or {"": [error.message]}).items():
-                    name = "weight_" + field.removeprefix("weights.")
-                    for problem in problems:
-                        form.add_error(name if name in form.fields else None, problem)
+                add_error_fields(
+                    form, error, lambda path: "weight_" + path.removeprefix("weights.")
+                )
                 status = 400
         else:
             status = 400
@@ -239,4 +224,5 @@ class RuleWeightsView(RoleRequiredMixin, View):
             rule = _rule_or_404(rule_id)
             form = WeightsForm(rule=rule)
         context = _weights_context(rule, form) | {"saved": saved}
-        return render(request, f"{self.template_name}#weights-panel", context, status=status)
+        template = partial_template(request, self.template_name, "weights-panel")
+        return render(request, template, context, status=status)

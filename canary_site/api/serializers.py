@@ -22,6 +22,14 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class RelatedName(serializers.CharField):
+    """A related object's name or a related account's username (``source`` says which, as
+    ``"policy.name"`` or ``"owner.username"``), or null where there is none; read-only."""
+
+    def __init__(self, source: str, **kwargs: Any) -> None:
+        super().__init__(source=source, read_only=True, default=None, allow_null=True, **kwargs)
+
+
 @extend_schema_field(
     {"anyOf": [{"type": "string", "format": "uri"}, {"type": "string", "enum": [""]}]}
 )
@@ -32,9 +40,7 @@ class BlankableURLField(serializers.URLField):
 
 class AuditEntrySerializer(serializers.ModelSerializer):
     object_type = serializers.CharField(source="content_type.model", read_only=True)
-    actor = serializers.CharField(
-        source="actor.username", read_only=True, default=None, allow_null=True
-    )
+    actor = RelatedName("actor.username")
     action = serializers.CharField(source="action_name", read_only=True)
 
     class Meta:

@@ -20,7 +20,7 @@ from canary_site.api.serializers import (
     AuditEntrySerializer,
     MeSerializer,
 )
-from canary_site.choices import Source
+from canary_site.audit import request_source
 from canary_site.filtersets import AuditEntryFilterSet
 from canary_site.models import ApiToken
 from canary_site.roles import user_roles
@@ -81,7 +81,7 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.DestroyModelMixin, viewsets.
         serializer = ApiTokenCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         token, secret = services.api_token_create(
-            user=request.user, source=Source.API, **serializer.validated_data
+            user=request.user, source=request_source(request), **serializer.validated_data
         )
         body = ApiTokenSerializer(token).data | {"token": secret}
         return Response(body, status=status.HTTP_201_CREATED)
@@ -91,5 +91,7 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.DestroyModelMixin, viewsets.
             token_id = int(pk or "")
         except ValueError:
             token_id = -1
-        services.api_token_revoke(user=request.user, token_id=token_id, source=Source.API)
+        services.api_token_revoke(
+            user=request.user, token_id=token_id, source=request_source(request)
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -9,11 +9,11 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from canary_site.api.serializers import StrictSerializer
+from canary_site.api.serializers import RelatedName, StrictSerializer
 from deployments import selectors
 from deployments.choices import DeploymentStatus, PhaseStatus
 from deployments.config import TrafficShiftStrategy
-from deployments.lifecycle import allowed_actions
+from deployments.lifecycle import person_actions
 from deployments.models import Deployment, DeploymentEvent, Phase
 
 
@@ -48,17 +48,11 @@ class PhaseSerializer(serializers.ModelSerializer):
 class DeploymentSerializer(serializers.ModelSerializer):
     status = serializers.CharField(read_only=True, help_text=_words(DeploymentStatus))
     service = serializers.CharField(source="service.name", read_only=True)
-    stable_target = serializers.CharField(
-        source="stable_target.name", default=None, allow_null=True
-    )
-    canary_target = serializers.CharField(
-        source="canary_target.name", default=None, allow_null=True
-    )
-    health_policy = serializers.CharField(
-        source="health_policy.name", default=None, allow_null=True
-    )
+    stable_target = RelatedName("stable_target.name")
+    canary_target = RelatedName("canary_target.name")
+    health_policy = RelatedName("health_policy.name")
     linked_flags = serializers.SerializerMethodField()
-    created_by = serializers.CharField(source="created_by.username", default=None, allow_null=True)
+    created_by = RelatedName("created_by.username")
     phases = PhaseSerializer(many=True, read_only=True)
     progress = serializers.SerializerMethodField()
     allowed_actions = serializers.SerializerMethodField()
@@ -108,12 +102,13 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(serializers.ListField(child=serializers.CharField()))
     def get_allowed_actions(self, deployment: Deployment) -> list[str]:
-        """The lifecycle actions the table allows from the current status (any caller)."""
-        return [str(action) for action in allowed_actions(deployment.status)]
+        """The lifecycle actions a person may ask for from the current status: the table's,
+        less the tick's own verbs (whatever the caller's role; the action checks it)."""
+        return [str(action) for action in person_actions(deployment.status)]
 
 
 class DeploymentEventSerializer(serializers.ModelSerializer):
-    actor = serializers.CharField(source="actor.username", default=None, allow_null=True)
+    actor = RelatedName("actor.username")
     from_status = serializers.CharField(read_only=True, help_text=_words(DeploymentStatus))
     to_status = serializers.CharField(read_only=True, help_text=_words(DeploymentStatus))
 

@@ -3,14 +3,14 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from canary_site.api.routes import optional_slash
 from deployments.api import views
 
 router = SimpleRouter()
 router.register("deployments", views.DeploymentViewSet, basename="deployment")
 
 urlpatterns = [
-    path("validate", views.ValidateView.as_view(), name="validate"),
-    path("validate/", views.ValidateSlashView.as_view(), name="validate-slash"),
+    *optional_slash("validate", views.ValidateView.as_view(), name="validate"),
     path(
         "deployments/<int:pk>/config.yaml",
         views.DeploymentConfigYamlView.as_view(),

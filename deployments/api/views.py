@@ -25,7 +25,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from canary_site.choices import Source
+from canary_site.api.actions import object_verb, requires
+from canary_site.audit import writer
 from canary_site.exceptions import ValidationFailed
 from deployments import conf, selectors, services
 from deployments.api.parsers import YAML_PARSERS
@@ -44,17 +45,9 @@ from deployments.config import dump_config, simple_canary_config
 from deployments.filtersets import DeploymentEventFilterSet, DeploymentFilterSet
 from deployments.lifecycle import Action
 from deployments.validation import validate_request
-from flags import selectors as flag_selectors
-from flags.models import Flag
-from health import selectors as health_selectors
-from health.models import HealthPolicy
 
 PARSERS = [JSONParser, *YAML_PARSERS, FormParser, MultiPartParser]
 CHANGE = "deployments.change_deployment"
-
-
-def _writer(request: Request) -> dict[str, Any]:
-    return {"actor": request.user, "source": Source.API}
 
 
 def _write_arguments(data: Any, *, creating: bool) -> dict[str, Any]:
@@ -76,9 +69,9 @@ def _write_arguments(data: Any, *, creating: bool) -> dict[str, Any]:
     elif creating:
         raise ValidationFailed("config: is required.", field="config")
     if "health_policy" in values:
-        arguments["health_policy"] = _policy(values["health_policy"])
+        arguments["health_policy"] = selectors.health_policy_for(value=values["health_policy"])
     if "linked_flags" in values:
-        arguments["flags"] = _flags(values["linked_flags"])
+        arguments["flags"] = selectors.flags_for(keys=values["linked_flags"])
     if "context" in values:
         arguments["context"] = values["context"]
     if values.get("reason"):
@@ -86,52 +79,30 @@ def _write_arguments(data: Any, *, creating: bool) -> dict[str, Any]:
     return arguments
 
 
-def _policy(value: str | None) -> HealthPolicy | None:
-    if value in (None, ""):
-        return None
-    policies = health_selectors.policies()
-    policy = policies.filter(pk=int(value)).first() if str(value).isdigit() else None
-    policy = policy or policies.filter(name=value).first()
-    if policy is None:
-        raise ValidationFailed(
-            f"health_policy: there is no health policy {value!r}.", field="health_policy"
-        )
-    return policy
-
-
-def _flags(keys: list[str]) -> list[Flag]:
-    found = {flag.key: flag for flag in flag_selectors.flags().filter(key__in=keys)}
-    missing = [key for key in keys if key not in found]
-    if missing:
-        raise ValidationFailed(
-            f"linked_flags: there is no flag {missing[0]!r}.", field="linked_flags"
-        )
-    return [found[key] for key in keys]
-
-
-def _lifecycle(verb: Action, doc: str) -> Any:
+def _lifecycle(verb: Action, doc: str, url_path: str | None = None) -> Any:
     """A DRF action that performs ``verb`` through the one transition service."""
 
-    @extend_schema(request=ActionSerializer, responses=DeploymentSerializer, description=doc)
-    def handler(self: DeploymentViewSet, request: Request, pk: str | None = None) -> Response:
-        deployment = self.get_object()
-        serializer = ActionSerializer(data=request.data or {})
-        serializer.is_valid(raise_exception=True)
+    def perform(view: DeploymentViewSet, request: Request, data: dict[str, Any]) -> Any:
+        deployment = view.get_object()
         services.deployment_transition(
             deployment_id=deployment.pk,
             action=verb,
-            reason=serializer.validated_data.get("reason", ""),
-            expected_phase=serializer.validated_data.get("phase"),
-            **_writer(request),
+            reason=data.get("reason", ""),
+            expected_phase=data.get("phase"),
+            **writer(request),
         )
-        return Response(
-            DeploymentSerializer(selectors.deployment_get(deployment_id=deployment.pk)).data
-        )
+        return DeploymentSerializer(selectors.deployment_get(deployment_id=deployment.pk)).data
 
-    handler.__name__ = str(verb)
-    handler.__doc__ = doc
-    handler.required_permission = CHANGE  # type: ignore[attr-defined]
-    return handler
+    return object_verb(
+        str(verb),
+        perform,
+        body=ActionSerializer,
+        responses=DeploymentSerializer,
+        permission=CHANGE,
+        doc=doc,
+        url_path=url_path,
+        empty_body=True,
+    )
 
 
 @extend_schema_view(
@@ -161,55 +132,38 @@ class DeploymentViewSet(viewsets.ModelViewSet):
 
     def create(self, request: Request) -> Response:
         arguments = _write_arguments(request.data, creating=True)
-        deployment = services.deployment_create(**arguments, **_writer(request))
+        deployment = services.deployment_create(**arguments, **writer(request))
         body = DeploymentSerializer(selectors.deployment_get(deployment_id=deployment.pk)).data
         return Response(body, status=status.HTTP_201_CREATED)
 
     def update(self, request: Request, pk: str | None = None, partial: bool = False) -> Response:
         deployment = self.get_object()
         arguments = _write_arguments(request.data, creating=False)
-        services.deployment_update(deployment_id=deployment.pk, **arguments, **_writer(request))
+        services.deployment_update(deployment_id=deployment.pk, **arguments, **writer(request))
         return Response(
             DeploymentSerializer(selectors.deployment_get(deployment_id=deployment.pk)).data
         )
 
-    def partial_update(self, request: Request, pk: str | None = None) -> Response:
-        return self.update(request, pk=pk, partial=True)
+    def perform_destroy(self, instance: Any) -> None:
+        services.deployment_delete(deployment_id=instance.pk, **writer(self.request))
 
-    def destroy(self, request: Request, pk: str | None = None) -> Response:
-        services.deployment_delete(deployment_id=self.get_object().pk, **_writer(request))
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-    start = action(detail=True, methods=["post"])(
-        _lifecycle(Action.START, "Start: the first phase's share goes to the canary.")
+    start = _lifecycle(Action.START, "Start: the first phase's share goes to the canary.")
+    pause = _lifecycle(Action.PAUSE, "Pause: hold the current phase; the tick leaves it alone.")
+    resume = _lifecycle(Action.RESUME, "Resume a paused deployment.")
+    promote = _lifecycle(
+        Action.PROMOTE,
+        "Promote to the next phase now (on the last phase: succeed). A reason is required "
+        "when the current phase's criteria have not held.",
     )
-    pause = action(detail=True, methods=["post"])(
-        _lifecycle(Action.PAUSE, "Pause: hold the current phase; the tick leaves it alone.")
+    promote_full = _lifecycle(
+        Action.PROMOTE_FULL,
+        "Give the canary all traffic and make it the stable version. A reason is required "
+        "when the current phase's criteria have not held.",
+        url_path="promote-full",
     )
-    resume = action(detail=True, methods=["post"])(
-        _lifecycle(Action.RESUME, "Resume a paused deployment.")
-    )
-    promote = action(detail=True, methods=["post"])(
-        _lifecycle(
-            Action.PROMOTE,
-            "Promote to the next phase now (on the last phase: succeed). A reason is required "
-            "when the current phase's criteria have not held.",
-        )
-    )
-    promote_full = action(detail=True, methods=["post"], url_path="promote-full")(
-        _lifecycle(
-            Action.PROMOTE_FULL,
-            "Give the canary all traffic and make it the stable version. A reason is required "
-            "when the current phase's criteria have not held.",
-        )
-    )
-    abort = action(detail=True, methods=["post"])(
-        _lifecycle(Action.ABORT, "Abort: traffic returns to the stable version at once.")
-    )
-    retry = action(detail=True, methods=["post"])(
-        _lifecycle(
-            Action.RETRY, "Retry a rolled-back, failed or aborted deployment: back to pending."
-        )
+    abort = _lifecycle(Action.ABORT, "Abort: traffic returns to the stable version at once.")
+    retry = _lifecycle(
+        Action.RETRY, "Retry a rolled-back, failed or aborted deployment: back to pending."
     )
 
     @extend_schema(responses=DeploymentEventSerializer(many=True))
@@ -232,6 +186,7 @@ class DeploymentViewSet(viewsets.ModelViewSet):
 
     @extend_schema(request=SimpleConfigSerializer, responses=SimpleConfigResultSerializer)
     @action(detail=False, methods=["post"], url_path="simple-config")
+    @requires("deployments.view_deployment")
     def simple_config(self, request: Request) -> Response:
         """A complete configuration from a few numbers (the guide's createSimpleCanaryConfig,
         with the phases up to 100%), with its validation. Nothing is stored."""
@@ -263,8 +218,6 @@ class DeploymentViewSet(viewsets.ModelViewSet):
                 "validation": _report_body(report),
             }
         )
-
-    simple_config.required_permission = "deployments.view_deployment"  # type: ignore[attr-defined]
 
 
 class DeploymentConfigYamlView(APIView):
@@ -298,11 +251,6 @@ class ValidateView(APIView):
     def post(self, request: Request) -> Response:
         report = validate_request(request.data, timing=conf.timing())
         return Response(_report_body(report))
-
-
-@extend_schema_view(post=extend_schema(exclude=True))
-class ValidateSlashView(ValidateView):
-    """``validate/`` with a trailing slash, as the router's other paths have."""
 
 
 def _report_body(report: Any) -> dict[str, Any]:

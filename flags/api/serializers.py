@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
-from canary_site.api.serializers import StrictSerializer
+from canary_site.api.serializers import RelatedName, StrictSerializer
+from canary_site.selectors import user_named
 from flags import selectors
 from flags.choices import FlagStatus, FlagType, ValueType
+from flags.definition import DEFINITION_FIELDS
 from flags.models import Flag, Segment
 
 DEFINITION_HELP = (
@@ -21,9 +22,7 @@ DEFINITION_HELP = (
 
 
 class FlagSerializer(serializers.ModelSerializer):
-    owner = serializers.CharField(
-        source="owner.username", read_only=True, default=None, allow_null=True
-    )
+    owner = RelatedName("owner.username")
     stale = serializers.SerializerMethodField()
     stale_reason = serializers.SerializerMethodField()
     rollout_percentage = serializers.SerializerMethodField()
@@ -35,15 +34,8 @@ class FlagSerializer(serializers.ModelSerializer):
             "name",
             "description",
             "flag_type",
-            "value_type",
             "status",
-            "variants",
-            "off_variant",
-            "rules",
-            "default_rule",
-            "targets",
-            "stickiness",
-            "salt",
+            *DEFINITION_FIELDS,
             "expires_on",
             "owner",
             "tags",
@@ -107,12 +99,7 @@ class FlagWriteSerializer(StrictSerializer):
     )
 
     def validate_owner(self, value: str | None) -> Any:
-        if not value:
-            return None
-        user = get_user_model().objects.filter(username=value).first()
-        if user is None:
-            raise serializers.ValidationError(f"No user named '{value}'.")
-        return user
+        return user_named(value or "", error=serializers.ValidationError)
 
 
 RULE_HELP = "{name, segments, constraints, serve}, as in the flag's ``rules`` (docs/flags.md)."

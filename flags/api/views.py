@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ParseError
@@ -18,7 +18,8 @@ from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from canary_site.choices import Source
+from canary_site.api.actions import object_verb, requires, validated
+from canary_site.audit import writer
 from canary_site.exceptions import ValidationFailed
 from flags import selectors, services
 from flags.api.serializers import (
@@ -39,21 +40,10 @@ from flags.api.serializers import (
 from flags.filtersets import FlagFilterSet, SegmentFilterSet
 from flags.models import Flag, Segment
 
-F = TypeVar("F", bound=Callable[..., Any])
 KEY_IN_PATH = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 RULE_INDEX = OpenApiParameter(
     "index", OpenApiTypes.INT, OpenApiParameter.PATH, description="The rule's position, from 0."
 )
-
-
-def requires(permission: str) -> Callable[[F], F]:
-    """The model permission an action needs (read by ``HasRolePermissions``)."""
-
-    def mark(function: F) -> F:
-        function.required_permission = permission  # type: ignore[attr-defined]
-        return function
-
-    return mark
 
 
 class SafeJSONParser(JSONParser):
@@ -71,10 +61,12 @@ class SafeJSONParser(JSONParser):
         return data
 
 
-def _validated(serializer_class: type, data: Any, **kwargs: Any) -> dict[str, Any]:
-    serializer = serializer_class(data=data, **kwargs)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
+class KeyedViewSet(viewsets.ModelViewSet):
+    """Flags and segments: addressed by key, and written as JSON the database can store."""
+
+    parser_classes = [SafeJSONParser]
+    lookup_field = "key"
+    lookup_value_regex = KEY_IN_PATH
 
 
 def evaluation_body(flag: Flag, context: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +83,22 @@ def evaluation_body(flag: Flag, context: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class FlagViewSet(viewsets.ModelViewSet):
+def _flag_verb(name: str, service: Callable[..., Flag], body: type) -> Any:
+    """``POST /api/v1/flags/{key}/<name>/``: ``service`` with the body's fields; the flag after."""
+
+    def perform(view: FlagViewSet, request: Request, data: dict[str, Any]) -> dict[str, Any]:
+        flag = service(flag=view.get_object(), **writer(request), **data)
+        return view._read(flag.key)
+
+    return object_verb(
+        name, perform, body=body, responses=FlagSerializer, permission="flags.change_flag"
+    )
+
+
+@extend_schema_view(
+    partial_update=extend_schema(request=FlagWriteSerializer, responses=FlagSerializer)
+)
+class FlagViewSet(KeyedViewSet):
     """Feature flags by key. Viewers and approvers read; engineers write.
 
     Verbs: ``enable``, ``disable``, ``kill`` (a reason is required), ``rollout`` (the default
@@ -103,9 +110,6 @@ class FlagViewSet(viewsets.ModelViewSet):
     queryset = Flag.objects.all()
     serializer_class = FlagSerializer
     filterset_class = FlagFilterSet
-    parser_classes = [SafeJSONParser]
-    lookup_field = "key"
-    lookup_value_regex = KEY_IN_PATH
     ordering_fields = ["key", "updated_at", "created_at"]
 
     def get_queryset(self) -> Any:
@@ -113,7 +117,7 @@ class FlagViewSet(viewsets.ModelViewSet):
 
     @extend_schema(request=FlagWriteSerializer, responses={201: FlagSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        data = _validated(FlagWriteSerializer, request.data)
+        data = validated(FlagWriteSerializer, request.data)
         if "key" not in data:
             raise ValidationFailed("A key is required.", field="key")
         if "version" in data:
@@ -121,83 +125,41 @@ class FlagViewSet(viewsets.ModelViewSet):
                 "A new flag starts at version 1; send a version only with a change.",
                 field="version",
             )
-        flag = services.flag_create(**data, actor=request.user, source=Source.API)
+        flag = services.flag_create(**data, **writer(request))
         return Response(self._read(flag.key), status=status.HTTP_201_CREATED)
 
     @extend_schema(request=FlagWriteSerializer, responses=FlagSerializer)
     def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         flag = self.get_object()
-        data = _validated(FlagWriteSerializer, request.data)
+        data = validated(FlagWriteSerializer, request.data)
         expected = data.pop("version", None)
         services.flag_update(
             flag=flag,
             changes=data,
             expected_version=expected,
-            actor=request.user,
-            source=Source.API,
+            **writer(request),
         )
         return Response(self._read(flag.key))
 
-    @extend_schema(request=FlagWriteSerializer, responses=FlagSerializer)
-    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return self.update(request, *args, **kwargs)
+    def perform_destroy(self, instance: Any) -> None:
+        services.flag_delete(flag=instance, **writer(self.request))
 
-    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        services.flag_delete(flag=self.get_object(), actor=request.user, source=Source.API)
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-    @extend_schema(request=ReasonSerializer, responses=FlagSerializer)
-    @action(detail=True, methods=["post"])
-    @requires("flags.change_flag")
-    def enable(self, request: Request, key: str | None = None) -> Response:
-        data = _validated(ReasonSerializer, request.data)
-        flag = services.flag_enable(
-            flag=self.get_object(), actor=request.user, source=Source.API, **data
-        )
-        return Response(self._read(flag.key))
-
-    @extend_schema(request=ReasonSerializer, responses=FlagSerializer)
-    @action(detail=True, methods=["post"])
-    @requires("flags.change_flag")
-    def disable(self, request: Request, key: str | None = None) -> Response:
-        data = _validated(ReasonSerializer, request.data)
-        flag = services.flag_disable(
-            flag=self.get_object(), actor=request.user, source=Source.API, **data
-        )
-        return Response(self._read(flag.key))
-
-    @extend_schema(request=KillSerializer, responses=FlagSerializer)
-    @action(detail=True, methods=["post"])
-    @requires("flags.change_flag")
-    def kill(self, request: Request, key: str | None = None) -> Response:
-        data = _validated(KillSerializer, request.data)
-        flag = services.flag_kill(
-            flag=self.get_object(), actor=request.user, source=Source.API, **data
-        )
-        return Response(self._read(flag.key))
-
-    @extend_schema(request=RolloutSerializer, responses=FlagSerializer)
-    @action(detail=True, methods=["post"])
-    @requires("flags.change_flag")
-    def rollout(self, request: Request, key: str | None = None) -> Response:
-        data = _validated(RolloutSerializer, request.data)
-        flag = services.flag_set_rollout(
-            flag=self.get_object(), actor=request.user, source=Source.API, **data
-        )
-        return Response(self._read(flag.key))
+    enable = _flag_verb("enable", services.flag_enable, ReasonSerializer)
+    disable = _flag_verb("disable", services.flag_disable, ReasonSerializer)
+    kill = _flag_verb("kill", services.flag_kill, KillSerializer)
+    rollout = _flag_verb("rollout", services.flag_set_rollout, RolloutSerializer)
 
     @extend_schema(request=RuleAddSerializer, responses={201: FlagSerializer})
     @action(detail=True, methods=["post"], url_path="rules")
     @requires("flags.change_flag")
     def rule_add(self, request: Request, key: str | None = None) -> Response:
-        data = _validated(RuleAddSerializer, request.data)
+        data = validated(RuleAddSerializer, request.data)
         flag = services.flag_rule_add(
             flag=self.get_object(),
             rule=data["rule"],
             expected_version=data.get("version"),
             reason=data["reason"],
-            actor=request.user,
-            source=Source.API,
+            **writer(request),
         )
         return Response(self._read(flag.key), status=status.HTTP_201_CREATED)
 
@@ -218,25 +180,23 @@ class FlagViewSet(viewsets.ModelViewSet):
     def rule(self, request: Request, key: str | None = None, index: str = "") -> Response:
         flag = self.get_object()
         if request.method == "DELETE":
-            data = _validated(RuleDeleteSerializer, request.query_params.dict())
+            data = validated(RuleDeleteSerializer, request.query_params.dict())
             flag = services.flag_rule_delete(
                 flag=flag,
                 index=int(index),
                 expected_version=data["version"],
                 reason=data["reason"],
-                actor=request.user,
-                source=Source.API,
+                **writer(request),
             )
         else:
-            data = _validated(RuleUpdateSerializer, request.data)
+            data = validated(RuleUpdateSerializer, request.data)
             flag = services.flag_rule_update(
                 flag=flag,
                 index=int(index),
                 rule=data["rule"],
                 expected_version=data["version"],
                 reason=data["reason"],
-                actor=request.user,
-                source=Source.API,
+                **writer(request),
             )
         return Response(self._read(flag.key))
 
@@ -244,15 +204,14 @@ class FlagViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"], url_path=r"rules/(?P<index>[0-9]+)/move")
     @requires("flags.change_flag")
     def rule_move(self, request: Request, key: str | None = None, index: str = "") -> Response:
-        data = _validated(RuleMoveSerializer, request.data)
+        data = validated(RuleMoveSerializer, request.data)
         flag = services.flag_rule_move(
             flag=self.get_object(),
             index=int(index),
             to=data["to"],
             expected_version=data["version"],
             reason=data["reason"],
-            actor=request.user,
-            source=Source.API,
+            **writer(request),
         )
         return Response(self._read(flag.key))
 
@@ -260,7 +219,7 @@ class FlagViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     @requires("flags.view_flag")
     def evaluate(self, request: Request, key: str | None = None) -> Response:
-        data = _validated(EvaluateSerializer, request.data)
+        data = validated(EvaluateSerializer, request.data)
         return Response(evaluation_body(self.get_object(), data["context"]))
 
     def _read(self, key: str) -> dict[str, Any]:
@@ -268,15 +227,15 @@ class FlagViewSet(viewsets.ModelViewSet):
         return FlagSerializer(flag, context=self.get_serializer_context()).data
 
 
-class SegmentViewSet(viewsets.ModelViewSet):
+@extend_schema_view(
+    partial_update=extend_schema(request=SegmentWriteSerializer, responses=SegmentSerializer)
+)
+class SegmentViewSet(KeyedViewSet):
     """Segments (cohorts) by key: reusable constraints that flag rules name."""
 
     queryset = Segment.objects.all()
     serializer_class = SegmentSerializer
     filterset_class = SegmentFilterSet
-    parser_classes = [SafeJSONParser]
-    lookup_field = "key"
-    lookup_value_regex = KEY_IN_PATH
     ordering_fields = ["key", "updated_at"]
 
     def get_queryset(self) -> Any:
@@ -287,10 +246,8 @@ class SegmentViewSet(viewsets.ModelViewSet):
 
     @extend_schema(request=SegmentWriteSerializer, responses={201: SegmentSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        data = _validated(SegmentWriteSerializer, request.data)
-        segment = services.segment_create(
-            key=data.pop("key", ""), **data, actor=request.user, source=Source.API
-        )
+        data = validated(SegmentWriteSerializer, request.data)
+        segment = services.segment_create(key=data.pop("key", ""), **data, **writer(request))
         return Response(
             SegmentSerializer(segment, context=self.get_serializer_context()).data,
             status=status.HTTP_201_CREATED,
@@ -298,16 +255,11 @@ class SegmentViewSet(viewsets.ModelViewSet):
 
     @extend_schema(request=SegmentWriteSerializer, responses=SegmentSerializer)
     def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        data = _validated(SegmentWriteSerializer, request.data)
+        data = validated(SegmentWriteSerializer, request.data)
         segment = services.segment_update(
-            segment=self.get_object(), changes=data, actor=request.user, source=Source.API
+            segment=self.get_object(), changes=data, **writer(request)
         )
         return Response(SegmentSerializer(segment, context=self.get_serializer_context()).data)
 
-    @extend_schema(request=SegmentWriteSerializer, responses=SegmentSerializer)
-    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return self.update(request, *args, **kwargs)
-
-    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        services.segment_delete(segment=self.get_object(), actor=request.user, source=Source.API)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+    def perform_destroy(self, instance: Any) -> None:
+        services.segment_delete(segment=instance, **writer(self.request))

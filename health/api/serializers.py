@@ -9,14 +9,19 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from canary_site.api.serializers import BlankableURLField, StrictSerializer
+from canary_site.api.serializers import BlankableURLField, RelatedName, StrictSerializer
 from health.ingest import NAME_PATTERN
 from health.models import Alert, HealthCheck, HealthPolicy
 from health.selectors import MAX_WINDOW_SECONDS, is_series_metric
+from health.services import POLICY_FIELDS
 
 NAME_MESSAGE = "Use 1 to 100 letters, digits or _.:-/@+."
 _DURATION = re.compile(r"(\d+)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+# What a check and an alert are about, first in both: the canary, its baseline and the policy.
+SUBJECT_FIELDS = ["id", "service", "canary_version", "stable_version", "policy", "policy_name"]
 
 
 class NameField(serializers.RegexField):
@@ -31,21 +36,7 @@ class HealthPolicySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = HealthPolicy
-        fields = [
-            "id",
-            "name",
-            "description",
-            "policy",
-            "alerting_enabled",
-            "alert_channels",
-            "alert_recipients",
-            "slack_webhook_url",
-            "webhook_url",
-            "alert_cooldown_seconds",
-            "escalation_rules",
-            "created_at",
-            "updated_at",
-        ]
+        fields = ["id", *POLICY_FIELDS, "created_at", "updated_at"]
         read_only_fields = fields
 
 
@@ -84,12 +75,7 @@ class HealthCheckSerializer(serializers.ModelSerializer):
     class Meta:
         model = HealthCheck
         fields = [
-            "id",
-            "service",
-            "canary_version",
-            "stable_version",
-            "policy",
-            "policy_name",
+            *SUBJECT_FIELDS,
             "window_seconds",
             "window_end",
             "planned_canary_share",
@@ -121,26 +107,15 @@ class HealthCheckCreateSerializer(StrictSerializer):
 
 
 class AlertSerializer(serializers.ModelSerializer):
-    policy_name = serializers.CharField(
-        source="policy.name", read_only=True, default=None, allow_null=True
-    )
-    acknowledged_by = serializers.CharField(
-        source="acknowledged_by.username", read_only=True, default=None, allow_null=True
-    )
-    resolved_by = serializers.CharField(
-        source="resolved_by.username", read_only=True, default=None, allow_null=True
-    )
+    policy_name = RelatedName("policy.name")
+    acknowledged_by = RelatedName("acknowledged_by.username")
+    resolved_by = RelatedName("resolved_by.username")
     last_check = serializers.PrimaryKeyRelatedField(read_only=True)
 
     class Meta:
         model = Alert
         fields = [
-            "id",
-            "service",
-            "canary_version",
-            "stable_version",
-            "policy",
-            "policy_name",
+            *SUBJECT_FIELDS,
             "severity",
             "status",
             "title",

@@ -3,6 +3,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from canary_site.api.routes import optional_slash
 from health.api import views
 
 router = SimpleRouter()
@@ -11,8 +12,7 @@ router.register("health/checks", views.HealthCheckViewSet, basename="health-chec
 router.register("health/alerts", views.AlertViewSet, basename="health-alert")
 
 urlpatterns = [
-    path("health/metrics", views.MetricsPushView.as_view(), name="health-metrics"),
-    path("health/metrics/", views.MetricsPushSlashView.as_view()),
+    *optional_slash("health/metrics", views.MetricsPushView.as_view(), name="health-metrics"),
     path("health/series/", views.SeriesView.as_view(), name="health-series"),
     *router.urls,
 ]

@@ -11,7 +11,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from canary_site.choices import Source
+from canary_site.api.actions import requires, validated
+from canary_site.audit import request_source, writer
 from canary_site.exceptions import ValidationFailed
 from health import conf, selectors, services
 from health.api.serializers import (
@@ -42,29 +43,20 @@ class HealthPolicyViewSet(viewsets.ModelViewSet):
 
     @extend_schema(request=HealthPolicyWriteSerializer, responses={201: HealthPolicySerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        serializer = HealthPolicyWriteSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        policy = services.health_policy_create(
-            actor=request.user, source=Source.API, **serializer.validated_data
-        )
+        data = validated(HealthPolicyWriteSerializer, request.data)
+        policy = services.health_policy_create(**writer(request), **data)
         return Response(HealthPolicySerializer(policy).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=HealthPolicyWriteSerializer, responses=HealthPolicySerializer)
     def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         partial = kwargs.pop("partial", False)
         policy = self.get_object()
-        serializer = HealthPolicyWriteSerializer(data=request.data, partial=partial)
-        serializer.is_valid(raise_exception=True)
-        policy = services.health_policy_update(
-            policy=policy, actor=request.user, source=Source.API, **serializer.validated_data
-        )
+        data = validated(HealthPolicyWriteSerializer, request.data, partial=partial)
+        policy = services.health_policy_update(policy=policy, **writer(request), **data)
         return Response(HealthPolicySerializer(policy).data)
 
-    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        services.health_policy_delete(
-            policy=self.get_object(), actor=request.user, source=Source.API
-        )
-        return Response(status=status.HTTP_204_NO_CONTENT)
+    def perform_destroy(self, instance: Any) -> None:
+        services.health_policy_delete(policy=instance, **writer(self.request))
 
 
 class HealthCheckViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
@@ -79,9 +71,7 @@ class HealthCheckViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
 
     @extend_schema(request=HealthCheckCreateSerializer, responses={201: HealthCheckSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        serializer = HealthCheckCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = validated(HealthCheckCreateSerializer, request.data)
         check = services.health_evaluate(
             service=data["service"],
             canary_version=data["canary_version"],
@@ -102,35 +92,23 @@ class AlertViewSet(viewsets.ReadOnlyModelViewSet):
     search_fields = ["service", "canary_version", "title"]
     ordering_fields = ["raised_at", "last_seen_at", "severity"]
 
+    def _act(self, request: Request, service: Any) -> Response:
+        data = validated(AlertActionSerializer, request.data)
+        note = data.get("note", "")
+        alert = service(alert=self.get_object(), note=note, **writer(request))
+        return Response(AlertSerializer(selectors.alert_by_id(alert_id=alert.pk)).data)
+
     @extend_schema(request=AlertActionSerializer, responses=AlertSerializer)
     @action(detail=True, methods=["post"])
+    @requires("health.change_alert")
     def acknowledge(self, request: Request, pk: str | None = None) -> Response:
-        serializer = AlertActionSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        alert = services.alert_acknowledge(
-            alert=self.get_object(),
-            actor=request.user,
-            source=Source.API,
-            note=serializer.validated_data.get("note", ""),
-        )
-        return Response(AlertSerializer(selectors.alert_by_id(alert_id=alert.pk)).data)
-
-    acknowledge.required_permission = "health.change_alert"  # type: ignore[attr-defined]
+        return self._act(request, services.alert_acknowledge)
 
     @extend_schema(request=AlertActionSerializer, responses=AlertSerializer)
     @action(detail=True, methods=["post"])
+    @requires("health.change_alert")
     def resolve(self, request: Request, pk: str | None = None) -> Response:
-        serializer = AlertActionSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        alert = services.alert_resolve(
-            alert=self.get_object(),
-            actor=request.user,
-            source=Source.API,
-            note=serializer.validated_data.get("note", ""),
-        )
-        return Response(AlertSerializer(selectors.alert_by_id(alert_id=alert.pk)).data)
-
-    resolve.required_permission = "health.change_alert"  # type: ignore[attr-defined]
+        return self._act(request, services.alert_resolve)
 
 
 class MetricsPushView(APIView):
@@ -156,9 +134,8 @@ class MetricsPushView(APIView):
                 f"The body is {length:,} bytes; at most {limit:,} are accepted per push.",
                 field="samples",
             )
-        serializer = MetricsPushSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        key = serializer.validated_data.get("idempotency_key")
+        data = validated(MetricsPushSerializer, request.data)
+        key = data.get("idempotency_key")
         header = request.headers.get("Idempotency-Key")
         if header and key and header != key:
             raise ValidationFailed(
@@ -166,21 +143,13 @@ class MetricsPushView(APIView):
                 field="idempotency_key",
             )
         result = services.metrics_push(
-            samples=serializer.validated_data["samples"],
+            samples=data["samples"],
             idempotency_key=key or header,
             user=request.user,
-            source=Source.API,
+            source=request_source(request),
         )
         code = status.HTTP_200_OK if result.duplicate else status.HTTP_202_ACCEPTED
         return Response(result.to_dict(), status=code)
-
-
-class MetricsPushSlashView(MetricsPushView):
-    """``/health/metrics/`` as well, so a client adding the slash is not redirected."""
-
-    @extend_schema(exclude=True)
-    def post(self, request: Request) -> Response:
-        return super().post(request)
 
 
 class SeriesView(APIView):

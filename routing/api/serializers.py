@@ -18,6 +18,7 @@ from canary_site.api.serializers import StrictSerializer
 from canary_site.exceptions import ValidationFailed
 from routing.choices import Strategy
 from routing.models import RoutingRule, Service, Target
+from routing.services import TARGET_FIELDS
 
 PERCENT = {
     "max_digits": 5,
@@ -71,13 +72,7 @@ class TargetSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "service",
-            "name",
-            "endpoint",
-            "version",
-            "weight",
-            "healthy",
-            "metadata",
-            "health_check",
+            *TARGET_FIELDS,
             "consecutive_successes",
             "consecutive_failures",
             "last_checked_at",

@@ -3,6 +3,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from canary_site.api.routes import optional_slash
 from routing.api import views
 
 router = SimpleRouter()
@@ -11,8 +12,7 @@ router.register("routing/targets", views.TargetViewSet, basename="routing-target
 router.register("routing/rules", views.RuleViewSet, basename="routing-rule")
 
 urlpatterns = [
-    path("routing/decide", views.DecideView.as_view(), name="routing-decide"),
-    path("routing/decide/", views.DecideSlashView.as_view(), name="routing-decide-slash"),
+    *optional_slash("routing/decide", views.DecideView.as_view(), name="routing-decide"),
     path(
         "routing/services/<slug:name>/nginx.conf",
         views.NginxConfigView.as_view(),

@@ -7,15 +7,16 @@ from typing import Any
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from canary_site.api.actions import requires, validated
 from canary_site.api.serializers import ErrorSerializer
-from canary_site.choices import Source
+from canary_site.audit import writer
 from canary_site.exceptions import NotFound, ValidationFailed
 from routing import exporters, selectors, services
 from routing.api.serializers import (
@@ -31,10 +32,7 @@ from routing.api.serializers import (
 )
 from routing.filtersets import RuleFilterSet, ServiceFilterSet, TargetFilterSet
 from routing.models import Service
-
-
-def _writer(request: Request) -> dict[str, Any]:
-    return {"actor": request.user, "source": Source.API}
+from routing.snapshot import service_snapshot
 
 
 def _service_named(name: str) -> Service:
@@ -46,12 +44,11 @@ def _service_named(name: str) -> Service:
 
 def _partial_data(serializer_class: type, data: Any, *, omit: tuple[str, ...] = ()) -> Any:
     """Validate only the fields sent (a PATCH, or a PUT that leaves some out)."""
-    serializer = serializer_class(data=data, partial=True)
-    serializer.is_valid(raise_exception=True)
+    data = validated(serializer_class, data, partial=True)
     for name in omit:
-        if name in serializer.validated_data:
+        if name in data:
             raise ValidationFailed(f"{name}: cannot be changed.", field=name)
-    return serializer.validated_data
+    return data
 
 
 class ServiceViewSet(viewsets.ModelViewSet):
@@ -67,9 +64,8 @@ class ServiceViewSet(viewsets.ModelViewSet):
 
     @extend_schema(request=ServiceWriteSerializer, responses={201: ServiceSerializer})
     def create(self, request: Request) -> Response:
-        serializer = ServiceWriteSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        service = services.service_create(**serializer.validated_data, **_writer(request))
+        data = validated(ServiceWriteSerializer, request.data)
+        service = services.service_create(**data, **writer(request))
         return Response(ServiceSerializer(service).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=ServiceWriteSerializer, responses=ServiceSerializer)
@@ -77,16 +73,12 @@ class ServiceViewSet(viewsets.ModelViewSet):
         service = self.get_object()
         changes = dict(_partial_data(ServiceWriteSerializer, request.data))
         service = services.service_update(
-            service=service, reason=changes.pop("reason", ""), **changes, **_writer(request)
+            service=service, reason=changes.pop("reason", ""), **changes, **writer(request)
         )
         return Response(ServiceSerializer(selectors.service_list().get(pk=service.pk)).data)
 
-    def partial_update(self, request: Request, name: str | None = None) -> Response:
-        return self.update(request, name=name, partial=True)
-
-    def destroy(self, request: Request, name: str | None = None) -> Response:
-        services.service_delete(service=self.get_object(), **_writer(request))
-        return Response(status=status.HTTP_204_NO_CONTENT)
+    def perform_destroy(self, instance: Any) -> None:
+        services.service_delete(service=instance, **writer(self.request))
 
 
 class TargetViewSet(viewsets.ModelViewSet):
@@ -100,11 +92,9 @@ class TargetViewSet(viewsets.ModelViewSet):
 
     @extend_schema(request=TargetWriteSerializer, responses={201: TargetSerializer})
     def create(self, request: Request) -> Response:
-        serializer = TargetWriteSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = dict(serializer.validated_data)
+        data = validated(TargetWriteSerializer, request.data)
         service = _service_named(data.pop("service"))
-        target = services.target_create(service=service, **data, **_writer(request))
+        target = services.target_create(service=service, **data, **writer(request))
         return Response(TargetSerializer(target).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=TargetWriteSerializer, responses=TargetSerializer)
@@ -112,16 +102,12 @@ class TargetViewSet(viewsets.ModelViewSet):
         target = self.get_object()
         changes = dict(_partial_data(TargetWriteSerializer, request.data, omit=("service",)))
         target = services.target_update(
-            target=target, reason=changes.pop("reason", ""), **changes, **_writer(request)
+            target=target, reason=changes.pop("reason", ""), **changes, **writer(request)
         )
         return Response(TargetSerializer(target).data)
 
-    def partial_update(self, request: Request, pk: str | None = None) -> Response:
-        return self.update(request, pk=pk, partial=True)
-
-    def destroy(self, request: Request, pk: str | None = None) -> Response:
-        services.target_delete(target=self.get_object(), **_writer(request))
-        return Response(status=status.HTTP_204_NO_CONTENT)
+    def perform_destroy(self, instance: Any) -> None:
+        services.target_delete(target=instance, **writer(self.request))
 
 
 class RuleViewSet(viewsets.ModelViewSet):
@@ -136,11 +122,9 @@ class RuleViewSet(viewsets.ModelViewSet):
 
     @extend_schema(request=RuleWriteSerializer, responses={201: RuleSerializer})
     def create(self, request: Request) -> Response:
-        serializer = RuleWriteSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = dict(serializer.validated_data)
+        data = validated(RuleWriteSerializer, request.data)
         service = _service_named(data.pop("service"))
-        rule = services.rule_create(service=service, **data, **_writer(request))
+        rule = services.rule_create(service=service, **data, **writer(request))
         return Response(
             RuleSerializer(selectors.rule_list().get(pk=rule.pk)).data,
             status=status.HTTP_201_CREATED,
@@ -151,34 +135,28 @@ class RuleViewSet(viewsets.ModelViewSet):
         rule = self.get_object()
         changes = dict(_partial_data(RuleWriteSerializer, request.data, omit=("service",)))
         services.rule_update(
-            rule=rule, reason=changes.pop("reason", ""), **changes, **_writer(request)
+            rule=rule, reason=changes.pop("reason", ""), **changes, **writer(request)
         )
         return Response(RuleSerializer(selectors.rule_list().get(pk=rule.pk)).data)
 
-    def partial_update(self, request: Request, pk: str | None = None) -> Response:
-        return self.update(request, pk=pk, partial=True)
-
-    def destroy(self, request: Request, pk: str | None = None) -> Response:
-        services.rule_delete(rule=self.get_object(), **_writer(request))
-        return Response(status=status.HTTP_204_NO_CONTENT)
+    def perform_destroy(self, instance: Any) -> None:
+        services.rule_delete(rule=instance, **writer(self.request))
 
     @extend_schema(request=WeightsSerializer, responses=RuleSerializer)
     @action(detail=True, methods=["post"])
+    @requires("routing.change_routingrule")
     def weights(self, request: Request, pk: str | None = None) -> Response:
         """Set the rule's split in one call: target names to percentages (summing to 100 for
         a weighted rule); targets left out keep their weight."""
         rule = self.get_object()
-        serializer = WeightsSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        data = validated(WeightsSerializer, request.data)
         services.rule_set_weights(
             rule=rule,
-            weights=serializer.validated_data["weights"],
-            reason=serializer.validated_data["reason"],
-            **_writer(request),
+            weights=data["weights"],
+            reason=data["reason"],
+            **writer(request),
         )
         return Response(RuleSerializer(selectors.rule_list().get(pk=rule.pk)).data)
-
-    weights.required_permission = "routing.change_routingrule"  # type: ignore[attr-defined]
 
 
 class DecideView(APIView):
@@ -192,15 +170,9 @@ class DecideView(APIView):
         request=DecideRequestSerializer, responses={200: DecisionSerializer, 404: ErrorSerializer}
     )
     def post(self, request: Request) -> Response:
-        serializer = DecideRequestSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        decision = selectors.decision_for(**serializer.validated_data)
+        data = validated(DecideRequestSerializer, request.data)
+        decision = selectors.decision_for(**data)
         return Response(selectors.decision_summary(decision))
-
-
-@extend_schema_view(post=extend_schema(exclude=True))
-class DecideSlashView(DecideView):
-    """``decide/`` with a trailing slash, as the router's other paths have."""
 
 
 class NginxConfigView(APIView):
@@ -216,7 +188,7 @@ class NginxConfigView(APIView):
         responses={(200, "text/plain"): OpenApiTypes.STR},
     )
     def get(self, request: Request, name: str) -> HttpResponse:
-        snapshot = selectors.service_snapshot(name=name)
+        snapshot = service_snapshot(name=name)
         if snapshot is None:
             raise NotFound(f"No service named {name!r}.")
         listen = request.query_params.get("listen", "8080")

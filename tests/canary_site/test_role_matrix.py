@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -264,6 +265,29 @@ def _build_world() -> World:
         subject="matrix is failing",
     )
 
+    from rollback import services as rollback_services
+    from rollback.models import ApprovalRequest
+
+    approval_policy = rollback_services.approval_policy_create(
+        name="matrix", scope_kind="service", scope_value="matrix", actions=["flag.update"]
+    )
+    # A pending request of the owner's, for a version of the flag that has moved on since: an
+    # approver's decision reaches the version check (409), and nothing is applied.
+    approval = ApprovalRequest.objects.create(
+        policy=approval_policy,
+        action="flag.update",
+        object_type="flags.flag",
+        object_id=str(flag.pk),
+        object_repr=f"flag {flag.key}",
+        object_version="0",
+        change={"before": {"name": flag.name}, "after": {"name": "renamed"}},
+        service="flags.services.flag_update",
+        arguments={"flag": {"$model": "flags.flag", "pk": flag.pk}, "changes": {"name": "x"}},
+        requester=owner,
+        expires_at=now + timedelta(days=1),
+    )
+    approval.approvers.set([users[APPROVER], users[ADMIN], users[SUPER]])
+
     attempt_fields = {
         "user_agent": "matrix",
         "ip_address": "127.0.0.1",
@@ -305,6 +329,8 @@ def _build_world() -> World:
         ("health", "pushbatch"): push.pk,
         ("health", "prometheusquery"): query.pk,
         ("deployments", "deployment"): deployment.pk,
+        ("rollback", "approvalpolicy"): approval_policy.pk,
+        ("rollback", "approvalrequest"): approval.pk,
     }
     values = {
         "flag": flag.key,
@@ -330,6 +356,9 @@ def _build_world() -> World:
         "api/v1/health/checks/": str(check.pk),
         "api/v1/health/alerts/": str(alert.pk),
         "api/v1/deployments/": str(deployment.pk),
+        "request_id": str(approval.pk),
+        "api/v1/approvals/": str(approval.pk),
+        "api/v1/approval-policies/": str(approval_policy.pk),
     }
     evidence = [
         (AuditEntry, audit_entry.pk),
@@ -571,6 +600,14 @@ EXPECTED: dict[str, dict[str, Row]] = {
     "deployments/<deployment_id>/row/": {GET: PAGE},
     "deployments/<deployment_id>/act/": {POST: engineers(302)},
     "rollback/": {GET: PAGE},
+    "rollback/approvals/mine/": {GET: PAGE},
+    # Polled by every page of a signed-in person; one without a role awaits nothing.
+    "rollback/approvals/badge/": {GET: row(L, 200, 200, 200, 200, 200, 200)},
+    "rollback/approvals/<request_id>/": {GET: PAGE},
+    # An empty decision goes back to the request with the reason, for those who may decide.
+    "rollback/approvals/<request_id>/decide/": {POST: row(L, 403, 403, 403, 302, 302, 302)},
+    # Back to the request with the reason: only its requester (or an admin) may cancel it.
+    "rollback/approvals/<request_id>/cancel/": {POST: row(L, 403, 302, 302, 302, 302, 302)},
     "accounts/login/": {
         GET: row(200, 302, 302, 302, 302, 302, 302),
         POST: row(200, 302, 302, 302, 302, 302, 302),
@@ -775,6 +812,21 @@ EXPECTED: dict[str, dict[str, Row]] = {
     },
     "admin/deployments/deployment/<object_id>/change/": {GET: STAFF, POST: admin_engineers(200)},
     "admin/deployments/deployment/<object_id>/": {GET: STAFF_REDIRECT, POST: STAFF_REDIRECT},
+    "admin/rollback/approvalpolicy/": {GET: STAFF, POST: row(L, L, 200, 200, 200, 302, 302)},
+    "admin/rollback/approvalpolicy/add/": {GET: ADMINS, POST: ADMINS},
+    "admin/rollback/approvalpolicy/<object_id>/history/": {GET: STAFF},
+    "admin/rollback/approvalpolicy/<object_id>/delete/": {
+        GET: ADMINS,
+        POST: row(L, L, 403, 403, 403, 302, 302),
+    },
+    "admin/rollback/approvalpolicy/<object_id>/change/": {GET: STAFF, POST: ADMINS},
+    "admin/rollback/approvalpolicy/<object_id>/": {GET: STAFF_REDIRECT, POST: STAFF_REDIRECT},
+    "admin/rollback/approvalrequest/": {GET: STAFF, POST: STAFF_REDIRECT},
+    "admin/rollback/approvalrequest/add/": {GET: NO_ONE, POST: NO_ONE},
+    "admin/rollback/approvalrequest/<object_id>/history/": {GET: STAFF},
+    "admin/rollback/approvalrequest/<object_id>/delete/": {GET: NO_ONE, POST: NO_ONE},
+    "admin/rollback/approvalrequest/<object_id>/change/": {GET: STAFF, POST: NO_ONE},
+    "admin/rollback/approvalrequest/<object_id>/": {GET: STAFF_REDIRECT, POST: STAFF_REDIRECT},
     "admin/<app_label>/": {GET: STAFF},
     "admin/<url>": {GET: admin_staff(404, engineers=404)},
     "api/v1/": api(GET=API_READ),
@@ -844,6 +896,18 @@ EXPECTED: dict[str, dict[str, Row]] = {
     "api/v1/deployments/<pk>/resume/": api(POST=api_engineers(409)),
     "api/v1/deployments/<pk>/retry/": api(POST=api_engineers(409)),
     "api/v1/deployments/<pk>/start/": api(POST=api_engineers(200)),
+    "api/v1/approvals/": api(GET=API_READ),
+    "api/v1/approvals/<pk>/": api(GET=API_READ),
+    "api/v1/approvals/<pk>/approve/": api(POST=row(401, 403, 403, 403, 409, 409, 409)),
+    "api/v1/approvals/<pk>/reject/": api(POST=row(401, 403, 403, 403, 409, 409, 409)),
+    "api/v1/approvals/<pk>/cancel/": api(POST=row(401, 403, 403, 403, 403, 200, 200)),
+    "api/v1/approval-policies/": api(GET=API_READ, POST=row(401, 403, 403, 403, 403, 400, 400)),
+    "api/v1/approval-policies/<pk>/": api(
+        GET=API_READ,
+        PUT=row(401, 403, 403, 403, 403, 400, 400),
+        PATCH=row(401, 403, 403, 403, 403, 200, 200),
+        DELETE=row(401, 403, 403, 403, 403, 204, 204),
+    ),
     "ofrep/v1/evaluate/flags": public(POST=everyone(401)),
     "ofrep/v1/evaluate/flags/<key>": public(POST=everyone(401)),
     "ofrep/v1/configuration": public(GET=everyone(401)),
@@ -868,6 +932,8 @@ MISSING_EXCEPTIONS: dict[tuple[str, str], int] = {
     ("api/v1/flags/<key>/rollout/", POST): 400,
     ("api/v1/flags/<key>/rules/", POST): 400,
     ("api/v1/flags/<key>/rules/<index>/move/", POST): 400,
+    # Every role may cancel its own requests, so the request is looked up first.
+    ("api/v1/approvals/<pk>/cancel/", POST): 404,
     # The admin looks the object up before the permission (and finds nothing to show).
     ("admin/axes/accessattempt/<object_id>/history/", GET): 302,
     ("admin/axes/accesslog/<object_id>/history/", GET): 302,

@@ -111,6 +111,21 @@ def seed_objects() -> None:
     running = deployments.deployment_create(config=config | {"name": "shop 2.0 b"})
     deployments.deployment_transition(deployment_id=running.pk, action="start")
 
+    # A policy, and a pending request it opened, for the approvals API.
+    from canary_site import services as site
+    from canary_site.choices import Role
+    from canary_site.gates import ApprovalRequired
+    from rollback import services as rollback
+
+    approver = get_user_model().objects.create_user(username="fuzz-approver")
+    site.user_set_roles(user=approver, roles=[Role.APPROVER])
+    rollback.approval_policy_create(
+        name="payments", scope_kind="flag_tag", scope_value="payments", actions=["flag.enable"]
+    )
+    gated = flags.flag_create(key="pay-later", tags=["payments"])
+    with pytest.raises(ApprovalRequired):
+        flags.flag_enable(flag=gated)
+
 
 @pytest.fixture(scope="module")
 def admin_token(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:

@@ -6,7 +6,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from canary_site import selectors
+from canary_site.overview import overview_counts
 
 pytestmark = pytest.mark.django_db
 
@@ -24,7 +24,7 @@ def test_overview_counts__reflect_flags_and_routing():
     )
     routing_services.target_set_health(target=target, healthy=False)
 
-    counts = selectors.overview_counts()
+    counts = overview_counts()
 
     assert counts["flags_enabled"] == 1
     assert counts["flags_killed"] == 1
@@ -38,10 +38,10 @@ def test_overview_counts__take_the_same_queries_however_many_rows():
     from flags import services as flag_services
 
     with CaptureQueriesContext(connection) as empty:
-        selectors.overview_counts()
+        overview_counts()
     for index in range(5):
         flag_services.flag_create(key=f"flag-{index}", status="enabled")
     with CaptureQueriesContext(connection) as full:
-        selectors.overview_counts()
+        overview_counts()
 
     assert len(full) == len(empty)

@@ -12,8 +12,8 @@ from django.db import connection, transaction
 
 from canary_site.versions import VersionToken, counter_bump, counter_value
 from flags.models import FlagsVersion
-from routing import selectors as routing_selectors
 from routing import services as routing_services
+from routing import snapshot as routing_snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -109,7 +109,7 @@ def test_counter_bump__two_open_transactions__neither_waits_and_both_count():
 def test_routing_version__with_the_cache_unreachable__a_write_commits_and_moves_it(
     settings, caplog
 ):
-    version = routing_selectors.ROUTING_VERSION
+    version = routing_snapshot.ROUTING_VERSION
     version.reset()
     before = version.read()
     settings.CACHES = UNREACHABLE_CACHE

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from deployments.config import Criterion, Operator, PhaseConfig, RollbackThresholds
 from deployments.lifecycle import (
     ACTIVE_STATUSES,
+    PERSON_ACTIONS,
     TERMINAL_STATUSES,
     TRANSITIONS,
     Action,
@@ -28,6 +29,7 @@ from deployments.lifecycle import (
     allowed_actions,
     can,
     is_terminal,
+    person_actions,
     phase_judgement,
     transition,
 )
@@ -192,6 +194,14 @@ def test_allowed_actions__follow_the_order_of_the_action_enum() -> None:
         A.ABORT,
     ]
     assert allowed_actions(S.SUCCEEDED) == []
+
+
+def test_person_actions__are_the_tables_less_the_ticks_own_verbs() -> None:
+    assert set(PERSON_ACTIONS) == set(Action) - {A.SUCCEED, A.ROLLBACK, A.FINISH_ROLLBACK, A.FAIL}
+    assert person_actions(S.RUNNING) == [A.PAUSE, A.PROMOTE, A.PROMOTE_FULL, A.ABORT]
+    assert person_actions(S.ROLLING_BACK) == []
+    for status in Status:
+        assert set(person_actions(status)) == set(allowed_actions(status)) & set(PERSON_ACTIONS)
 
 
 @pytest.mark.parametrize("status", list(Status))

@@ -534,6 +534,52 @@ def test_transitions_many__are_on_the_audit_trail_with_their_own_reason_and_verb
     ).exists()
 
 
+def test_transitions_many__successes_make_each_canary_stable_in_queries_that_do_not_grow(
+    db, engineer
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from canary_site.models import AuditEntry
+
+    def successes(deployments: list[Deployment]) -> list[services.TransitionRequest]:
+        return [
+            services.TransitionRequest(d.pk, "promote_full", reason=f"ship {d.name}")
+            for d in deployments
+        ]
+
+    few, many = started_deployments(2), started_deployments(6, offset=2)
+    versions = {d.service_id: Service.objects.get(pk=d.service_id).routing_version for d in many}
+
+    with CaptureQueriesContext(connection) as two:
+        services.deployments_transition(requests=successes(few), actor=engineer, source="ui")
+    with CaptureQueriesContext(connection) as six:
+        results = services.deployments_transition(
+            requests=successes(many), actor=engineer, source="ui"
+        )
+
+    assert len(six.captured_queries) == len(two.captured_queries)
+    assert all(result.done for result in results)
+    for deployment, result in zip(many, results, strict=True):
+        service = Service.objects.get(pk=deployment.service_id)
+        assert service.stable_version == CANARY
+        assert result.deployment.service.stable_version == CANARY
+        # The weights and the rule's retirement, then the stable version: one bump each.
+        assert service.routing_version == versions[service.pk] + 2
+        assert result.event.evidence["stableVersion"] == CANARY
+        entry = AuditEntry.objects.get(
+            content_type__model="service",
+            object_pk=str(service.pk),
+            action=AuditEntry.Action.UPDATE,
+        )
+        assert entry.changes["stable_version"] == [STABLE, CANARY]
+        assert (entry.actor, entry.source, entry.reason) == (
+            engineer,
+            "ui",
+            f"ship {deployment.name}",
+        )
+
+
 def test_canary_leaving_traffic__resolves_its_open_alerts(make_deployment, policy):
     from health.models import Alert
 

@@ -496,3 +496,121 @@ def test_tick__many_deployments_advancing_at_once__are_written_in_a_fixed_number
     for deployment in many:
         assert canary_weight(deployment) == 50  # phase 2's share, set in the advance itself
         assert Deployment.objects.get(pk=deployment.pk).current_phase == 2
+
+
+# ---------------------------------------------------------------------------- decisions in bulk
+
+# Each way a tick decides, as (phases, configuration, canary requests and errors a bucket, the
+# report's counter): the decision comes with the first look 25 s after the start.
+DECISIONS = {
+    "advance": ([bare_phase(10), bare_phase(50), bare_phase(100)], {}, (50, 0), "advanced"),
+    "succeed": ([bare_phase(100)], {}, (50, 0), "succeeded"),
+    "rollback": ([bare_phase(10, errorRate=5), bare_phase(100)], {}, (50, 20), "rolled_back"),
+    # Without canary traffic the phase cannot pass; past its maximum time it fails.
+    "fail": (
+        [bare_phase(10, duration_ms=10_000), bare_phase(100, duration_ms=10_000)],
+        {"maxDeploymentTimeMs": 20_000},
+        (0, 0),
+        "failed",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(DECISIONS))
+def test_tick__many_deployments_deciding_at_once__take_as_many_queries_as_two(
+    kind, clock, django_capture_on_commit_callbacks
+):
+    """Promote, succeed, roll back (and finish) or fail: the events, audit entries, routing
+    weights, stable versions, news and signals of every decision of a tick are written in
+    statements whose number does not grow with the deployments that decide."""
+    from deployments.signals import deployment_transitioned
+    from health import services as health_services
+    from health.models import NotificationOutbox
+
+    phases, top, (requests, errors), counter = DECISIONS[kind]
+    alerting = health_services.health_policy_create(
+        name="bulk-news",
+        alerting_enabled=True,
+        alert_channels=["email"],
+        alert_recipients=["oncall@example.com"],
+        policy={
+            "window_seconds": BUCKET,
+            "min_requests": 10,
+            "trend": {"enabled": False},
+            "sample_ratio": {"enabled": False},
+            "comparison": {"enabled": False},
+            "auto_rollback": {"enabled": False},
+        },
+    )
+
+    def make_many(count: int, offset: int) -> list[Deployment]:
+        made = []
+        for index in range(offset, offset + count):
+            name = f"svc-{index}"
+            service = routing_services.service_create(name=name, stable_version=STABLE)
+            routing_services.target_create(
+                service=service, name="stable", endpoint="http://127.0.0.1:9", version=STABLE
+            )
+            routing_services.target_create(
+                service=service, name="canary", endpoint="http://127.0.0.1:10", version=CANARY
+            )
+            deployment = services.deployment_create(
+                config=make_config(service=name, name=name, phases=phases, **top),
+                health_policy=alerting,
+            )
+            start(deployment, clock)
+            if requests:
+                feed(start=clock.now, seconds=120, service=name, requests=requests, errors=errors)
+            feed(start=clock.now, seconds=120, service=name, version=STABLE, requests=450)
+            made.append(deployment)
+        return made
+
+    def deciding_tick(deployments: list[Deployment]) -> tuple[services.TickReport, int, int]:
+        signals: list[dict[str, Any]] = []
+
+        def receiver(**kwargs: Any) -> None:
+            signals.append(kwargs)
+
+        deployment_transitioned.connect(receiver)
+        try:
+            with (
+                django_capture_on_commit_callbacks(execute=True),
+                CaptureQueriesContext(connection) as captured,
+            ):
+                report = services.deployments_tick(now=clock.advance(25))
+        finally:
+            deployment_transitioned.disconnect(receiver)
+        assert {s["deployment"].pk for s in signals} == {d.pk for d in deployments}
+        return report, len(captured.captured_queries), len(signals)
+
+    few = make_many(2, 0)
+    few_report, few_queries, few_signals = deciding_tick(few)
+    for deployment in Deployment.objects.filter(status=DeploymentStatus.RUNNING):
+        services.deployment_transition(deployment_id=deployment.pk, action="abort", now=clock.now)
+    many = make_many(7, 2)
+    news_before = NotificationOutbox.objects.count()  # the starts' news included
+    many_report, many_queries, many_signals = deciding_tick(many)
+
+    assert (getattr(few_report, counter), getattr(many_report, counter)) == (2, 7)
+    assert many_report.errors == []
+    assert many_queries == few_queries
+    # A rollback is two transitions (rolling back, then rolled back); the rest are one.
+    assert many_signals == (14 if kind == "rollback" else 7) and few_signals * 7 == many_signals * 2
+    # The news of each decision, one e-mail each (the end of a rollback is not news).
+    assert NotificationOutbox.objects.count() - news_before == 7
+    for deployment in many:
+        deployment.refresh_from_db()
+        weight = canary_weight(deployment)
+        if kind == "advance":
+            assert (deployment.current_phase, weight) == (2, 50)
+        elif kind == "succeed":
+            assert deployment.status == DeploymentStatus.SUCCEEDED
+            assert Service.objects.get(pk=deployment.service_id).stable_version == CANARY
+        else:
+            assert deployment.status == (
+                DeploymentStatus.ROLLED_BACK if kind == "rollback" else DeploymentStatus.FAILED
+            )
+            assert weight == 0
+    if kind == "rollback":
+        rollback = many[0].events.get(kind=EventKind.ROLLBACK)
+        assert "faultStart" in rollback.evidence

@@ -17,6 +17,7 @@ from health.choices import AlertStatus, NotificationEvent
 from health.histogram import Histogram
 from health.ingest import OutcomeBatchItem, parse_samples
 from health.models import Alert, HealthCheck, MetricBucket, NotificationOutbox, PushBatch
+from health.services.ingestion import _digest_of_reprs
 from health.signals import health_evaluated
 from health.windows import EvaluationRequest
 from tests.health.conftest import lognormal, traffic
@@ -271,9 +272,7 @@ def test_push__a_key_stored_with_the_digest_used_before__is_still_a_retry(now):
     deltas = parse_samples(
         samples, resolution=2, now=now, max_future_seconds=300, max_age_seconds=86_400
     )
-    PushBatch.objects.create(
-        key="before", digest=services._digest_of_reprs(deltas), samples=len(samples)
-    )
+    PushBatch.objects.create(key="before", digest=_digest_of_reprs(deltas), samples=len(samples))
 
     retry = services.metrics_push(samples=samples, idempotency_key="before", now=now)
 

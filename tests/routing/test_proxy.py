@@ -26,6 +26,7 @@ from health.choices import TRAFFIC_METRIC
 from health.models import MetricBucket
 from routing import selectors, services
 from routing.models import RoutingRule
+from routing.snapshot import ROUTING_VERSION
 from tests.conftest import process_env, wait_for
 from tests.routing.conftest import CANARY, STABLE, Backend, fetch_many, free_port, http_get
 
@@ -603,7 +604,7 @@ def test_proxy__serves_and_reloads_while_a_transaction_locks_the_routing_rows__a
         # A table lock (a migration's) blocks even plain reads: the reload gives up and the
         # proxy serves on from the snapshots it has.
         with transaction_holding("LOCK TABLE routing_service IN ACCESS EXCLUSIVE MODE"):
-            selectors.ROUTING_VERSION.publish()
+            ROUTING_VERSION.publish()
             time.sleep(3)
         ended = time.monotonic()
         # Once the lock is gone, the next change is loaded as usual.

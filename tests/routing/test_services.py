@@ -12,7 +12,8 @@ from django.core.cache import cache
 from canary_site.choices import Source
 from canary_site.exceptions import TransitionNotAllowed, ValidationFailed
 from canary_site.models import AuditEntry
-from routing import selectors, services
+from routing import definition, selectors, services
+from routing import snapshot as routing_snapshot
 from routing.engine import Reason
 from routing.models import RoutingRule, RuleTarget, Service, Target
 
@@ -46,7 +47,7 @@ def refused(call: Any, **kwargs: Any) -> ValidationFailed:
 def test_rule_create__compiles_into_the_engine_snapshot(shop):
     rule = split(shop, canary=12.5, affinity={"type": "cookie", "name": "s", "ttl_s": 60})
 
-    snapshot = selectors.service_snapshot(name="shop")
+    snapshot = routing_snapshot.service_snapshot(name="shop")
 
     assert snapshot is not None
     assert [t.weight for t in snapshot.rules[0].targets] == [8750, 1250]
@@ -124,7 +125,7 @@ def test_every_write__bumps_the_service_column_and_the_shared_cache_key(
     shop, django_capture_on_commit_callbacks
 ):
     before_column = Service.objects.get().routing_version
-    before_key = cache.get(selectors.ROUTING_VERSION_KEY)
+    before_key = cache.get(routing_snapshot.VERSION_CACHE_KEY)
 
     with django_capture_on_commit_callbacks(execute=True):
         rule = split(shop)
@@ -132,17 +133,17 @@ def test_every_write__bumps_the_service_column_and_the_shared_cache_key(
         services.rule_set_weights(rule=rule, weights={"canary": 20, "stable": 80})
 
     assert Service.objects.get().routing_version == before_column + 2
-    assert cache.get(selectors.ROUTING_VERSION_KEY) != before_key
-    assert selectors.service_snapshot(name="shop").version == before_column + 2
+    assert cache.get(routing_snapshot.VERSION_CACHE_KEY) != before_key
+    assert routing_snapshot.service_snapshot(name="shop").version == before_column + 2
 
 
 def test_cache_key__is_bumped_only_after_commit(shop, django_capture_on_commit_callbacks):
-    before = cache.get(selectors.ROUTING_VERSION_KEY)
+    before = cache.get(routing_snapshot.VERSION_CACHE_KEY)
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         split(shop)
 
-    assert cache.get(selectors.ROUTING_VERSION_KEY) == before
+    assert cache.get(routing_snapshot.VERSION_CACHE_KEY) == before
     assert len(callbacks) >= 1
 
 
@@ -195,7 +196,7 @@ def test_target_rename__follows_into_rules__but_not_into_fallback_lists(shop):
 
     services.target_update(target=canary, name="canary-a")
 
-    assert selectors.service_snapshot(name="shop").rules[0].targets[1].id == "canary-a"
+    assert routing_snapshot.service_snapshot(name="shop").rules[0].targets[1].id == "canary-a"
     services.rule_update(rule=rule, failover={"fallback_target_ids": ["stable"]})
     stable = Target.objects.get(name="stable")
     error = refused(services.target_update, target=stable, name="stable-a")
@@ -216,7 +217,7 @@ def test_service_update__renaming__keeps_its_routing(shop):
 
     services.service_update(service=shop, name="store")
 
-    snapshot = selectors.service_snapshot(name="store")
+    snapshot = routing_snapshot.service_snapshot(name="store")
     assert snapshot is not None and len(snapshot.rules) == 1
 
 
@@ -228,7 +229,7 @@ def test_service_delete__removes_rules_and_targets(shop):
     assert not (Service.objects.exists() or Target.objects.exists() or RoutingRule.objects.exists())
 
 
-def test_all_snapshot_data__takes_four_queries_whatever_the_number_of_services(
+def test_all_service_definitions__take_four_queries_whatever_the_number_of_services(
     django_assert_num_queries,
 ):
     for index in range(6):
@@ -240,10 +241,10 @@ def test_all_snapshot_data__takes_four_queries_whatever_the_number_of_services(
         services.rule_create(service=service, targets={"a": 50, "b": 50})
 
     with django_assert_num_queries(4):
-        data = selectors.all_snapshot_data()
+        data = definition.all_service_definitions()
 
     assert len(data) == 6
-    assert len(selectors.all_snapshots()) == 6
+    assert len(routing_snapshot.all_snapshots()) == 6
 
 
 def test_decision_for__an_unknown_service__is_not_found():

@@ -13,6 +13,7 @@ from django.utils import timezone
 from canary_site.models import AuditEntry
 from routing import selectors, services, tasks
 from routing.models import Service, Target
+from routing.snapshot import service_snapshot
 from tests.conftest import celery_args, wait_for
 from tests.routing.conftest import free_port
 
@@ -62,7 +63,7 @@ def test_probes__mark_a_failing_target_unhealthy_at_the_threshold__and_healthy_a
     assert Service.objects.get().routing_version > version_before
     entry = AuditEntry.objects.filter(verb="mark_unhealthy").get()
     assert "3 consecutive failed health checks" in entry.reason
-    assert selectors.service_snapshot(name="shop").targets[0].healthy is False
+    assert service_snapshot(name="shop").targets[0].healthy is False
 
     backend.recover()
     probe_rounds(1)

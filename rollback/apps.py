@@ -6,3 +6,10 @@ from django.apps import AppConfig
 class RollbackConfig(AppConfig):
     name = "rollback"
     verbose_name = "Rollback"
+
+    def ready(self) -> None:
+        # The lower apps' services call the gate in canary_site; the policies live here.
+        from canary_site import gates
+        from rollback.services import PolicyGate
+
+        gates.register(PolicyGate())

@@ -1,1 +1,50 @@
 """Choices (TextChoices) of the rollback app."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class ScopeKind(models.TextChoices):
+    """What part of the system an approval policy covers."""
+
+    ALL = "all", "Everything"
+    SERVICE = "service", "A service"
+    FLAG_TAG = "flag_tag", "Flags with a tag"
+    ENVIRONMENT = "environment", "An environment label"
+
+
+class ApproverKind(models.TextChoices):
+    """Who may approve under a policy."""
+
+    ROLE = "role", "The approver role"
+    GROUP = "group", "A group"
+    USERS = "users", "Listed users"
+
+
+class RequestState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+    EXPIRED = "expired", "Expired"
+    CANCELLED = "cancelled", "Cancelled"
+    APPLIED = "applied", "Applied"
+    SUPERSEDED = "superseded", "Superseded"
+
+
+# A request in these states takes no more decisions.
+CLOSED_STATES = frozenset(
+    {
+        RequestState.APPROVED,
+        RequestState.REJECTED,
+        RequestState.EXPIRED,
+        RequestState.CANCELLED,
+        RequestState.APPLIED,
+        RequestState.SUPERSEDED,
+    }
+)
+
+
+class Verdict(models.TextChoices):
+    APPROVE = "approve", "Approve"
+    REJECT = "reject", "Reject"

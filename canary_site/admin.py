@@ -10,7 +10,7 @@ edits a superuser or grants superuser powers.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django import forms
@@ -46,6 +46,30 @@ class ReadOnlyAdminMixin:
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+def each_through_service(
+    modeladmin: admin.ModelAdmin,
+    request: HttpRequest,
+    queryset: QuerySet,
+    call: Callable[[Any], Any],
+    *,
+    name_of: Callable[[Any], str],
+    label: str,
+    noun: str,
+) -> None:
+    """A bulk action: ``call`` the service on each selected row; a refusal is told with the
+    row's name and does not stop the rest, and the rows done are counted in one message."""
+    done = 0
+    for obj in queryset:
+        try:
+            call(obj)
+        except CanaryError as error:
+            modeladmin.message_user(request, f"{name_of(obj)}: {error.message}", messages.ERROR)
+        else:
+            done += 1
+    if done:
+        modeladmin.message_user(request, f"{label}: {done} {noun}(s).", messages.SUCCESS)
 
 
 class ServiceValidatedForm(forms.ModelForm):

@@ -8,7 +8,8 @@ same three parts. Services raise these errors; views and serializers never inven
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import NON_FIELD_ERRORS, RequestDataTooBig
@@ -19,6 +20,8 @@ from django.db import OperationalError as DatabaseOperationalError
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
+
+T = TypeVar("T")
 
 
 class CanaryError(Exception):
@@ -60,6 +63,15 @@ class Forbidden(CanaryError):
 class NotFound(CanaryError):
     status_code = 404
     code = "not_found"
+
+
+def or_404(read: Callable[..., T], /, **lookup: Any) -> T:
+    """``read(**lookup)`` for a dashboard page: a NotFound becomes Django's 404 page, with the
+    message the selector gave."""
+    try:
+        return read(**lookup)
+    except NotFound as error:
+        raise Http404(error.message) from None
 
 
 class TransitionNotAllowed(CanaryError):

@@ -11,7 +11,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from canary_site.admin import GatedAdminMixin, RefusableDeleteMixin
+from canary_site.admin import GatedAdminMixin, RefusableDeleteMixin, each_through_service
 from canary_site.choices import Source
 from canary_site.exceptions import CanaryError
 from deployments import services
@@ -67,22 +67,21 @@ def _lifecycle_action(verb: Action) -> Callable[..., None]:
     label = DeploymentAction(verb).label
 
     def run(modeladmin: DeploymentAdmin, request: HttpRequest, queryset: QuerySet) -> None:
-        done = 0
-        for deployment in queryset:
-            try:
-                services.deployment_transition(
-                    deployment_id=deployment.pk,
-                    action=verb,
-                    actor=request.user,
-                    source=Source.UI,
-                    reason=f"admin: {label.lower()}",
-                )
-            except CanaryError as error:
-                modeladmin.message_user(request, f"{deployment}: {error.message}", messages.ERROR)
-            else:
-                done += 1
-        if done:
-            modeladmin.message_user(request, f"{label}: {done} deployment(s).", messages.SUCCESS)
+        each_through_service(
+            modeladmin,
+            request,
+            queryset,
+            lambda deployment: services.deployment_transition(
+                deployment_id=deployment.pk,
+                action=verb,
+                actor=request.user,
+                source=Source.UI,
+                reason=f"admin: {label.lower()}",
+            ),
+            name_of=str,
+            label=label,
+            noun="deployment",
+        )
 
     run.__name__ = f"{verb}_deployments"
     # A lifecycle verb needs the change permission, as its API twin does.

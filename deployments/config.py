@@ -401,6 +401,18 @@ class FieldReader:
                 return self.error(path, INVALID_TYPE, f"has a key that is not a string: {key!r}.")
         return value
 
+    def record(
+        self, value: Any, path: str, allowed: Sequence[str], *, fields_at: str | None = None
+    ) -> Mapping[str, Any] | _Missing:
+        """An object whose keys are all ``allowed``; an unknown key is an error, and the object
+        is still returned so that its known keys are read too. ``fields_at`` is the path the
+        keys' errors start from where it differs from ``path``: a document's top names its
+        fields bare (``name``, not ``config.name``)."""
+        data = self.mapping(value, path)
+        if not isinstance(data, _Missing):
+            self.keys(data, allowed, path if fields_at is None else fields_at)
+        return data
+
     def keys(self, data: Mapping[str, Any], allowed: Sequence[str], path: str) -> None:
         for key in data:
             if key not in allowed:
@@ -554,39 +566,30 @@ class ConfigReading:
 def read_config(data: Any) -> ConfigReading:
     """Read a configuration dictionary, collecting every schema error rather than raising."""
     reader = FieldReader()
-    top = reader.mapping(data, "config")
+    top = reader.record(data, "config", _TOP_KEYS, fields_at="")
     if isinstance(top, _Missing):
         return ConfigReading(None, (), {}, tuple(reader.errors))
-    reader.keys(top, _TOP_KEYS, "")
 
     fields: dict[str, Any] = {}
     for key in ("name", "serviceName", "stableVersion", "canaryVersion"):
         fields[key] = reader.get(top, key, "", reader.string)
-    fields["description"] = reader.get(top, "description", "", reader.text, default="")
-    for key in ("stableEndpoint", "canaryEndpoint"):
-        fields[key] = reader.get(top, key, "", reader.string, default=None)
-    fields["initialTrafficPercentage"] = reader.get(
-        top, "initialTrafficPercentage", "", reader.number, default=None
+    optional: tuple[tuple[str, Callable[[Any, str], Any], Any], ...] = (
+        ("description", reader.text, ""),
+        ("stableEndpoint", reader.string, None),
+        ("canaryEndpoint", reader.string, None),
+        ("initialTrafficPercentage", reader.number, None),
+        (
+            "trafficShiftStrategy",
+            lambda v, p: reader.choice(TrafficShiftStrategy, v, p),
+            TrafficShiftStrategy.PHASED,
+        ),
+        ("autoPromote", reader.boolean, True),
+        ("autoRollback", reader.boolean, True),
+        ("maxDeploymentTimeMs", reader.milliseconds, DEFAULT_MAX_DEPLOYMENT_TIME_MS),
+        ("notifications", lambda v, p: _read_notifications(reader, v, p), Notifications()),
     )
-    fields["trafficShiftStrategy"] = reader.get(
-        top,
-        "trafficShiftStrategy",
-        "",
-        lambda v, p: reader.choice(TrafficShiftStrategy, v, p),
-        default=TrafficShiftStrategy.PHASED,
-    )
-    fields["autoPromote"] = reader.get(top, "autoPromote", "", reader.boolean, default=True)
-    fields["autoRollback"] = reader.get(top, "autoRollback", "", reader.boolean, default=True)
-    fields["maxDeploymentTimeMs"] = reader.get(
-        top, "maxDeploymentTimeMs", "", reader.milliseconds, default=DEFAULT_MAX_DEPLOYMENT_TIME_MS
-    )
-    fields["notifications"] = reader.get(
-        top,
-        "notifications",
-        "",
-        lambda v, p: _read_notifications(reader, v, p),
-        default=Notifications(),
-    )
+    for key, read, default in optional:
+        fields[key] = reader.get(top, key, "", read, default=default)
 
     phases: list[PhaseConfig | None] = []
     raw_phases = reader.get(top, "phases", "", reader.sequence)
@@ -633,10 +636,9 @@ def parse_config(data: Any) -> DeploymentConfig:
 def _read_phase(reader: FieldReader, raw: Any, index: int) -> PhaseConfig | None:
     path = f"phases[{index}]"
     before = len(reader.errors)
-    data = reader.mapping(raw, path)
+    data = reader.record(raw, path, _PHASE_KEYS)
     if isinstance(data, _Missing):
         return None
-    reader.keys(data, _PHASE_KEYS, path)
     traffic = reader.get(data, "trafficPercentage", path, reader.number)
     phase_id = reader.get(data, "id", path, reader.string, default=f"phase-{index + 1}")
     default_name = (
@@ -689,10 +691,9 @@ def _read_phase_status(reader: FieldReader) -> Callable[[Any, str], Any]:
 
 def _read_criterion(reader: FieldReader, raw: Any, path: str) -> Criterion | None:
     before = len(reader.errors)
-    data = reader.mapping(raw, path)
+    data = reader.record(raw, path, _CRITERION_KEYS)
     if isinstance(data, _Missing):
         return None
-    reader.keys(data, _CRITERION_KEYS, path)
     metric = reader.get(data, "metric", path, reader.metric)
     operator = reader.get(data, "operator", path, lambda v, p: reader.choice(Operator, v, p))
     threshold = reader.get(data, "threshold", path, reader.number)

@@ -284,10 +284,9 @@ def validate_request(body: Any, *, timing: Timing | None = None) -> ValidationRe
     """Validate the REST body ``{type, config, context, strictMode}`` (the guide's request)."""
     findings = Findings()
     reader = FieldReader()
-    data = reader.mapping(body, "request")
+    data = reader.record(body, "request", ("type", "config", "context", "strictMode"), fields_at="")
     if is_missing(data):
         return _report(_with_reader_errors(findings, reader), False)
-    reader.keys(data, ("type", "config", "context", "strictMode"), "")
     type_name = reader.get(data, "type", "", reader.string, default=CANARY_DEPLOYMENT)
     strict = reader.get(data, "strictMode", "", reader.boolean, default=False)
     if "config" not in data or data["config"] is None:
@@ -358,12 +357,11 @@ def read_context(raw: Mapping[str, Any] | None, findings: Findings) -> Context:
     if raw is None:
         return Context()
     reader = FieldReader()
-    data = reader.mapping(raw, "context")
+    path = "context"
+    data = reader.record(raw, path, _CONTEXT_KEYS)
     if is_missing(data):
         _with_reader_errors(findings, reader)
         return Context()
-    path = "context"
-    reader.keys(data, _CONTEXT_KEYS, path)
     values: dict[str, Any] = {}
     values["environment"] = reader.get(data, "environment", path, reader.string, default=None)
     for key in ("region", "cluster", "namespace"):
@@ -430,20 +428,18 @@ def _read_policies(reader: FieldReader, raw: Any, path: str) -> dict[str, Any]:
     required: set[str] = set()
     for index, item in enumerate(items):
         where = f"{path}[{index}]"
-        policy = reader.mapping(item, where)
+        policy = reader.record(item, where, ("name", "rules"))
         if is_missing(policy):
             continue
-        reader.keys(policy, ("name", "rules"), where)
         reader.get(policy, "name", where, reader.string)
         rules = reader.get(policy, "rules", where, reader.sequence, default=())
         if is_missing(rules):
             continue
         for number, rule in enumerate(rules):
             rule_path = f"{where}.rules[{number}]"
-            data = reader.mapping(rule, rule_path)
+            data = reader.record(rule, rule_path, ("type", "required", "config"))
             if is_missing(data):
                 continue
-            reader.keys(data, ("type", "required", "config"), rule_path)
             kind = reader.get(
                 data,
                 "type",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -21,7 +21,7 @@ from django_htmx.http import HttpResponseStopPolling
 
 from canary_site import htmx
 from canary_site.audit import writer
-from canary_site.exceptions import CanaryError, NotFound
+from canary_site.exceptions import CanaryError, or_404
 from canary_site.gates import ApprovalRequired
 from canary_site.htmx import partial_template
 from canary_site.roles import RoleRequiredMixin
@@ -39,10 +39,7 @@ ACTION_LABELS = {str(verb): DeploymentAction(verb).label for verb in PERSON_ACTI
 
 
 def _deployment(deployment_id: int) -> Deployment:
-    try:
-        return selectors.deployment_get(deployment_id=deployment_id)
-    except NotFound as error:
-        raise Http404(error.message) from None
+    return or_404(selectors.deployment_get, deployment_id=deployment_id)
 
 
 class IndexView(RoleRequiredMixin, TemplateView):

@@ -1529,8 +1529,7 @@ class _Judge:
             return [unavailable]
         assert reference is not None and phase.stable is not None
         fast = self.fast
-        fast_canary = fast.canary if fast is not None else _EMPTY
-        fast_stable = fast.stable if fast is not None and fast.stable is not None else _EMPTY
+        fast_canary, fast_stable = self._fast_samples()
         decision = sequential.judge_errors(
             canary_phase=(canary.errors, canary.requests),
             canary_fast=(fast_canary.errors, fast_canary.requests),
@@ -1560,25 +1559,15 @@ class _Judge:
         verdict, counts_as, head = self._phase_verdict(
             bool(decision.phase_breach), canary.errors, canary.requests, null
         )
-        evidence = (
-            f"e-value {_format_evalue(log_e)}, {1.0 / settings.alpha:g} needed, "
-            f"anytime-valid at alpha {settings.alpha:g}"
-        )
+        evidence = self._evidence(log_e)
         message = (
             f"{label} since the phase began: {_sample(canary.errors, canary.requests)} "
             f"against {stable_text}; it may have up to {allowed}: {verdict}, {head} "
             f"({evidence})."
         )
         results = [
-            MetricResult(
-                metric=ERROR_RATE,
-                check=Check.COMPARISON,
-                verdict=verdict,
-                counts_as=counts_as,
-                value=canary_rate - stable_rate,
-                message=message,
-                inputs=inputs,
-                window="phase",
+            self._phase_result(
+                ERROR_RATE, verdict, counts_as, canary_rate - stable_rate, message, inputs
             )
         ]
         breach_message = (
@@ -1603,20 +1592,7 @@ class _Judge:
                     f"{_sample(fast_canary.errors, fast_canary.requests)}, is far beyond the "
                     f"{allowed} allowed ({_format_p(float(decision.fast_p))})."
                 )
-        if settings.rollback:
-            self.comparisons.append(
-                RollbackCheck(
-                    metric=ERROR_RATE,
-                    operator=Operator.GT,
-                    threshold=100.0 * null,
-                    value=canary_rate,
-                    violations=int(bool(decision.breach)),
-                    needed=1,
-                    breached=bool(decision.breach),
-                    message=breach_message,
-                    check="comparison",
-                )
-            )
+        self._comparison_rollback(ERROR_RATE, decision, 100.0 * null, canary_rate, breach_message)
         return results
 
     def compare_latency(self) -> list[MetricResult]:
@@ -1640,8 +1616,7 @@ class _Judge:
             return [unavailable]
         assert reference is not None and phase.stable is not None
         fast = self.fast
-        fast_canary = fast.canary if fast is not None else _EMPTY
-        fast_stable = fast.stable if fast is not None and fast.stable is not None else _EMPTY
+        fast_canary, fast_stable = self._fast_samples()
         decision = sequential.judge_latency(
             canary_phase=canary.latency.counts,
             canary_fast=fast_canary.latency.counts,
@@ -1674,10 +1649,7 @@ class _Judge:
             bool(decision.phase_breach), slow, samples, null
         )
         ratio = f"{canary_value / stable_value:.3g}x" if stable_value > 0 else "stable at 0 ms"
-        evidence = (
-            f"e-value {_format_evalue(log_e)}, {1.0 / settings.alpha:g} needed, "
-            f"anytime-valid at alpha {settings.alpha:g}"
-        )
+        evidence = self._evidence(log_e)
         allowed = f"at most {100.0 * null:g}% may be"
         message = (
             f"{label} since the phase began: {canary_value:.1f} ms vs stable "
@@ -1686,15 +1658,8 @@ class _Judge:
             f"{allowed}: {verdict}, {head} ({evidence})."
         )
         results = [
-            MetricResult(
-                metric=LATENCY,
-                check=Check.COMPARISON,
-                verdict=verdict,
-                counts_as=counts_as,
-                value=canary_value - stable_value,
-                message=message,
-                inputs=inputs,
-                window="phase",
+            self._phase_result(
+                LATENCY, verdict, counts_as, canary_value - stable_value, message, inputs
             )
         ]
         breach_message = (
@@ -1726,21 +1691,68 @@ class _Judge:
                     f"{_share(float(decision.fast_bad), float(decision.fast_n))} slower than "
                     f"{threshold:.1f} ms ({_format_p(float(decision.fast_p))})."
                 )
-        if settings.rollback:
-            self.comparisons.append(
-                RollbackCheck(
-                    metric=LATENCY,
-                    operator=Operator.GT,
-                    threshold=threshold,
-                    value=canary_value,
-                    violations=int(bool(decision.breach)),
-                    needed=1,
-                    breached=bool(decision.breach),
-                    message=breach_message,
-                    check="comparison",
-                )
-            )
+        self._comparison_rollback(LATENCY, decision, threshold, canary_value, breach_message)
         return results
+
+    def _fast_samples(self) -> tuple[WindowStats, WindowStats]:
+        """The canary's and stable's fast windows, empty where there is none."""
+        fast = self.fast
+        if fast is None:
+            return _EMPTY, _EMPTY
+        return fast.canary, fast.stable if fast.stable is not None else _EMPTY
+
+    def _evidence(self, log_e: float) -> str:
+        alpha = self.policy.comparison.alpha
+        return (
+            f"e-value {_format_evalue(log_e)}, {1.0 / alpha:g} needed, "
+            f"anytime-valid at alpha {alpha:g}"
+        )
+
+    def _phase_result(
+        self,
+        metric: str,
+        verdict: Verdict,
+        counts_as: Verdict | None,
+        value: float,
+        message: str,
+        inputs: dict[str, Any],
+    ) -> MetricResult:
+        return MetricResult(
+            metric=metric,
+            check=Check.COMPARISON,
+            verdict=verdict,
+            counts_as=counts_as,
+            value=value,
+            message=message,
+            inputs=inputs,
+            window="phase",
+        )
+
+    def _comparison_rollback(
+        self,
+        metric: str,
+        decision: sequential.Decision,
+        threshold: float,
+        value: float,
+        message: str,
+    ) -> None:
+        """The comparison's rollback check, where the policy rolls back on comparisons: breached
+        when either window's test is."""
+        if not self.policy.comparison.rollback:
+            return
+        self.comparisons.append(
+            RollbackCheck(
+                metric=metric,
+                operator=Operator.GT,
+                threshold=threshold,
+                value=value,
+                violations=int(bool(decision.breach)),
+                needed=1,
+                breached=bool(decision.breach),
+                message=message,
+                check="comparison",
+            )
+        )
 
     def _fast_result(
         self,

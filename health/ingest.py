@@ -102,6 +102,21 @@ class BucketDelta:
             return []
         return [[index, count] for index, count in enumerate(self.latency) if count]
 
+    def additions(
+        self,
+    ) -> tuple[int, int, list[list[int]], float, int, float | None, float | None]:
+        """What the delta adds to its bucket, in the store's column order after the key columns
+        (``latency`` sparse)."""
+        return (
+            self.requests,
+            self.errors,
+            self.sparse_latency(),
+            self.value_sum,
+            self.value_count,
+            self.value_min,
+            self.value_max,
+        )
+
 
 def floor_time(moment: datetime, resolution: int) -> datetime:
     """The start of the ``resolution``-second bucket holding ``moment`` (UTC, epoch-aligned)."""

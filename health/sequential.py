@@ -507,14 +507,14 @@ def judge_latency(
 ) -> Decision:
     """Is the canary's percentile q significantly and materially above stable's? Arguments
     are histogram counts (last axis `NUM_BUCKETS`)."""
+    threshold = latency_threshold(
+        stable_reference=stable_reference,
+        stable_phase=stable_phase,
+        stable_fast=stable_fast,
+        q=q,
+        margin=margin,
+    )
     if _histograms(canary_phase, canary_fast, stable_reference, stable_phase, stable_fast):
-        threshold = latency_threshold(
-            stable_reference=stable_reference,
-            stable_phase=stable_phase,
-            stable_fast=stable_fast,
-            q=q,
-            margin=margin,
-        )
         unknown = math.isnan(threshold)
         index = min(bisect_left(_LOWER_BOUNDS, math.inf if unknown else threshold), NUM_BUCKETS)
         return _decide(
@@ -526,13 +526,6 @@ def judge_latency(
             margin=margin,
             threshold=threshold,
         )
-    threshold = latency_threshold(
-        stable_reference=stable_reference,
-        stable_phase=stable_phase,
-        stable_fast=stable_fast,
-        q=q,
-        margin=margin,
-    )
     index = slow_index(np.where(np.isnan(threshold), np.inf, threshold))
     phase = np.asarray(canary_phase, dtype=float)
     fast = np.asarray(canary_fast, dtype=float)

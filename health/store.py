@@ -214,13 +214,7 @@ def _rows_json(deltas: Sequence[BucketDelta]) -> str:
             delta.metric,
             delta.start.timestamp(),
             delta.resolution,
-            delta.requests,
-            delta.errors,
-            delta.sparse_latency(),
-            delta.value_sum,
-            delta.value_count,
-            delta.value_min,
-            delta.value_max,
+            *delta.additions(),
         )
         for delta in deltas
     ]
@@ -265,6 +259,7 @@ def _sqlite_upsert(deltas: Sequence[BucketDelta], *, batch: BatchRow | None) -> 
             chunk = deltas[offset : offset + rows_per_statement]
             params: list[Any] = []
             for delta in chunk:
+                requests, errors, latency, *values = delta.additions()
                 params.extend(
                     (
                         delta.service,
@@ -272,13 +267,10 @@ def _sqlite_upsert(deltas: Sequence[BucketDelta], *, batch: BatchRow | None) -> 
                         delta.metric,
                         adapt(delta.start),
                         delta.resolution,
-                        delta.requests,
-                        delta.errors,
-                        json.dumps(delta.sparse_latency(), separators=(",", ":")),
-                        delta.value_sum,
-                        delta.value_count,
-                        delta.value_min,
-                        delta.value_max,
+                        requests,
+                        errors,
+                        json.dumps(latency, separators=(",", ":")),
+                        *values,
                     )
                 )
             values = ", ".join([placeholder] * len(chunk))

@@ -80,6 +80,12 @@ class EvaluationRequest:
     planned_canary_share: float | None = None
     window_start: datetime | None = None
 
+    @property
+    def check_key(self) -> tuple[str, str, str, Any]:
+        """What a stored check of this canary is found by, before its window: service,
+        versions (no stable version is ``""``) and policy id."""
+        return (self.service, self.canary_version, self.stable_version or "", self.policy.pk)
+
 
 @dataclass
 class Inputs:
@@ -128,14 +134,7 @@ class _Plan:
 
     @property
     def key(self) -> tuple[str, str, str, int | None, int]:
-        request = self.request
-        return (
-            request.service,
-            request.canary_version,
-            request.stable_version or "",
-            request.policy.pk,
-            self.window_seconds,
-        )
+        return (*self.request.check_key, self.window_seconds)
 
     @property
     def window_seconds(self) -> int:

@@ -7,13 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from canary_site.admin import ServiceValidatedForm
+from canary_site.admin import ReadOnlyAdminMixin, ServiceValidatedForm, each_through_service
 from canary_site.choices import Source
-from canary_site.exceptions import CanaryError
 from rollback import services
 from rollback.models import ApprovalDecision, ApprovalPolicy, ApprovalRequest
 
@@ -68,34 +67,27 @@ class ApprovalPolicyAdmin(admin.ModelAdmin):
             services.approval_policy_delete(policy=policy, actor=request.user, source=Source.UI)
 
 
-class DecisionInline(admin.TabularInline):
+class DecisionInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = ApprovalDecision
     fields = ["approver", "verdict", "comment", "at"]
     readonly_fields = fields
     extra = 0
     can_delete = False
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 def _decision_action(
     name: str, description: str, service: Callable[..., Any], permission: str
 ) -> Callable[..., None]:
     def run(modeladmin: ApprovalRequestAdmin, request: HttpRequest, queryset: QuerySet) -> None:
-        done = 0
-        for approval in queryset:
-            try:
-                service(request_id=approval.pk, actor=request.user, source=Source.UI)
-            except CanaryError as error:
-                modeladmin.message_user(request, f"#{approval.pk}: {error.message}", messages.ERROR)
-            else:
-                done += 1
-        if done:
-            modeladmin.message_user(request, f"{description}: {done} request(s).", messages.SUCCESS)
+        each_through_service(
+            modeladmin,
+            request,
+            queryset,
+            lambda approval: service(request_id=approval.pk, actor=request.user, source=Source.UI),
+            name_of=lambda approval: f"#{approval.pk}",
+            label=description,
+            noun="request",
+        )
 
     run.__name__ = name
     return admin.action(
@@ -104,7 +96,7 @@ def _decision_action(
 
 
 @admin.register(ApprovalRequest)
-class ApprovalRequestAdmin(admin.ModelAdmin):
+class ApprovalRequestAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Requests are opened by the gated services and closed by decisions: nothing is edited
     here, and the actions call the same services as the inbox."""
 
@@ -144,15 +136,6 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
     cancel_requests = _decision_action(
         "cancel_requests", "Cancel", services.approval_request_cancel, "view"
     )
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_approve_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("rollback.approve_approvalrequest")

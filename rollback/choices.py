@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.db import models
 
+from canary_site.choices import worded
+
 
 class ScopeKind(models.TextChoices):
     """What part of the system an approval policy covers."""
@@ -22,14 +24,9 @@ class ApproverKind(models.TextChoices):
     USERS = "users", "Listed users"
 
 
-class RequestState(models.TextChoices):
-    PENDING = "pending", "Pending"
-    APPROVED = "approved", "Approved"
-    REJECTED = "rejected", "Rejected"
-    EXPIRED = "expired", "Expired"
-    CANCELLED = "cancelled", "Cancelled"
-    APPLIED = "applied", "Applied"
-    SUPERSEDED = "superseded", "Superseded"
+RequestState = worded(
+    "RequestState", "pending approved rejected expired cancelled applied superseded"
+)
 
 
 # A request in these states takes no more decisions.
@@ -45,6 +42,4 @@ CLOSED_STATES = frozenset(
 )
 
 
-class Verdict(models.TextChoices):
-    APPROVE = "approve", "Approve"
-    REJECT = "reject", "Reject"
+Verdict = worded("Verdict", "approve reject")

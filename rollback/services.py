@@ -287,6 +287,13 @@ def approval_request_open(
     requester = attempt.actor if getattr(attempt.actor, "is_authenticated", False) else None
     arguments = {k: v for k, v in attempt.arguments.items() if k not in _NOT_KEPT}
     diff = {"before": change.before, "after": change.after}
+    # What the request is about, and the version of it the requester saw.
+    subject = {
+        "action": change.action,
+        "object_type": change.object_type,
+        "object_id": change.object_id,
+        "object_version": change.version,
+    }
     with (
         transaction.atomic(),
         audit_context(
@@ -294,13 +301,7 @@ def approval_request_open(
         ),
     ):
         same = ApprovalRequest.objects.filter(
-            state=RequestState.PENDING,
-            action=change.action,
-            object_type=change.object_type,
-            object_id=change.object_id,
-            object_version=change.version,
-            requester=requester,
-            expires_at__gt=now,
+            **subject, state=RequestState.PENDING, requester=requester, expires_at__gt=now
         )
         for existing in same:
             if existing.arguments == arguments and existing.change == diff:
@@ -309,12 +310,9 @@ def approval_request_open(
             pk for pk in possible_approvers(policy) if requester is None or pk != requester.pk
         ]
         request = ApprovalRequest(
+            **subject,
             policy=policy,
-            action=change.action,
-            object_type=change.object_type,
-            object_id=change.object_id,
             object_repr=change.object_repr[:300],
-            object_version=change.version,
             change=diff,
             evidence=change.evidence,
             service=attempt.service,

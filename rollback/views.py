@@ -18,7 +18,7 @@ from django.views import View
 from django.views.generic import TemplateView
 
 from canary_site.audit import writer
-from canary_site.exceptions import CanaryError, NotFound
+from canary_site.exceptions import CanaryError, NotFound, or_404
 from canary_site.htmx import HtmxPartialMixin, partial_template, redirect
 from canary_site.roles import RoleRequiredMixin
 from rollback import selectors, services
@@ -187,10 +187,7 @@ def _answer(
 
 
 def _found(request_id: int) -> ApprovalRequest:
-    try:
-        return selectors.approval_request_get(request_id=request_id)
-    except NotFound as missing:
-        raise Http404(missing.message) from None
+    return or_404(selectors.approval_request_get, request_id=request_id)
 
 
 class BadgeView(LoginRequiredMixin, View):

@@ -17,15 +17,8 @@ from routing import services
 from routing.choices import ConditionOperator, ConditionSource, Strategy
 from routing.models import RoutingRule, Target
 
-JSON_SECTIONS = (
-    "conditions",
-    "affinity",
-    "failover",
-    "circuit_breaker",
-    "rate_limit",
-    "health_check",
-)
-RULE_FIELDS = ("name", "priority", "enabled", "strategy", "strategy_key", *JSON_SECTIONS)
+JSON_SECTIONS = services.RULE_SECTIONS
+RULE_FIELDS = services.RULE_FIELDS
 
 
 def _json_widget(rows: int = 3) -> forms.Textarea:

@@ -55,21 +55,17 @@ _SERVICE_FIELDS = frozenset({"name", "stable_version", "description"})
 # What a target's writes may set, in the order the admin and the API show them.
 TARGET_FIELDS = ("name", "endpoint", "version", "weight", "healthy", "metadata", "health_check")
 _TARGET_FIELDS = frozenset(TARGET_FIELDS)
-_RULE_FIELDS = frozenset(
-    {
-        "name",
-        "priority",
-        "enabled",
-        "strategy",
-        "strategy_key",
-        "conditions",
-        "affinity",
-        "failover",
-        "circuit_breaker",
-        "rate_limit",
-        "health_check",
-    }
+# What a rule's writes may set besides its targets: its scalars, then its JSON-valued sections.
+RULE_SECTIONS = (
+    "conditions",
+    "affinity",
+    "failover",
+    "circuit_breaker",
+    "rate_limit",
+    "health_check",
 )
+RULE_FIELDS = ("name", "priority", "enabled", "strategy", "strategy_key", *RULE_SECTIONS)
+_RULE_FIELDS = frozenset(RULE_FIELDS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -174,24 +174,29 @@ def is_wrapper(data: Any) -> bool:
 
 
 class SimpleConfigSerializer(StrictSerializer):
-    """The guide's ``createSimpleCanaryConfig`` inputs, plus the way to 100%."""
+    """The guide's ``createSimpleCanaryConfig`` inputs, plus the way to 100%.
+
+    Each ``source`` is the keyword of `simple_canary_config`, so the validated data is its
+    arguments."""
 
     name = serializers.CharField(max_length=200)
-    serviceName = serializers.CharField(max_length=63)
-    stableVersion = serializers.CharField(max_length=100)
-    canaryVersion = serializers.CharField(max_length=100)
+    serviceName = serializers.CharField(max_length=63, source="service_name")
+    stableVersion = serializers.CharField(max_length=100, source="stable_version")
+    canaryVersion = serializers.CharField(max_length=100, source="canary_version")
     initialPercentage = serializers.FloatField(
-        required=False, default=5, min_value=0.01, max_value=100
+        required=False, default=5, min_value=0.01, max_value=100, source="initial_percentage"
     )
     steps = serializers.IntegerField(required=False, default=4, min_value=1, max_value=20)
     strategy = serializers.CharField(
         required=False, default="linear", help_text="linear or exponential."
     )
-    phaseDurationMs = serializers.IntegerField(required=False, default=300_000, min_value=1)
-    autoPromote = serializers.BooleanField(required=False, default=True)
-    autoRollback = serializers.BooleanField(required=False, default=True)
+    phaseDurationMs = serializers.IntegerField(
+        required=False, default=300_000, min_value=1, source="phase_duration_ms"
+    )
+    autoPromote = serializers.BooleanField(required=False, default=True, source="auto_promote")
+    autoRollback = serializers.BooleanField(required=False, default=True, source="auto_rollback")
     maxDeploymentTimeMs = serializers.IntegerField(
-        required=False, allow_null=True, default=None, min_value=1
+        required=False, allow_null=True, default=None, min_value=1, source="max_deployment_time_ms"
     )
     description = serializers.CharField(required=False, allow_blank=True, default="")
 

@@ -192,22 +192,8 @@ class DeploymentViewSet(viewsets.ModelViewSet):
         with the phases up to 100%), with its validation. Nothing is stored."""
         serializer = SimpleConfigSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        values = serializer.validated_data
         try:
-            config = simple_canary_config(
-                values["name"],
-                values["serviceName"],
-                values["stableVersion"],
-                values["canaryVersion"],
-                initial_percentage=values["initialPercentage"],
-                steps=values["steps"],
-                strategy=values["strategy"],
-                phase_duration_ms=values["phaseDurationMs"],
-                auto_promote=values["autoPromote"],
-                auto_rollback=values["autoRollback"],
-                max_deployment_time_ms=values["maxDeploymentTimeMs"],
-                description=values["description"],
-            )
+            config = simple_canary_config(**serializer.validated_data)
         except ValueError as error:
             raise ValidationFailed(f"steps: {error}.", field="steps") from None
         report = services.configuration_report(config)

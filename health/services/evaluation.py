@@ -168,15 +168,7 @@ def _lock_evaluations() -> None:
 
 
 def _check_key_of(inputs: windows.Inputs) -> tuple[str, str, str, int, int, datetime]:
-    request = inputs.request
-    return (
-        request.service,
-        request.canary_version,
-        request.stable_version or "",
-        request.policy.pk,
-        inputs.window_seconds,
-        inputs.end,
-    )
+    return (*inputs.request.check_key, inputs.window_seconds, inputs.end)
 
 
 def _stored_checks(

@@ -139,20 +139,7 @@ def _digest_of_reprs(deltas: Sequence[BucketDelta]) -> str:
     still a retry. Keys live ``CANARY_METRICS_IDEMPOTENCY_HOURS``; after that this can go."""
     digest = hashlib.sha256()
     for delta in deltas:
-        digest.update(
-            repr(
-                (
-                    delta.key,
-                    delta.requests,
-                    delta.errors,
-                    delta.sparse_latency(),
-                    delta.value_sum,
-                    delta.value_count,
-                    delta.value_min,
-                    delta.value_max,
-                )
-            ).encode()
-        )
+        digest.update(repr((delta.key, *delta.additions())).encode())
     return digest.hexdigest()
 
 

@@ -13,6 +13,7 @@ from canary_site.api.serializers import StrictSerializer
 from health.models import HealthPolicy
 from rollback.choices import ApproverKind, ScopeKind
 from rollback.models import ApprovalDecision, ApprovalPolicy, ApprovalRequest
+from rollback.services import POLICY_FIELDS
 
 
 class ApprovalDecisionSerializer(serializers.ModelSerializer):
@@ -93,24 +94,7 @@ class ApprovalPolicySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ApprovalPolicy
-        fields = [
-            "id",
-            "name",
-            "description",
-            "enabled",
-            "scope_kind",
-            "scope_value",
-            "actions",
-            "approver_kind",
-            "approver_group",
-            "approver_users",
-            "quorum",
-            "ttl_seconds",
-            "one_rejection_rejects",
-            "notify_via",
-            "created_at",
-            "updated_at",
-        ]
+        fields = ["id", *POLICY_FIELDS, "created_at", "updated_at"]
         read_only_fields = ["id", "created_at", "updated_at"]
 
 

@@ -18,7 +18,7 @@ from canary_site.api.serializers import StrictSerializer
 from canary_site.exceptions import ValidationFailed
 from routing.choices import Strategy
 from routing.models import RoutingRule, Service, Target
-from routing.services import TARGET_FIELDS
+from routing.services import RULE_FIELDS, TARGET_FIELDS
 
 PERCENT = {
     "max_digits": 5,
@@ -114,18 +114,8 @@ class RuleSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "service",
-            "name",
-            "priority",
-            "enabled",
-            "strategy",
-            "strategy_key",
-            "conditions",
+            *RULE_FIELDS,
             "targets",
-            "affinity",
-            "failover",
-            "circuit_breaker",
-            "rate_limit",
-            "health_check",
             "created_at",
             "updated_at",
         ]

@@ -21,9 +21,14 @@ def record_failing_canary(services_module, window_end) -> None:
 
 
 @pytest.mark.django_db
-def test_health_evaluate_many__run_twice__stores_one_check_per_canary(make_policy, window_end):
+def test_health_evaluate_many__run_twice__stores_one_check_per_canary(
+    make_policy, now, window_end, monkeypatch
+):
     from health import services
 
+    # Both passes look at the same moment: on the wall clock a slow machine can let the second
+    # one start in the next bucket, which is a new window and rightly a new check.
+    monkeypatch.setattr("django.utils.timezone.now", lambda: now)
     policy = make_policy(alert_channels=["email"], alert_recipients=["team@example.com"])
     record_failing_canary(services, window_end)
     request = {

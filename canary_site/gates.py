@@ -263,6 +263,11 @@ def inside() -> Iterator[None]:
         _inside.reset(token)
 
 
+def granted() -> bool:
+    """Whether an approved change is being applied now (inside the approval's own apply)."""
+    return _grant.get() is not None
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

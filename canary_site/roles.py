@@ -28,7 +28,17 @@ from rest_framework import permissions
 from canary_site.choices import Role
 
 ENGINEER_APPS = frozenset({"flags", "routing", "health", "deployments"})
-ENGINEER_ACTION_PREFIXES = ("request_", "trigger_", "add_rollbackrequest")
+ENGINEER_ACTION_PREFIXES = (
+    "request_",
+    "trigger_",
+    "add_rollbackrequest",
+    # Rollback plans are the engineers' to write; a rollback is theirs to ask for and cancel.
+    "add_rollbackplan",
+    "change_rollbackplan",
+    "delete_rollbackplan",
+    "add_rollbackexecution",
+    "change_rollbackexecution",
+)
 APPROVER_ACTION_PREFIXES = ("approve_",)
 DOMAIN_APPS = frozenset({"canary_site", "flags", "routing", "health", "deployments", "rollback"})
 EVIDENCE_MODELS = frozenset(

@@ -310,6 +310,7 @@ CELERY_BEAT_SCHEDULE = {
     "deployments-tick": {"task": "deployments.tasks.deployments_tick", **_tick},
     # rollback: executions, kill switch triggers and recoveries (step 4)
     "rollback-approvals-expire": {"task": "rollback.tasks.approval_requests_expire", **_tick},
+    "rollback-executions-advance": {"task": "rollback.tasks.rollback_executions_advance", **_tick},
 }
 
 # --- Canary's own knobs -------------------------------------------------------------------

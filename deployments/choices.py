@@ -20,6 +20,7 @@ DeploymentAction = mirror(
     PROMOTE_FULL="Promote fully",
     ROLLBACK="Roll back",
     FINISH_ROLLBACK="Finish the rollback",
+    STEP_ROLLBACK="Step the rollback",
 )
 
 TrafficShiftStrategy = mirror(
@@ -59,6 +60,7 @@ class EventKind(models.TextChoices):
     SUCCEED = "succeed", "Succeeded"
     ROLLBACK = "rollback", "Rolling back"
     FINISH_ROLLBACK = "finish_rollback", "Rolled back"
+    STEP_ROLLBACK = "step_rollback", "Rollback stepped down"
     FAIL = "fail", "Failed"
     ABORT = "abort", "Aborted"
     RETRY = "retry", "Retried"

@@ -39,6 +39,7 @@ Shape (``?`` marks an optional key, shown with its default)::
     maxDeploymentTimeMs?: 3600000
     notifications?: {onStart: true, onPhaseComplete: true, onFailure: true,
                      onComplete: true, onRollback: true}
+    rollbackPlan?: checkout-careful     # a rollback plan by name; else the service's default
 
 Units: percentages 0 to 100, latencies and durations in milliseconds, throughput in requests
 per second. Traffic shift strategies name how the phase percentages were chosen; the phases run
@@ -284,6 +285,7 @@ class DeploymentConfig:
     auto_rollback: bool = True
     max_deployment_time_ms: int = DEFAULT_MAX_DEPLOYMENT_TIME_MS
     notifications: Notifications = field(default_factory=Notifications)
+    rollback_plan: str | None = None
     description: str = ""
     stable_endpoint: str | None = None
     canary_endpoint: str | None = None
@@ -316,6 +318,8 @@ class DeploymentConfig:
         data["autoRollback"] = self.auto_rollback
         data["maxDeploymentTimeMs"] = self.max_deployment_time_ms
         data["notifications"] = self.notifications.to_dict()
+        if self.rollback_plan:
+            data["rollbackPlan"] = self.rollback_plan
         return data
 
     def to_yaml(self) -> str:
@@ -533,6 +537,7 @@ _TOP_KEYS = (
     "autoRollback",
     "maxDeploymentTimeMs",
     "notifications",
+    "rollbackPlan",
 )
 _PHASE_KEYS = (
     "id",
@@ -587,6 +592,7 @@ def read_config(data: Any) -> ConfigReading:
         ("autoRollback", reader.boolean, True),
         ("maxDeploymentTimeMs", reader.milliseconds, DEFAULT_MAX_DEPLOYMENT_TIME_MS),
         ("notifications", lambda v, p: _read_notifications(reader, v, p), Notifications()),
+        ("rollbackPlan", reader.string, None),
     )
     for key, read, default in optional:
         fields[key] = reader.get(top, key, "", read, default=default)
@@ -621,6 +627,7 @@ def read_config(data: Any) -> ConfigReading:
             auto_rollback=good["autoRollback"],
             max_deployment_time_ms=good["maxDeploymentTimeMs"],
             notifications=good["notifications"],
+            rollback_plan=good["rollbackPlan"] or None,
         )
     return ConfigReading(config, tuple(phases), good, tuple(reader.errors))
 

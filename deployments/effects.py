@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from canary_site.choices import Source
 from canary_site.exceptions import CanaryError, TransitionNotAllowed, ValidationFailed
-from deployments import selectors
+from deployments import rollbacks, selectors
 from deployments.choices import PhaseStatus
 from deployments.judging import judge_phase
 from deployments.lifecycle import Action, Outcome
@@ -47,6 +47,9 @@ class ActionContext:
     reason: str
     change: Change
     batch: Batch
+    # What the request asked beyond its verb: who triggered a rollback, a share to step to.
+    trigger: str = ""
+    share: Decimal | None = None
 
     @property
     def current(self) -> Phase | None:
@@ -150,8 +153,24 @@ def _rollback(ctx: ActionContext) -> None:
     current = ctx.current
     if current is not None:
         _end_phase(ctx, current, PhaseStatus.ROLLED_BACK)
-    ctx.change.evidence["traffic"] = _out_of_traffic(ctx)
+    handling = ctx.batch.handling.get(ctx.deployment.pk, rollbacks.BUILT_IN)
+    ctx.change.evidence.setdefault("fromShare", float(ctx.deployment.canary_share))
+    ctx.deployment.rollback_runner = handling.runner
+    if handling.runner:
+        ctx.change.evidence["runner"] = handling.runner
+    if handling.traffic_now:
+        ctx.change.evidence["traffic"] = _out_of_traffic(ctx, with_flags=handling.flags_now)
     ctx.change.breach = dict(ctx.change.evidence)
+    ctx.batch.begun.append(ctx)
+
+
+def _step_rollback(ctx: ActionContext) -> None:
+    # A plan's way down: the share it names, the linked flags following it (never up).
+    share = min(percent(ctx.share if ctx.share is not None else _ZERO), ctx.deployment.canary_share)
+    if share <= _ZERO:
+        ctx.change.evidence["traffic"] = _out_of_traffic(ctx)
+    else:
+        ctx.change.evidence["traffic"] = _set_traffic(ctx, share)
 
 
 def _finish_rollback(ctx: ActionContext) -> None:
@@ -190,6 +209,7 @@ def _retry(ctx: ActionContext) -> None:
     deployment.current_phase = None
     deployment.started_at = None
     deployment.finished_at = None
+    deployment.rollback_runner = ""
 
 
 EFFECTS: dict[Action, Callable[[ActionContext], None]] = {
@@ -201,6 +221,7 @@ EFFECTS: dict[Action, Callable[[ActionContext], None]] = {
     Action.SUCCEED: _succeed,
     Action.ROLLBACK: _rollback,
     Action.FINISH_ROLLBACK: _finish_rollback,
+    Action.STEP_ROLLBACK: _step_rollback,
     Action.FAIL: _fail,
     Action.ABORT: _abort,
     Action.RETRY: _retry,
@@ -218,6 +239,7 @@ def default_reason(action: Action, deployment: Deployment) -> str:
         Action.SUCCEED: f"The last phase passed: {deployment.canary_version} is now stable.",
         Action.ROLLBACK: "Rolling back: the canary is out of traffic.",
         Action.FINISH_ROLLBACK: "Rolled back: the canary is out of traffic.",
+        Action.STEP_ROLLBACK: f"Rolling back: the canary is down to {deployment.canary_share}%.",
         Action.FAIL: "Failed: the canary is out of traffic.",
         Action.ABORT: "Aborted: traffic is back on the stable version.",
         Action.RETRY: "Retried: back to pending, to run every phase again.",
@@ -316,10 +338,10 @@ def _set_traffic(
     return done
 
 
-def _out_of_traffic(ctx: ActionContext) -> dict[str, Any]:
-    """Canary weight 0 and every linked flag off, now. A flag or a rule that cannot be changed
-    (killed already, driven by someone else, edited by hand) is reported, never allowed to
-    stop the rollback."""
+def _out_of_traffic(ctx: ActionContext, *, with_flags: bool = True) -> dict[str, Any]:
+    """Canary weight 0 and every linked flag off, now (the flags are left to a plan's own
+    action without ``with_flags``). A flag or a rule that cannot be changed (killed already, driven
+    by someone else, edited by hand) is reported, never allowed to stop the rollback."""
     deployment = ctx.deployment
     done: dict[str, Any] = {"canaryShare": 0.0}
     done["rule"] = _set_rule_weights(ctx, _ZERO, create=False, tolerant=True)
@@ -331,7 +353,7 @@ def _out_of_traffic(ctx: ActionContext) -> dict[str, Any]:
         for index, flag in enumerate(links):
             flags[flag.key], links[index] = _flag_off(deployment, flag, writer)
 
-    if links:
+    if links and with_flags:
         ctx.batch.later.append(flags_off)
     done["flags"] = flags
     deployment.canary_share = _ZERO

@@ -15,6 +15,7 @@ The transition table (DESIGN.md, "Deployment lifecycle")::
     succeed          running                            succeeded
     rollback         running, paused                    rolling_back
     finish_rollback  rolling_back                       rolled_back
+    step_rollback    rolling_back                       rolling_back
     fail             running, paused, rolling_back      failed
     abort            pending, running, paused           aborted
     retry            rolled_back, failed, aborted       pending
@@ -117,6 +118,7 @@ class Action(StrEnum):
     SUCCEED = "succeed"
     ROLLBACK = "rollback"
     FINISH_ROLLBACK = "finish_rollback"
+    STEP_ROLLBACK = "step_rollback"
     FAIL = "fail"
     ABORT = "abort"
     RETRY = "retry"
@@ -138,8 +140,9 @@ PERSON_ACTIONS: tuple[Action, ...] = (
     Action.RETRY,
 )
 """The verbs a person may use, in the dashboard, the API and the admin alike. ``succeed``,
-``rollback``, ``finish_rollback`` and ``fail`` are the tick's own: a person who wants the canary
-out of traffic aborts."""
+``rollback``, ``finish_rollback``, ``step_rollback`` and ``fail`` are the control loop's own: a
+person's rollback is asked of the rollback app (its plan, cooldown and approvals), which then
+performs it; a person who wants the canary out of traffic at once aborts."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,12 @@ TRANSITIONS: Mapping[Action, Transition] = MappingProxyType(
                 [Status.ROLLING_BACK],
                 Status.ROLLED_BACK,
                 "the canary is out of traffic",
+            ),
+            _row(
+                Action.STEP_ROLLBACK,
+                [Status.ROLLING_BACK],
+                Status.ROLLING_BACK,
+                "move the canary's share on the way down",
             ),
             _row(
                 Action.FAIL,
@@ -296,6 +305,7 @@ _CANNOT = {
     Action.SUCCEED: "be marked succeeded",
     Action.ROLLBACK: "be rolled back",
     Action.FINISH_ROLLBACK: "finish a rollback",
+    Action.STEP_ROLLBACK: "step a rollback",
     Action.FAIL: "be marked failed",
     Action.ABORT: "be aborted",
     Action.RETRY: "be retried",
@@ -331,7 +341,7 @@ def _because(current: Status, action: Action) -> str:
         if action == Action.ROLLBACK:
             return "it is already rolling back"
         return "a rollback is under way; wait until it finishes or fails"
-    if action == Action.FINISH_ROLLBACK:
+    if action in (Action.FINISH_ROLLBACK, Action.STEP_ROLLBACK):
         return "it is not rolling back"
     if action == Action.RETRY:
         return "it has not ended"

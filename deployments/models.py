@@ -93,6 +93,9 @@ class Deployment(models.Model):
         help_text="Flags whose rollout percentage follows the canary's share.",
     )
     notifications = models.JSONField(default=dict, blank=True)
+    # Who finishes the deployment's rollback once it has begun (`deployments.rollbacks`):
+    # empty for the tick itself, else the runner's name for its execution.
+    rollback_runner = models.CharField(max_length=100, blank=True, default="")
     config = models.JSONField(default=dict, help_text="The configuration in the guide's words.")
     # The validator's report on ``config`` when it was last written; starting re-validates.
     validation = models.JSONField(default=dict, blank=True)

@@ -119,9 +119,12 @@ def deployments_tick(
         overdue: list[Deployment] = []
         running: list[Deployment] = []
         for deployment in deployments:
-            if deployment.status == DeploymentStatus.ROLLING_BACK or _past_deadline(
-                deployment, now
-            ):
+            if deployment.status == DeploymentStatus.ROLLING_BACK:
+                # A rollback with a runner is that runner's to finish (the rollback app's
+                # executions, step 4 of the loop); one without is finished here.
+                if not deployment.rollback_runner:
+                    overdue.append(deployment)
+            elif _past_deadline(deployment, now):
                 overdue.append(deployment)
             elif deployment.status == DeploymentStatus.RUNNING:
                 running.append(deployment)
@@ -587,6 +590,11 @@ def _count(report: TickReport, result: TransitionResult, counter: str | None) ->
     if isinstance(error, DeploymentBusy) or getattr(error, "code", "") == "moved_on":
         # Another tick, or a person, decided first.
         report.skipped += 1
+        return
+    if getattr(error, "code", "") == "runner":
+        # The rollback began and its plan's execution finishes it.
+        if counter:
+            setattr(report, counter, getattr(report, counter) + 1)
         return
     report.errors.append(f"deployment {request.deployment_id} {request.action}: {error.message}")
     logger.warning(

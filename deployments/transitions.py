@@ -28,7 +28,7 @@ from canary_site.bulk import insert_rows
 from canary_site.choices import Source
 from canary_site.collector import collector_paused
 from canary_site.exceptions import CanaryError, NotFound, TransitionNotAllowed, ValidationFailed
-from deployments import conf, gating, notifications
+from deployments import conf, gating, notifications, rollbacks
 from deployments.choices import DeploymentStatus, EventKind
 from deployments.effects import EFFECTS, ActionContext, Change, default_reason
 from deployments.lifecycle import Action, TransitionRefused, transition
@@ -59,6 +59,12 @@ class TransitionRequest:
     evidence: Mapping[str, Any] | None = None
     expected_phase: int | None = None
     expected_status: str | None = None
+    # A rollback's trigger (automatic, manual, kill_switch; empty: automatic for the control
+    # loop, manual for a person), the share a rollback's step goes to, and the runner of the
+    # rollback asking to step, finish or fail it (`deployments.rollbacks`).
+    trigger: str = ""
+    share: Decimal | None = None
+    runner: str = ""
 
 
 @dataclass
@@ -240,6 +246,9 @@ class Batch:
         self.left_traffic: list[Deployment] = []
         # The services whose stable version becomes their canary's, written together.
         self.stable: list[tuple[Deployment, routing_services.StableVersionChange]] = []
+        # How each rollback of the batch begins, and the rollbacks that began.
+        self.handling: dict[int, rollbacks.Handling] = {}
+        self.begun: list[ActionContext] = []
 
     def rule_plan(self, deployment: Deployment, reason: str) -> _RulePlan:
         plan = self.rules.get(deployment.pk)
@@ -266,6 +275,7 @@ class Batch:
         insert_rows(DeploymentEvent, events)
         audit_updates(self.audit)
         _resolve_alerts(self.left_traffic, self.now)
+        self._begin_rollbacks(events)
         running: list[int] = []
         for planned, event in zip(self.planned, events, strict=True):
             planned.result.event = event
@@ -283,6 +293,35 @@ class Batch:
         )
         _after_commit(list(zip(self.planned, events, strict=True)))
         _tick_after_commit(sorted(set(running)))
+
+    def _begin_rollbacks(self, events: list[DeploymentEvent]) -> None:
+        if not self.begun:
+            return
+        event_of = {
+            id(planned.change): event for planned, event in zip(self.planned, events, strict=True)
+        }
+        rollbacks.begin(
+            [
+                rollbacks.Begun(
+                    deployment=ctx.deployment,
+                    handling=self.handling.get(ctx.deployment.pk, rollbacks.BUILT_IN),
+                    trigger=ctx.trigger,
+                    reason=ctx.reason,
+                    evidence=dict(ctx.change.evidence),
+                    actor=self.actor,
+                    source=self.source,
+                    now=self.now,
+                    event=event_of.get(id(ctx.change)),
+                    earlier_shares=tuple(
+                        phase.traffic_percentage
+                        for phase in ctx.phases
+                        if phase.order < (ctx.deployment.current_phase or 0)
+                    ),
+                    share=ctx.share,
+                )
+                for ctx in self.begun
+            ]
+        )
 
     def _write_stable_versions(self) -> None:
         if not self.stable:
@@ -415,6 +454,7 @@ _DEPLOYMENT_FIELDS = [
     "routing_rule",
     "stable_target",
     "canary_target",
+    "rollback_runner",
     "updated_at",
 ]
 
@@ -442,6 +482,7 @@ def _transition_batch(
             phase.deployment = locked[phase.deployment_id]
             phases[phase.deployment_id].append(phase)
         batch = Batch(now=now, actor=actor, source=source, flags=_linked_flags(list(locked)))
+        batch.handling = _rollback_handling(requests, locked, source)
         results: list[TransitionResult] = []
         for request in requests:
             result = TransitionResult(request)
@@ -462,6 +503,26 @@ def _transition_batch(
             result.deployment = deployment
         batch.apply()
     return results
+
+
+def _trigger(request: TransitionRequest, source: str) -> str:
+    if request.trigger:
+        return request.trigger
+    return "automatic" if source == Source.SYSTEM else "manual"
+
+
+def _rollback_handling(
+    requests: Sequence[TransitionRequest], locked: dict[int, Deployment], source: str
+) -> dict[int, rollbacks.Handling]:
+    """How each rollback the batch may begin leaves traffic, asked of the runner at once."""
+    triggers = {
+        request.deployment_id: _trigger(request, source)
+        for request in requests
+        if str(request.action) == Action.ROLLBACK and request.deployment_id in locked
+    }
+    if not triggers:
+        return {}
+    return rollbacks.handling([locked[pk] for pk in triggers], triggers)
 
 
 def _lock_many(ids: list[int], *, skip_locked: bool) -> dict[int, Deployment]:
@@ -509,6 +570,7 @@ def _plan(
             f"{request.expected_phase}; look again before deciding.",
             code="moved_on",
         )
+    _check_runner(deployment, verb, request)
     effective = _effective_action(deployment, verb, phases)
     before = deployment.status
     try:
@@ -520,7 +582,16 @@ def _plan(
     old_phases = [copy.copy(phase) for phase in phases]
     change = Change(evidence=dict(request.evidence or {}))
     context = ActionContext(
-        deployment, phases, batch.now, batch.actor, batch.source, reason, change, batch
+        deployment,
+        phases,
+        batch.now,
+        batch.actor,
+        batch.source,
+        reason,
+        change,
+        batch,
+        trigger=_trigger(request, batch.source),
+        share=request.share,
     )
     EFFECTS[effective](context)
     deployment.status = after
@@ -545,6 +616,21 @@ def _plan(
         phase=deployment.current_phase,
         share=deployment.canary_share,
     )
+
+
+# The verbs of a rollback under way, which only its runner may use once one has taken it over.
+_RUNNER_VERBS = frozenset({Action.STEP_ROLLBACK, Action.FINISH_ROLLBACK, Action.FAIL})
+
+
+def _check_runner(deployment: Deployment, verb: Action, request: TransitionRequest) -> None:
+    if deployment.status != DeploymentStatus.ROLLING_BACK or verb not in _RUNNER_VERBS:
+        return
+    if deployment.rollback_runner and request.runner != deployment.rollback_runner:
+        raise TransitionNotAllowed(
+            f"The rollback is run by {deployment.rollback_runner}; it steps, finishes or fails "
+            "the rollback itself.",
+            code="runner",
+        )
 
 
 _IN_TRAFFIC = frozenset({DeploymentStatus.RUNNING, DeploymentStatus.PAUSED})

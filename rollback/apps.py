@@ -10,6 +10,9 @@ class RollbackConfig(AppConfig):
     def ready(self) -> None:
         # The lower apps' services call the gate in canary_site; the policies live here.
         from canary_site import gates
-        from rollback.services import PolicyGate
+        from deployments import rollbacks
+        from rollback.services import ExecutionRunner, PolicyGate
 
         gates.register(PolicyGate())
+        # Rollbacks the control loop or a person begins run by their plans.
+        rollbacks.register(ExecutionRunner())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.db import models
 
-from canary_site.choices import worded
+from canary_site.choices import mirror, worded, words
+from rollback import plans
 
 
 class ScopeKind(models.TextChoices):
@@ -43,3 +44,23 @@ CLOSED_STATES = frozenset(
 
 
 Verdict = worded("Verdict", "approve reject")
+
+
+# --- rollback plans and executions ---------------------------------------------------------------
+
+RollbackStrategy = mirror(
+    plans.Strategy, name="RollbackStrategy", label=words, BLUE_GREEN="Blue-green"
+)
+RollbackTrigger = mirror(plans.Trigger, name="RollbackTrigger", label=words)
+StepType = mirror(plans.StepType, name="StepType", label=words)
+
+ExecutionState = worded(
+    "ExecutionState", "awaiting_approval running validating succeeded failed cancelled"
+)
+# An execution in these states has ended: nothing more runs.
+ENDED_EXECUTION_STATES = frozenset(
+    {ExecutionState.SUCCEEDED, ExecutionState.FAILED, ExecutionState.CANCELLED}
+)
+ACTIVE_EXECUTION_STATES = frozenset({ExecutionState.RUNNING, ExecutionState.VALIDATING})
+
+StepState = worded("StepState", "pending running succeeded failed skipped")

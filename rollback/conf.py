@@ -8,6 +8,16 @@ from __future__ import annotations
 from canary_site.conf import setting
 
 
+def tick_seconds() -> float:
+    """The control loop's tick (``CANARY_TICK_SECONDS``)."""
+    return float(setting("CANARY_TICK_SECONDS", 5.0))
+
+
+def plan_approval_ttl_seconds() -> int:
+    """How long a rollback waiting for its plan's approvers may wait before it expires."""
+    return int(setting("CANARY_ROLLBACK_APPROVAL_TTL_SECONDS", 3600))
+
+
 def environment() -> str:
     """This install's environment label (``production``, ``staging``): the approval policies
     scoped to an environment cover every change here when it is theirs. Blank: none."""

@@ -1,4 +1,5 @@
-"""Models of the rollback app: approval policies, the requests they open and their decisions."""
+"""Models of the rollback app: approval policies, the requests they open and their decisions;
+rollback plans, their executions and each execution's steps."""
 
 from __future__ import annotations
 
@@ -8,7 +9,20 @@ from django.utils import timezone
 
 from canary_site import audit
 from canary_site.choices import Source
-from rollback.choices import ApproverKind, RequestState, ScopeKind, Verdict
+from canary_site.models import person_field
+from rollback import plans
+from rollback.choices import (
+    ENDED_EXECUTION_STATES,
+    ApproverKind,
+    ExecutionState,
+    RequestState,
+    RollbackStrategy,
+    RollbackTrigger,
+    ScopeKind,
+    StepState,
+    StepType,
+    Verdict,
+)
 
 
 class ApprovalPolicy(models.Model):
@@ -136,3 +150,148 @@ class ApprovalDecision(models.Model):
 audit.register(ApprovalPolicy, m2m_fields={"approver_users"})
 audit.register(ApprovalRequest, exclude_fields=["arguments"], m2m_fields={"approvers"})
 audit.register(ApprovalDecision)
+
+
+class RollbackPlan(models.Model):
+    """How a deployment is rolled back: a strategy, ordered actions, validation and safety,
+    in the guide's vocabulary (``definition``, read by `rollback.plans.read_plan`).
+
+    A plan covers one deployment, or a service (its default plan when ``is_default``); a
+    deployment may name its own in its configuration (``rollbackPlan``).
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True, default="")
+    enabled = models.BooleanField(default=True)
+    service = models.ForeignKey(
+        "routing.Service",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="rollback_plans",
+        help_text="The service the plan covers; none with a deployment.",
+    )
+    deployment = models.ForeignKey(
+        "deployments.Deployment",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="rollback_plans",
+    )
+    is_default = models.BooleanField(
+        default=False, help_text="The service's plan for deployments that name none."
+    )
+    strategy = models.CharField(
+        max_length=16, choices=RollbackStrategy.choices, default=RollbackStrategy.IMMEDIATE
+    )
+    definition = models.JSONField(default=dict, help_text="The plan in the guide's vocabulary.")
+    created_by = person_field()
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["service"],
+                condition=models.Q(is_default=True),
+                name="one_default_rollback_plan_per_service",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def spec(self) -> plans.Plan:
+        return plans.read_plan(self.definition)
+
+
+class RollbackExecution(models.Model):
+    """One rollback of one deployment: the plan it ran (as it was when it began), why, and
+    how it went, step by step (``steps``). A rehearsal runs a plan without moving traffic."""
+
+    plan = models.ForeignKey(
+        RollbackPlan, null=True, blank=True, on_delete=models.SET_NULL, related_name="executions"
+    )
+    plan_name = models.CharField(max_length=100)
+    definition = models.JSONField(default=dict, help_text="The plan as it was when this began.")
+    strategy = models.CharField(max_length=16, choices=RollbackStrategy.choices)
+    deployment = models.ForeignKey(
+        "deployments.Deployment", on_delete=models.CASCADE, related_name="rollback_executions"
+    )
+    service = models.CharField(max_length=100, db_index=True)
+    trigger = models.CharField(max_length=16, choices=RollbackTrigger.choices)
+    rehearsal = models.BooleanField(default=False)
+    state = models.CharField(
+        max_length=20, choices=ExecutionState.choices, default=ExecutionState.RUNNING, db_index=True
+    )
+    requested_by = person_field()
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.SYSTEM)
+    reason = models.TextField(blank=True, default="")
+    evidence = models.JSONField(default=dict, blank=True, help_text="The breach behind it.")
+    impact = models.JSONField(default=dict, blank=True, help_text="What it was to change.")
+    validation = models.JSONField(default=dict, blank=True, help_text="The last validation.")
+    approval = models.ForeignKey(
+        ApprovalRequest, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # When the fault began (the first bad window), when the rollback began, when the canary
+    # left traffic and when it ended: the statistics' times come from these.
+    breach_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    out_of_traffic_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    # A worker advancing the execution holds it until then; a worker that dies lets it go.
+    lease_until = models.DateTimeField(null=True, blank=True)
+    next_at = models.DateTimeField(null=True, blank=True, help_text="When the next step is due.")
+    outcome = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["state", "next_at"], name="rollback_execution_due"),
+            models.Index(fields=["service", "created_at"], name="rollback_execution_service"),
+        ]
+
+    def __str__(self) -> str:
+        kind = "rehearsal" if self.rehearsal else "rollback"
+        return f"{kind} #{self.pk} of {self.service}"
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED_EXECUTION_STATES
+
+
+class RollbackStep(models.Model):
+    """One step of an execution: an action of its plan, or a move its strategy makes."""
+
+    execution = models.ForeignKey(RollbackExecution, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveSmallIntegerField()
+    key = models.CharField(max_length=100)
+    type = models.CharField(max_length=24, choices=StepType.choices)
+    name = models.CharField(max_length=200)
+    config = models.JSONField(default=dict, blank=True)
+    timeout_ms = models.PositiveIntegerField()
+    after_ms = models.PositiveIntegerField(default=0)
+    state = models.CharField(max_length=16, choices=StepState.choices, default=StepState.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    timed_out = models.BooleanField(default=False)
+    output = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["execution_id", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["execution", "position"], name="one_step_per_position")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.position + 1}. {self.name}"
+
+
+audit.register(RollbackPlan)
+audit.register(RollbackExecution, exclude_fields=["lease_until", "next_at"])

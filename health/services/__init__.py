@@ -20,6 +20,7 @@ subsystem, every public one importable from here.
 
 from health.services.alerts import (
     alert_acknowledge,
+    alert_raise,
     alert_resolve,
     alerts_escalate,
     alerts_resolve_for,
@@ -60,6 +61,7 @@ __all__ = [
     "PullReport",
     "PushResult",
     "alert_acknowledge",
+    "alert_raise",
     "alert_resolve",
     "alerts_escalate",
     "alerts_resolve_for",

@@ -264,3 +264,50 @@ def alerts_escalate(*, now: datetime | None = None) -> int:
             Alert.objects.bulk_update(changed, ["escalation_level", "last_notified_at"])
         queue_notices(notices, now)
     return fired
+
+
+def alert_raise(
+    *,
+    service: str,
+    canary_version: str,
+    stable_version: str = "",
+    policy: HealthPolicy | None,
+    title: str,
+    message: str,
+    severity: str = alerting.Severity.CRITICAL,
+    now: datetime | None = None,
+) -> Alert:
+    """Raise an alert that no check raised (a rollback that failed or ran out of time), in the
+    caller's transaction, and queue its news to ``policy``'s alerting. An alert already open
+    on the canary under the same policy is raised to ``severity`` with the new message."""
+    now = now or timezone.now()
+    alert = (
+        Alert.objects.select_for_update()
+        .filter(service=service, canary_version=canary_version, policy=policy)
+        .exclude(status=AlertStatus.RESOLVED)
+        .first()
+    )
+    event = NotificationEvent.RAISED
+    if alert is None:
+        alert = Alert(
+            service=service,
+            canary_version=canary_version,
+            stable_version=stable_version,
+            policy=policy,
+            severity=severity,
+            status=AlertStatus.OPEN,
+            title=title[:200],
+            message=message,
+            raised_at=now,
+            last_seen_at=now,
+        )
+    else:
+        if alert.severity != severity:
+            event = NotificationEvent.SEVERITY
+        alert.severity, alert.title, alert.message = severity, title[:200], message
+        alert.check_count += 1
+        alert.last_seen_at = now
+    alert.last_notified_at = now
+    alert.save()
+    queue_notices([Notice(alert, event)], now)
+    return alert

@@ -96,6 +96,10 @@ class News:
     policy: HealthPolicy | None
     subject: str
     payload: dict[str, Any]
+    # Channels and recipients of the news itself (a rollback plan's), instead of the policy's
+    # alerting; the policy, if any, still gives the chat and webhook addresses.
+    channels: Sequence[str] | None = None
+    recipients: Sequence[str] = ()
 
 
 def notifications_queue_many(*, news: Sequence[News], now: datetime | None = None) -> list[int]:
@@ -105,12 +109,16 @@ def notifications_queue_many(*, news: Sequence[News], now: datetime | None = Non
     rows: list[NotificationOutbox] = []
     for item in news:
         policy = item.policy
-        if policy is None or not policy.alerting_enabled:
+        if item.channels is not None:
+            targets = _targets(policy or HealthPolicy(), item.channels, item.recipients)
+        elif policy is None or not policy.alerting_enabled:
             continue
+        else:
+            targets = _targets(policy, policy.alert_channels, policy.alert_recipients)
         rows += _outbox_rows(
             key=item.key,
             event=NotificationEvent.DEPLOYMENT,
-            targets=_targets(policy, policy.alert_channels, policy.alert_recipients),
+            targets=targets,
             subject=item.subject,
             payload=item.payload,
             now=now,

@@ -48,6 +48,7 @@ EXPECTED: dict[Action, tuple[set[Status], Status]] = {
     A.SUCCEED: ({S.RUNNING}, S.SUCCEEDED),
     A.ROLLBACK: ({S.RUNNING, S.PAUSED}, S.ROLLING_BACK),
     A.FINISH_ROLLBACK: ({S.ROLLING_BACK}, S.ROLLED_BACK),
+    A.STEP_ROLLBACK: ({S.ROLLING_BACK}, S.ROLLING_BACK),
     A.FAIL: ({S.RUNNING, S.PAUSED, S.ROLLING_BACK}, S.FAILED),
     A.ABORT: ({S.PENDING, S.RUNNING, S.PAUSED}, S.ABORTED),
     A.RETRY: ({S.ROLLED_BACK, S.FAILED, S.ABORTED}, S.PENDING),
@@ -72,8 +73,8 @@ def test_table__covers_every_action_once() -> None:
 
 
 def test_table__has_every_pair_either_allowed_or_refused() -> None:
-    assert len(ALLOWED) + len(REFUSED) == len(Status) * len(Action) == 88
-    assert len(ALLOWED) == 20
+    assert len(ALLOWED) + len(REFUSED) == len(Status) * len(Action) == 96
+    assert len(ALLOWED) == 21
 
 
 @pytest.mark.parametrize(("status", "action"), ALLOWED, ids=[pair_id(p) for p in ALLOWED])
@@ -197,7 +198,13 @@ def test_allowed_actions__follow_the_order_of_the_action_enum() -> None:
 
 
 def test_person_actions__are_the_tables_less_the_ticks_own_verbs() -> None:
-    assert set(PERSON_ACTIONS) == set(Action) - {A.SUCCEED, A.ROLLBACK, A.FINISH_ROLLBACK, A.FAIL}
+    assert set(PERSON_ACTIONS) == set(Action) - {
+        A.SUCCEED,
+        A.ROLLBACK,
+        A.FINISH_ROLLBACK,
+        A.STEP_ROLLBACK,
+        A.FAIL,
+    }
     assert person_actions(S.RUNNING) == [A.PAUSE, A.PROMOTE, A.PROMOTE_FULL, A.ABORT]
     assert person_actions(S.ROLLING_BACK) == []
     for status in Status:

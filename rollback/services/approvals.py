@@ -1,6 +1,4 @@
-"""Writes of the rollback app: plain keyword-only functions named <entity>_<action>.
-
-Approvals:
+"""Approvals: policies, the gate, requests and their decisions.
 
 - `approval_policy_create`, `approval_policy_update`, `approval_policy_delete` (admins).
 - `PolicyGate`, registered into `canary_site.gates` when the app is ready: a gated service
@@ -175,6 +173,12 @@ def _pk(user: Any) -> int:
     return int(getattr(user, "pk", user))
 
 
+def role_approvers() -> list[int]:
+    """The ids of the active people with the approver or admin role (and superusers) who hold
+    the approve permission: who approves when nothing names the approvers."""
+    return possible_approvers(ApprovalPolicy(approver_kind=ApproverKind.ROLE))
+
+
 def possible_approvers(policy: ApprovalPolicy, *, users: list[int] | None = None) -> list[int]:
     """The ids of the active people who may approve under ``policy``: those it names who also
     hold the approve permission (the approver and admin roles, superusers)."""
@@ -324,6 +328,41 @@ def approval_request_open(
             one_rejection_rejects=policy.one_rejection_rejects,
             created_at=now,
             expires_at=now + timedelta(seconds=policy.ttl_seconds),
+        )
+        full_clean(request)
+        request.save()
+        request.approvers.set(approvers)
+        _notify(request, "opened", now)
+    return request
+
+
+def open_request(
+    *, attempt: gates.Attempt, approvers: list[int], now: datetime | None = None
+) -> ApprovalRequest:
+    """Open a request that no policy opened (a rollback plan that requires approval) for the
+    people ``approvers`` names, one approval deciding, and tell them."""
+    now = now or timezone.now()
+    change = attempt.change
+    requester = attempt.actor if getattr(attempt.actor, "is_authenticated", False) else None
+    with audit_context(
+        actor=requester, source=attempt.source, reason=attempt.reason, verb="request"
+    ):
+        request = ApprovalRequest(
+            action=change.action,
+            object_type=change.object_type,
+            object_id=change.object_id,
+            object_version=change.version,
+            object_repr=change.object_repr[:300],
+            change={"before": change.before, "after": change.after},
+            evidence=change.evidence,
+            service=attempt.service,
+            arguments=gates.encode(dict(attempt.arguments)),
+            requester=requester,
+            source=attempt.source,
+            reason=attempt.reason,
+            quorum=1,
+            created_at=now,
+            expires_at=now + timedelta(seconds=conf.plan_approval_ttl_seconds()),
         )
         full_clean(request)
         request.save()

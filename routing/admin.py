@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from canary_site.admin import (
@@ -13,6 +14,7 @@ from canary_site.admin import (
     ReadOnlyAdminMixin,
     RefusableDeleteMixin,
     drop_needed_permission,
+    each_through_service,
 )
 from canary_site.audit import writer
 from canary_site.exceptions import CanaryError
@@ -83,12 +85,16 @@ class TargetAdmin(GatedAdminMixin, ServiceActionsMixin, admin.ModelAdmin):
         "endpoint",
         "weight",
         "healthy",
+        "draining_since",
         "consecutive_failures",
         "last_checked_at",
     ]
     list_filter = ["healthy", "service"]
     search_fields = ["name", "endpoint", "version", "service__name"]
+    actions = ["drain_targets", "undrain_targets"]
+    # A drain starts and ends through its actions (and the API), never by editing the moment.
     readonly_fields = [
+        "draining_since",
         "consecutive_successes",
         "consecutive_failures",
         "last_checked_at",
@@ -108,6 +114,30 @@ class TargetAdmin(GatedAdminMixin, ServiceActionsMixin, admin.ModelAdmin):
             services.target_delete(target=obj, **_admin_writer(request))
         except CanaryError as error:
             messages.error(request, error.message)
+
+    @admin.action(description="Drain (the selected targets)", permissions=["change"])
+    def drain_targets(self, request: HttpRequest, queryset: QuerySet[Target]) -> None:
+        each_through_service(
+            self,
+            request,
+            queryset,
+            lambda target: services.target_drain_start(target=target, **_admin_writer(request)),
+            name_of=str,
+            label="Draining",
+            noun="target",
+        )
+
+    @admin.action(description="Put back in rotation (the selected targets)", permissions=["change"])
+    def undrain_targets(self, request: HttpRequest, queryset: QuerySet[Target]) -> None:
+        each_through_service(
+            self,
+            request,
+            queryset,
+            lambda target: services.target_drain_end(target=target, **_admin_writer(request)),
+            name_of=str,
+            label="Back in rotation",
+            noun="target",
+        )
 
 
 class RuleTargetInline(admin.TabularInline):

@@ -35,6 +35,7 @@ def engine_target(target: Target) -> dict[str, Any]:
         "endpoint": target.endpoint,
         "version": target.version,
         "healthy": target.healthy,
+        "draining": target.draining_since is not None,
         "weight": percent_to_basis_points(target.weight),
     }
 

@@ -10,9 +10,9 @@ Semantics
 ---------
 * Rules are tried by ascending ``priority`` (ties keep the given order); the first enabled rule
   whose conditions all match wins. A rule without conditions matches every request.
-* When no rule matches, the request takes the default route: a healthy target of the service's
-  stable version, picked at random in proportion to the targets' service-level ``weight`` (evenly
-  when they are all 0; reason ``no_rule``; no target when none is healthy).
+* When no rule matches, the request takes the default route: an available target of the
+  service's stable version, picked at random in proportion to the targets' service-level
+  ``weight`` (evenly when they are all 0; reason ``no_rule``; no target when none is available).
 * Weights are integer basis points, 0 to 10,000 (10,000 = 100%), the unit of the shared bucketing
   (``canary_site.bucketing.bucket``). In ``weighted``, ``header``, ``cookie`` and ``query`` rules
   they must sum to exactly 10,000; ``round_robin`` and ``least_connections`` ignore them except
@@ -26,12 +26,14 @@ Semantics
 * ``header``, ``cookie`` and ``query`` strategies read ``strategy_key`` from the request; a value
   equal to a target's id, version or name (tried in that order) pins the request to that target.
   Without a pin they split by weight like ``weighted``.
-* A target is available when it is marked healthy, not excluded by the caller (a proxy retrying
-  elsewhere), and its circuit breaker admits the request. A target that is not available is
-  never chosen while an available one exists in the rule: the request fails over to the rule's
-  available targets (same point, spread by their weights), then to the first available
-  ``fallback_target_ids``; with none left, ``fail_open`` picks among all the rule's targets by
-  weight and ``fail_closed`` answers no target (reason ``no_healthy_target``).
+* A target is in rotation when it is marked healthy and is not draining (a drained target
+  finishes the requests it has and takes no new one). It is available when it is in rotation,
+  not excluded by the caller (a proxy retrying elsewhere), and its circuit breaker admits the
+  request. A target that is not available is never chosen while an available one exists in the
+  rule: the request fails over to the rule's available targets (same point, spread by their
+  weights), then to the first available ``fallback_target_ids``; with none left, ``fail_open``
+  picks among all the rule's targets by weight (draining ones too) and ``fail_closed`` answers
+  no target (reason ``no_healthy_target``).
 * A rule with a rate limit refuses requests beyond it when a ``RuntimeState`` is given (reason
   ``rate_limited`` with ``retry_after`` seconds); a stateless call never limits.
 
@@ -45,7 +47,7 @@ and ignored, any other unknown key is an error)::
       "version?": 0,                           # snapshot version, bumped on every change
       "targets?": [                            # the service's targets
         {"id": "stable-1", "name?": "<id>", "endpoint": "http://10.0.0.5:8080",
-         "version": "1.4.0", "healthy?": true, "weight?": 0}
+         "version": "1.4.0", "healthy?": true, "draining?": false, "weight?": 0}
       ],
       "rules?": [
         {
@@ -235,6 +237,9 @@ class TargetSnapshot:
     version: str
     weight: int = 0
     healthy: bool = True
+    draining: bool = False
+    # Healthy and not draining: may take new requests. Read on every decision, so computed once.
+    in_rotation: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -249,11 +254,15 @@ class TargetSnapshot:
             raise InvalidRoutingDefinition("weight", "must be an integer number of basis points")
         if not 0 <= self.weight <= BUCKETS:
             raise InvalidRoutingDefinition("weight", f"must be between 0 and {BUCKETS}")
+        for name in ("healthy", "draining"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidRoutingDefinition(name, "must be true or false")
+        object.__setattr__(self, "in_rotation", self.healthy and not self.draining)
 
     @property
-    def identity(self) -> tuple[str, str, str, bool]:
+    def identity(self) -> tuple[str, str, str, bool, bool]:
         """What must agree wherever the same target id appears."""
-        return (self.name, self.endpoint, self.version, self.healthy)
+        return (self.name, self.endpoint, self.version, self.healthy, self.draining)
 
 
 # C0 controls, DEL and C1 controls. A line break in a name or a value would end a comment or a
@@ -1153,6 +1162,10 @@ class RuntimeState:
     def in_flight(self, target_id: str) -> int:
         return self._in_flight.get(target_id, 0)
 
+    def in_flight_counts(self) -> dict[str, int]:
+        """Requests in flight per target id, for targets that have any."""
+        return {target_id: count for target_id, count in self._in_flight.items() if count}
+
     def take(self, rule_id: RuleId, now: float) -> tuple[bool, float]:
         """Take a token from the rule's rate limiter; unlimited rules always pass."""
         limiter = self._limiters.get(rule_id)
@@ -1252,7 +1265,7 @@ def _route(
         reason = _WEIGHTED
     target = plan.layout[bisect_right(plan.bounds, point)]
     if (
-        target.healthy
+        target.in_rotation
         and (not exclude or target.id not in exclude)
         and (state is None or state.allow(target.id, now))
     ):
@@ -1268,7 +1281,7 @@ def _usable(
 ) -> bool:
     """Available and admitted: consumes a half-open trial slot, so call it on the final pick."""
     return (
-        target.healthy
+        target.in_rotation
         and target.id not in exclude
         and (state is None or state.allow(target.id, now))
     )
@@ -1281,7 +1294,7 @@ def _available(
     exclude: Collection[str],
 ) -> bool:
     return (
-        target.healthy
+        target.in_rotation
         and target.id not in exclude
         and (state is None or state.available(target.id, now))
     )
@@ -1292,6 +1305,8 @@ def _why_unavailable(
 ) -> str:
     if not target.healthy:
         return "is marked unhealthy"
+    if target.draining:
+        return "is draining"
     if target.id in exclude:
         return "was excluded by the caller"
     if state is not None:
@@ -1511,6 +1526,7 @@ def _build_target(
             version=known.version,
             weight=_get(item, "weight", int),
             healthy=known.healthy,
+            draining=known.draining,
         )
     return _construct(
         path,
@@ -1521,6 +1537,7 @@ def _build_target(
         version=_get(item, "version", str),
         weight=_get(item, "weight", int, 0),
         healthy=_get(item, "healthy", bool, True),
+        draining=_get(item, "draining", bool, False),
     )
 
 

@@ -5,8 +5,8 @@
 
 - **rules**: each condition becomes a ``map`` (``geo`` for client-IP networks) yielding 1 or 0;
   an ordered regex ``map`` over the rules' match flags picks the first matching rule by
-  priority, and the default route (the stable version's healthy targets) takes the rest;
-- **weights**: ``split_clients`` over the rule's available (healthy) targets, canary first,
+  priority, and the default route (the stable version's targets in rotation) takes the rest;
+- **weights**: ``split_clients`` over the rule's targets in rotation, canary first,
   keyed by ``"<service>:<rule>:<key>"`` where the key is the affinity cookie or header when the
   rule has affinity, else ``$request_id``. nginx hashes with MurmurHash2 rather than the engine's
   MurmurHash3, so a user's bucket differs between the two, but each is sticky and monotonic:
@@ -330,11 +330,11 @@ class _Builder:
 
     def rule_route(self, rule: RuleSnapshot, rule_key: str) -> str:
         """The nginx value (an upstream name, a variable or "") that a matching rule routes to."""
-        available = [target for target in rule.targets if target.healthy]
+        available = [target for target in rule.targets if target.in_rotation]
         fallbacks = [
             self.snapshot.targets_by_id[target_id]
             for target_id in rule.failover.fallback_target_ids
-            if self.snapshot.targets_by_id[target_id].healthy
+            if self.snapshot.targets_by_id[target_id].in_rotation
         ]
         label = f"rule {rule.id}" + (f" '{rule.name}'" if rule.name else "")
         if rule.strategy in (Strategy.ROUND_ROBIN, Strategy.LEAST_CONNECTIONS):
@@ -522,7 +522,7 @@ class _Builder:
             context.maps.append(
                 MapBlock(f'"{joined}"', rule_variable, entries, '""', comment="first matching rule")
             )
-        default_targets = [t for t in snapshot.stable_targets if t.healthy]
+        default_targets = [t for t in snapshot.stable_targets if t.in_rotation]
         default_route = (
             self.new_upstream(
                 f"default route: stable v{snapshot.stable_version}",

@@ -111,6 +111,10 @@ class Target(models.Model):
         ),
     )
     healthy = models.BooleanField(default=True)
+    # Set while the target is drained (``services.target_drain_start``): the proxies send it no
+    # new request, its share going to the other targets of each split as an unhealthy
+    # target's does, while the requests it already has finish (``selectors.drain_status``).
+    draining_since = models.DateTimeField(null=True, blank=True, editable=False)
     metadata = models.JSONField(default=dict, blank=True, validators=[validate_metadata])
     health_check = models.JSONField(
         null=True,

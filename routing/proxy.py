@@ -20,6 +20,10 @@ none queues behind another:
   service, version and second) to the metric store every ``flush_interval`` seconds,
   and once more on shutdown (SIGTERM);
 - the reporter publishes the breakers' states to the cache for the dashboard, best effort;
+- the in-flight reporter publishes, best effort, the requests in flight per target with the
+  routing version loaded and the targets it drains (``selectors.drain_status`` reads them):
+  within a quarter of a second of a change for a draining target, every half second while one
+  has requests in flight, and every two seconds otherwise;
 - a watchdog logs when the event loop itself was held up (the time and for how long).
 
 A dependency that fails (the database, the cache) is logged once when it starts failing and
@@ -106,6 +110,11 @@ SMALL_RESPONSE_BYTES = 64 * 1024
 # Outcomes that cannot be flushed are kept and retried, but not for ever.
 MAX_UNFLUSHED_AGE_SECONDS = 300
 BREAKER_PUBLISH_SECONDS = 5.0
+# How often the in-flight reporter looks at the draining targets' counts; how often it
+# publishes while one of them has requests in flight, and at the least.
+IN_FLIGHT_CHECK_SECONDS = 0.25
+DRAIN_PUBLISH_SECONDS = 0.5
+IN_FLIGHT_PUBLISH_SECONDS = 2.0
 # The last flush, on shutdown, waits this long for the metric store before giving up.
 SHUTDOWN_FLUSH_SECONDS = 10.0
 # The watchdog wakes this often and reports a wake-up this much later than it asked for.
@@ -275,6 +284,25 @@ def publish_breakers(proxy_id: str, services: dict[str, dict[str, str]]) -> None
     cache.set(selectors.BREAKERS_KEY, reports, timeout=int(selectors.BREAKER_REPORT_MAX_AGE * 4))
 
 
+def publish_in_flight_report(proxy_id: str, report: dict[str, Any] | None) -> None:
+    """Merge this proxy's in-flight report into the shared one the drain status reads; None
+    withdraws it (the proxy is stopping, with nothing left in flight)."""
+    from django.core.cache import cache
+
+    from routing import selectors
+
+    now = time.time()
+    reports = cache.get(selectors.IN_FLIGHT_KEY) or {}
+    reports = {
+        key: value
+        for key, value in reports.items()
+        if key != proxy_id and now - float(value.get("at", 0)) <= selectors.IN_FLIGHT_REPORT_MAX_AGE
+    }
+    if report is not None:
+        reports[proxy_id] = {**report, "at": now}
+    cache.set(selectors.IN_FLIGHT_KEY, reports, timeout=int(selectors.IN_FLIGHT_REPORT_MAX_AGE * 4))
+
+
 def close_database_connection() -> None:
     from django.db import connection
 
@@ -399,6 +427,7 @@ class RoutingProxy:
         read_version: Callable[[], Any] | None = None,
         record_outcomes: Callable[[list[Any]], None] | None = None,
         publish: Callable[[str, dict[str, dict[str, str]]], None] | None = None,
+        publish_in_flight: Callable[[str, dict[str, Any] | None], None] | None = None,
     ) -> None:
         self.default_service = default_service
         self.poll_interval = poll_interval
@@ -415,6 +444,9 @@ class RoutingProxy:
         self._read_version = read_version or read_routing_version
         self._record = record_outcomes or record_outcomes_in_metric_store
         self._publish = publish if publish is not None else publish_breakers
+        self._publish_in_flight = (
+            publish_in_flight if publish_in_flight is not None else publish_in_flight_report
+        )
         self.snapshots: dict[str, ServiceSnapshot] = {}
         self.states: dict[str, RuntimeState] = {}
         self.outcomes = Outcomes()
@@ -426,12 +458,18 @@ class RoutingProxy:
         self._flushing: asyncio.Future[None] | None = None
         self._last_breakers: dict[str, dict[str, str]] | None = None
         self._breakers_published_at = 0.0
+        # The ids of the targets each service's snapshot drains, from the last install.
+        self._draining: dict[str, tuple[str, ...]] = {}
+        self._last_drain_watch: Any = None
+        self._in_flight_published_at = 0.0
         self._loader = Worker("routing-reload")
         self._flusher = Worker("routing-flush")
         self._reporter = Worker("routing-report")
+        self._in_flight_reporter = Worker("routing-in-flight")
         self._database = OutageLog("Reading the routing from the database")
         self._store = OutageLog("Flushing outcomes to the metric store")
         self._cache = OutageLog("Publishing circuit breaker states to the cache")
+        self._in_flight_cache = OutageLog("Publishing requests in flight to the cache")
 
     # -- ASGI entry points ------------------------------------------------------------------
 
@@ -490,6 +528,7 @@ class RoutingProxy:
             asyncio.create_task(self._poll_loop(), name="routing-poll"),
             asyncio.create_task(self._flush_loop(), name="routing-flush"),
             asyncio.create_task(self._report_loop(), name="routing-report"),
+            asyncio.create_task(self._in_flight_loop(), name="routing-in-flight"),
             asyncio.create_task(self._watchdog(), name="routing-watchdog"),
         ]
 
@@ -522,6 +561,11 @@ class RoutingProxy:
                     "store.",
                     *pending,
                 )
+        # Every request has been answered by now: this proxy no longer holds any drain back.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self._in_flight_reporter.run(self._publish_in_flight, self.proxy_id, None), 1.0
+            )
         if self.client is not None:
             await self.client.close()
         for worker in (self._loader, self._flusher):
@@ -556,6 +600,11 @@ class RoutingProxy:
         (the engine resyncs a state when it first sees the new snapshot)."""
         self.states = {name: self.states.get(name) or RuntimeState() for name in snapshots}
         self.snapshots = snapshots
+        self._draining = {
+            name: draining
+            for name, snapshot in snapshots.items()
+            if (draining := tuple(target.id for target in snapshot.targets if target.draining))
+        }
         self.version = version
         self.loaded = True
         log = logger.warning if took > SLOW_WORK_SECONDS else logger.info
@@ -637,6 +686,63 @@ class RoutingProxy:
         self._cache.succeeded()
         self._last_breakers = states
         self._breakers_published_at = now
+
+    async def _in_flight_loop(self) -> None:
+        while True:
+            await asyncio.sleep(IN_FLIGHT_CHECK_SECONDS)
+            await self.report_in_flight()
+
+    async def report_in_flight(self) -> None:
+        """Best effort, and only when due: at once when a draining target's count, the drains
+        or the routing version changed since the last report, every half second while a
+        draining target has requests in flight (so a report lost to another proxy's write is
+        soon replaced), and every two seconds to stay fresh. Nothing per request: the counts
+        are the engine's state, read here."""
+        now = time.monotonic()
+        watch = self._drain_watch()
+        elapsed = now - self._in_flight_published_at
+        busy = any(count for _service, _target, count in watch[1])
+        if (
+            watch == self._last_drain_watch
+            and elapsed < IN_FLIGHT_PUBLISH_SECONDS
+            and not (busy and elapsed >= DRAIN_PUBLISH_SECONDS)
+        ):
+            return
+        report = self.in_flight_report()
+        try:
+            await self._in_flight_reporter.run(self._publish_in_flight, self.proxy_id, report)
+        except Exception as error:
+            self._in_flight_cache.failed(
+                error, "drains this proxy serves are not seen to finish until it works"
+            )
+            return
+        self._in_flight_cache.succeeded()
+        self._last_drain_watch = watch
+        self._in_flight_published_at = now
+
+    def _drain_watch(self) -> tuple[Any, tuple[tuple[str, str, int], ...]]:
+        """The routing version and each draining target's count: what, changed, is told soon."""
+        states = self.states
+        return (
+            self.version,
+            tuple(
+                (name, target_id, states[name].in_flight(target_id))
+                for name, draining in self._draining.items()
+                for target_id in draining
+            ),
+        )
+
+    def in_flight_report(self) -> dict[str, Any]:
+        """This proxy's report: the routing version it has loaded and, per service it serves,
+        the targets its snapshot drains and the requests in flight per target that has any."""
+        services: dict[str, Any] = {}
+        for name in self.snapshots:
+            state = self.states.get(name)
+            services[name] = {
+                "draining": list(self._draining.get(name, ())),
+                "in_flight": state.in_flight_counts() if state is not None else {},
+            }
+        return {"version": str(self.version), "services": services}
 
     async def _watchdog(self) -> None:
         """Report the event loop being held up: requests wait for as long as it is."""
@@ -779,100 +885,118 @@ class RoutingProxy:
         context: RequestContext,
         decision: Decision,
     ) -> None:
-        client = self.client
-        assert client is not None
-        method: str = scope["method"]
-        rule = decision.rule
-        retries = rule.failover.retries if rule is not None else 0
-        delay = rule.failover.retry_delay_ms / 1000 if rule is not None else 0.0
-        set_cookie = decision.set_cookie_header()
-        idempotent = method in IDEMPOTENT_METHODS
-
-        body: bytes | AsyncIterator[bytes] | None = None
-        body_length: int | None = None
-        length = headers.get("content-length")
-        chunked = "transfer-encoding" in headers
-        if chunked or length is not None:
-            body_length = int(length) if length is not None and length.isdigit() else None
-            if body_length == 0 and not chunked:
-                body = b""
-            elif (
-                idempotent
-                and retries
-                and body_length is not None
-                and body_length <= REPLAYABLE_BODY_BYTES
-            ):
-                body = await read_body(receive)
-            else:
-                # Too big to keep for a retry (or not idempotent): it streams through once.
-                body = stream_body(receive)
-                retries = 0
-        replayable = idempotent and not isinstance(body, AsyncIterator)
-        if not idempotent:
-            retries = 0
-
-        upstream_headers = forwarded
-        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-        query_string = scope.get("query_string")
-        if query_string:
-            path = f"{path}?{query_string.decode('latin-1')}"
-
-        excluded: list[str] = []
         target: TargetSnapshot = decision.target  # type: ignore[assignment]
-        attempt = 0
-        while True:
-            upstream_headers[-1] = ("X-Canary-Version", target.version)
-            state.begin(target.id)
-            started = time.perf_counter()
-            response: UpstreamResponse | None = None
-            failure: UpstreamError | None = None
-            try:
-                response = await client.request(
-                    method, target.endpoint, path, upstream_headers, body, body_length, replayable
-                )
-            except ClientDisconnected:
-                state.end(target.id)
-                return
-            except UpstreamError as error:
-                failure = error
-            if response is not None and (response.status < 500 or attempt >= retries):
+        # The target whose in-flight count this request holds. Counted from the decision on,
+        # so a request whose body is still arriving holds a drain back too; each count ends
+        # exactly once (a failed try ends its own, the finally below the last one), whatever
+        # is raised meanwhile, since a drain waits for these counts to reach zero.
+        counted: str | None = target.id
+        state.begin(target.id)
+        try:
+            client = self.client
+            assert client is not None
+            method: str = scope["method"]
+            rule = decision.rule
+            retries = rule.failover.retries if rule is not None else 0
+            delay = rule.failover.retry_delay_ms / 1000 if rule is not None else 0.0
+            set_cookie = decision.set_cookie_header()
+            idempotent = method in IDEMPOTENT_METHODS
+
+            body: bytes | AsyncIterator[bytes] | None = None
+            body_length: int | None = None
+            length = headers.get("content-length")
+            chunked = "transfer-encoding" in headers
+            if chunked or length is not None:
+                body_length = int(length) if length is not None and length.isdigit() else None
+                if body_length == 0 and not chunked:
+                    body = b""
+                elif (
+                    idempotent
+                    and retries
+                    and body_length is not None
+                    and body_length <= REPLAYABLE_BODY_BYTES
+                ):
+                    body = await read_body(receive)
+                else:
+                    # Too big to keep for a retry (or not idempotent): it streams through once.
+                    body = stream_body(receive)
+                    retries = 0
+            replayable = idempotent and not isinstance(body, AsyncIterator)
+            if not idempotent:
+                retries = 0
+
+            upstream_headers = forwarded
+            path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+            query_string = scope.get("query_string")
+            if query_string:
+                path = f"{path}?{query_string.decode('latin-1')}"
+
+            excluded: list[str] = []
+            attempt = 0
+            while True:
+                upstream_headers[-1] = ("X-Canary-Version", target.version)
+                if counted is None:
+                    counted = target.id
+                    state.begin(target.id)
+                started = time.perf_counter()
+                response: UpstreamResponse | None = None
+                failure: UpstreamError | None = None
                 try:
+                    response = await client.request(
+                        method,
+                        target.endpoint,
+                        path,
+                        upstream_headers,
+                        body,
+                        body_length,
+                        replayable,
+                    )
+                except ClientDisconnected:
+                    return
+                except UpstreamError as error:
+                    failure = error
+                if response is not None and (response.status < 500 or attempt >= retries):
                     await self.relay(
                         send, response, method, snapshot, target, state, started, set_cookie
                     )
-                finally:
-                    state.end(target.id)
-                return
-            # This target failed; another one may not.
-            state.end(target.id)
-            state.record_failure(target.id, state.clock())
-            self.outcomes.record(
-                snapshot.name, target.version, (time.perf_counter() - started) * 1000, True
-            )
-            if response is not None:
-                problem = f"{target.name} answered HTTP {response.status}"
-                response.close()
-            else:
-                problem = f"{target.name} failed: {failure}"
-            if attempt >= retries:
-                if isinstance(failure, UpstreamTimeout):
-                    await respond(send, 504, "upstream_timeout", f"Target {problem}.")
-                else:
-                    await respond(send, 502, "upstream_failed", f"Target {problem}.")
-                return
-            attempt += 1
-            excluded.append(target.id)
-            if delay:
-                await asyncio.sleep(delay)
-            retry = decide(
-                snapshot, self._retry_context(context, decision), state=state, exclude=excluded
-            )
-            if retry.target is None:
-                await respond(
-                    send, 502, "upstream_failed", f"No target left to retry on; last: {problem}."
+                    return
+                # This target failed; another one may not.
+                counted = None
+                state.end(target.id)
+                state.record_failure(target.id, state.clock())
+                self.outcomes.record(
+                    snapshot.name, target.version, (time.perf_counter() - started) * 1000, True
                 )
-                return
-            target = retry.target
+                if response is not None:
+                    problem = f"{target.name} answered HTTP {response.status}"
+                    response.close()
+                else:
+                    problem = f"{target.name} failed: {failure}"
+                if attempt >= retries:
+                    if isinstance(failure, UpstreamTimeout):
+                        await respond(send, 504, "upstream_timeout", f"Target {problem}.")
+                    else:
+                        await respond(send, 502, "upstream_failed", f"Target {problem}.")
+                    return
+                attempt += 1
+                excluded.append(target.id)
+                if delay:
+                    await asyncio.sleep(delay)
+                retry = decide(
+                    snapshot, self._retry_context(context, decision), state=state, exclude=excluded
+                )
+                if retry.target is None:
+                    await respond(
+                        send,
+                        502,
+                        "upstream_failed",
+                        f"No target left to retry on; last: {problem}.",
+                    )
+                    return
+                target = retry.target
+        finally:
+            if counted is not None:
+                state.end(counted)
 
     @staticmethod
     def _retry_context(context: RequestContext, decision: Decision) -> RequestContext:

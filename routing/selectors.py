@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +30,14 @@ BREAKERS_KEY = "routing:breakers"
 
 BREAKER_REPORT_MAX_AGE = 30.0
 """Seconds after which a proxy's breaker report is considered stale (the proxy is gone)."""
+
+IN_FLIGHT_KEY = "routing:in_flight"
+"""Cache key where proxies publish their requests in flight per target, keyed by proxy id."""
+
+IN_FLIGHT_REPORT_MAX_AGE = 10.0
+"""Seconds after which a proxy's in-flight report is stale (the proxy is gone). A running proxy
+publishes at least every two seconds, every half second while a draining target it serves has
+requests in flight."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,6 +83,84 @@ def circuit_states(*, service: str | None = None) -> list[BreakerState]:
         BreakerState(service=key[0], target=key[1], state=value[0], proxies=value[1])
         for key, value in sorted(worst.items())
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class DrainStatus:
+    """Where the drain of one target stands, from the stored drain and the proxies' reports."""
+
+    draining: bool
+    since: datetime | None
+    in_flight: int  # requests the live proxies have in flight to the target, summed
+    proxies: int  # live proxies (those whose report is fresh)
+    loaded: int  # of those, how many route with the drain (or do not serve the service at all)
+    drained: bool  # draining, every live proxy has loaded it, and none has a request in flight
+
+
+def drain_status(*, target: Target) -> DrainStatus:
+    """Whether ``target`` is draining and whether its requests in flight have all finished."""
+    return drain_statuses(targets=[target])[target.pk]
+
+
+def drain_statuses(*, targets: Iterable[Target]) -> dict[int, DrainStatus]:
+    """`drain_status` of each of ``targets`` (with their services loaded), by primary key, from
+    one read of the cache.
+
+    A proxy proves it routes with the drain by listing the target among the draining targets of
+    its loaded snapshot; until every live proxy does, some may still send the target new
+    requests, so it is not drained whatever the counts say. A proxy that does not serve the
+    target's service sends it nothing. When no proxy is running at all nothing is in flight,
+    so a draining target is drained at once. With the cache out of reach nothing is known:
+    ``proxies`` is 0 and ``drained`` False, for the caller's timeout to decide.
+    """
+    targets = list(targets)
+    if not targets:
+        return {}
+    try:
+        reports = _live_reports(cache.get(IN_FLIGHT_KEY) or {}, IN_FLIGHT_REPORT_MAX_AGE)
+    except Exception:
+        logger.warning(
+            "Could not read the proxies' in-flight reports from the cache", exc_info=True
+        )
+        return {
+            target.pk: DrainStatus(
+                draining=target.draining_since is not None,
+                since=target.draining_since,
+                in_flight=0,
+                proxies=0,
+                loaded=0,
+                drained=False,
+            )
+            for target in targets
+        }
+    statuses: dict[int, DrainStatus] = {}
+    for target in targets:
+        service = target.service.name
+        in_flight = 0
+        loaded = 0
+        for report in reports:
+            entry = report.get("services", {}).get(service)
+            if entry is None:
+                loaded += 1
+                continue
+            in_flight += int(entry.get("in_flight", {}).get(target.name, 0))
+            if target.name in entry.get("draining", ()):
+                loaded += 1
+        draining = target.draining_since is not None
+        statuses[target.pk] = DrainStatus(
+            draining=draining,
+            since=target.draining_since,
+            in_flight=in_flight,
+            proxies=len(reports),
+            loaded=loaded,
+            drained=draining and loaded == len(reports) and in_flight == 0,
+        )
+    return statuses
+
+
+def _live_reports(reports: Mapping[str, Any], max_age: float) -> list[Mapping[str, Any]]:
+    now = time.time()
+    return [report for report in reports.values() if now - float(report.get("at", 0)) <= max_age]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from canary_site import gates
 from canary_site.audit import audit_context, audit_updates
 from canary_site.bulk import write_rows
 from canary_site.choices import Source
-from canary_site.exceptions import TransitionNotAllowed, ValidationFailed, full_clean
+from canary_site.exceptions import NotFound, TransitionNotAllowed, ValidationFailed, full_clean
 from routing import gating, probes, selectors
 from routing.choices import Strategy
 from routing.definition import (
@@ -436,6 +436,58 @@ def target_set_health(
         target.save(update_fields=["healthy", "consecutive_failures", "consecutive_successes"])
         routing_version_bump(service_ids=[target.service_id])
     return target
+
+
+def target_drain_start(
+    *,
+    target: Target,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> Target:
+    """Drain ``target``: the proxies send it no new request once they have reloaded (within
+    their poll interval), its share going to the other targets of each split as an unhealthy
+    target's does, while the requests it has finish; `selectors.drain_status` tells when they
+    have. A drain under way keeps its ``draining_since``. Not gated: a rollback drains."""
+    with (
+        transaction.atomic(),
+        audit_context(actor=actor, source=source, reason=reason, verb="drain"),
+    ):
+        target = _locked_target(target)
+        if target.draining_since is not None:
+            return target
+        target.draining_since = timezone.now()
+        target.save(update_fields=["draining_since", "updated_at"])
+        routing_version_bump(service_ids=[target.service_id])
+    return target
+
+
+def target_drain_end(
+    *,
+    target: Target,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    reason: str = "",
+) -> Target:
+    """Put a drained target back in rotation; one that is not draining is left as it is."""
+    with (
+        transaction.atomic(),
+        audit_context(actor=actor, source=source, reason=reason, verb="undrain"),
+    ):
+        target = _locked_target(target)
+        if target.draining_since is None:
+            return target
+        target.draining_since = None
+        target.save(update_fields=["draining_since", "updated_at"])
+        routing_version_bump(service_ids=[target.service_id])
+    return target
+
+
+def _locked_target(target: Target) -> Target:
+    locked = Target.objects.select_for_update().filter(pk=target.pk).first()
+    if locked is None:
+        raise NotFound(f"There is no target {target.pk}.", field="target")
+    return locked
 
 
 # ---------------------------------------------------------------------------------------------

@@ -56,8 +56,14 @@ def _service_or_404(name: str) -> Service:
 def service_context(service: Service, *, part: str | None = None) -> dict[str, Any]:
     """What the service page shows; ``part`` (a partial's name) limits it to that region, so a
     panel that polls does not pay for the others."""
-    targets = list(service.targets.order_by("version", "name"))
+    targets = list(service.targets.select_related("service").order_by("version", "name"))
     context: dict[str, Any] = {"service": service, "targets": targets}
+    if part in (None, "service-targets"):
+        # Only a draining target has a drain to show; the others cost no read of the cache.
+        drains = selectors.drain_statuses(
+            targets=[target for target in targets if target.draining_since is not None]
+        )
+        context["target_rows"] = [(target, drains.get(target.pk)) for target in targets]
     if part in (None, "traffic-chart"):
         versions: dict[str, list[str]] = {}
         for target in targets:

@@ -311,7 +311,9 @@ def _kick(ids: list[int]) -> None:
 def _duration(left: timedelta) -> str:
     seconds = max(1, int(left.total_seconds() + 0.999))
     minutes, seconds = divmod(seconds, 60)
-    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+    if not minutes:
+        return f"{seconds} s"
+    return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
 
 
 # --------------------------------------------------------------------------- a person's
@@ -486,7 +488,7 @@ def _hold_for_approval(
 ) -> RollbackExecution:
     """Pause the deployment at its share and open a request for the plan's approvers; the
     approval that decides it runs `rollback_request` again with the execution it continues."""
-    from rollback.services.approvals import open_request
+    from rollback.services.approvals import open_request, request_summary
 
     approvers = _plan_approvers(spec, actor)
     if not approvers:
@@ -538,7 +540,13 @@ def _hold_for_approval(
         request = open_request(attempt=attempt, approvers=approvers, now=now)
         execution.approval = request
         execution.save(update_fields=["approval"])
-    raise gates.ApprovalRequired(request)
+    raise gates.ApprovalRequired(
+        f"Approval required: rollback plan {spec.name!r} asks an approval for this rollback; "
+        f"deployment {deployment.pk} is paused at {deployment.canary_share}% meanwhile. Approval "
+        f"request #{request.pk} is open until {request.expires_at:%Y-%m-%d %H:%M} UTC.",
+        request_id=request.pk,
+        summary=request_summary(request),
+    )
 
 
 def _plan_approvers(spec: plans.Plan, actor: Any) -> list[int]:

@@ -34,7 +34,7 @@ class TargetBriefSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Target
-        fields = ["id", "name", "endpoint", "version", "weight", "healthy"]
+        fields = ["id", "name", "endpoint", "version", "weight", "healthy", "draining_since"]
         read_only_fields = fields
 
 
@@ -73,6 +73,7 @@ class TargetSerializer(serializers.ModelSerializer):
             "id",
             "service",
             *TARGET_FIELDS,
+            "draining_since",
             "consecutive_successes",
             "consecutive_failures",
             "last_checked_at",
@@ -93,6 +94,33 @@ class TargetWriteSerializer(StrictSerializer):
     metadata = serializers.JSONField(required=False)
     health_check = serializers.JSONField(required=False, allow_null=True)
     reason = serializers.CharField(required=False, allow_blank=True, default="", write_only=True)
+
+
+class DrainSerializer(StrictSerializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class DrainStatusSerializer(serializers.Serializer):
+    """``selectors.DrainStatus``: where a target's drain stands in the running proxies."""
+
+    draining = serializers.BooleanField()
+    since = serializers.DateTimeField(allow_null=True)
+    in_flight = serializers.IntegerField(
+        help_text="Requests the live proxies have in flight to it."
+    )
+    proxies = serializers.IntegerField(help_text="Live proxies (fresh reports).")
+    loaded = serializers.IntegerField(
+        help_text="Live proxies routing with the drain (or not serving the service)."
+    )
+    drained = serializers.BooleanField(
+        help_text="Draining, loaded by every live proxy, and nothing in flight (true at once "
+        "when no proxy runs)."
+    )
+
+
+class TargetDrainSerializer(serializers.Serializer):
+    target = TargetSerializer()
+    drain = DrainStatusSerializer()
 
 
 class RuleTargetSerializer(StrictSerializer):

@@ -1,8 +1,10 @@
-"""REST endpoints of the routing app: services, targets and rules (CRUD), a rule's split in one
-call, the decision for a described request, and the nginx export. Each write calls one service."""
+"""REST endpoints of the routing app: services, targets and rules (CRUD), a target's drain, a
+rule's split in one call, the decision for a described request, and the nginx export. Each write
+calls one service."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpResponse
@@ -14,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from canary_site.api.actions import requires, validated
+from canary_site.api.actions import object_verb, requires, validated
 from canary_site.api.serializers import ErrorSerializer
 from canary_site.audit import writer
 from canary_site.exceptions import NotFound, ValidationFailed
@@ -22,16 +24,19 @@ from routing import exporters, selectors, services
 from routing.api.serializers import (
     DecideRequestSerializer,
     DecisionSerializer,
+    DrainSerializer,
+    DrainStatusSerializer,
     RuleSerializer,
     RuleWriteSerializer,
     ServiceSerializer,
     ServiceWriteSerializer,
+    TargetDrainSerializer,
     TargetSerializer,
     TargetWriteSerializer,
     WeightsSerializer,
 )
 from routing.filtersets import RuleFilterSet, ServiceFilterSet, TargetFilterSet
-from routing.models import Service
+from routing.models import Service, Target
 from routing.snapshot import service_snapshot
 
 
@@ -81,8 +86,31 @@ class ServiceViewSet(viewsets.ModelViewSet):
         services.service_delete(service=instance, **writer(self.request))
 
 
+def _drain_verb(name: str, service: Callable[..., Target], doc: str) -> Any:
+    """``POST /api/v1/routing/targets/{id}/<name>/``: the target and where its drain stands.
+    Idempotent, so posting ``drain`` again is how a client follows a drain to its end."""
+
+    def perform(view: TargetViewSet, request: Request, data: dict[str, Any]) -> dict[str, Any]:
+        target = service(target=view.get_object(), **data, **writer(request))
+        target = selectors.target_list().get(pk=target.pk)
+        return {
+            "target": TargetSerializer(target).data,
+            "drain": DrainStatusSerializer(selectors.drain_status(target=target)).data,
+        }
+
+    return object_verb(
+        name,
+        perform,
+        body=DrainSerializer,
+        responses=TargetDrainSerializer,
+        permission="routing.change_target",
+        doc=doc,
+        empty_body=True,
+    )
+
+
 class TargetViewSet(viewsets.ModelViewSet):
-    """Targets: one endpoint running one version of a service, with its health."""
+    """Targets: one endpoint running one version of a service, with its health and drain."""
 
     queryset = selectors.target_list()
     serializer_class = TargetSerializer
@@ -108,6 +136,17 @@ class TargetViewSet(viewsets.ModelViewSet):
 
     def perform_destroy(self, instance: Any) -> None:
         services.target_delete(target=instance, **writer(self.request))
+
+    drain = _drain_verb(
+        "drain",
+        services.target_drain_start,
+        "Drain the target: the proxies send it no new request (its share goes to the other "
+        "targets of each split) and finish those in flight; `drain.drained` tells when they "
+        "have. A drain under way keeps its start.",
+    )
+    undrain = _drain_verb(
+        "undrain", services.target_drain_end, "Put a drained target back in rotation."
+    )
 
 
 class RuleViewSet(viewsets.ModelViewSet):

@@ -862,6 +862,8 @@ EXPECTED: dict[str, dict[str, Row]] = {
     "api/v1/routing/targets/<pk>/": api(
         GET=API_READ, PUT=api_engineers(200), PATCH=api_engineers(200), DELETE=api_engineers(409)
     ),
+    "api/v1/routing/targets/<pk>/drain/": api(POST=api_engineers(200)),
+    "api/v1/routing/targets/<pk>/undrain/": api(POST=api_engineers(200)),
     "api/v1/routing/rules/": api(GET=API_READ, POST=api_engineers(400)),
     "api/v1/routing/rules/<pk>/": api(
         GET=API_READ, PUT=api_engineers(200), PATCH=api_engineers(200), DELETE=api_engineers(204)

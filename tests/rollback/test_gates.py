@@ -16,6 +16,8 @@ from canary_site import gates
 # must be gated or added here, with its reason.
 UNGATED = {
     "flags.services.flag_kill": "the emergency off-switch never waits (EMERGENCY_ACTIONS)",
+    "routing.services.target_drain_start": "a rollback's drain never waits for a sign-off",
+    "routing.services.target_drain_end": "puts a drained target back; the rule's weights decide",
     "flags.services.flag_release_control": "hands the rollout back; nothing served changes",
     "flags.services.flag_validate": "checks, writes nothing",
     "flags.services.flag_exposures_flush": "evidence bookkeeping",

@@ -120,9 +120,16 @@ GATED_ACTIONS: dict[str, GatedAction] = {
                 "routing.services.target_delete",
             ),
         ),
-        # Their services arrive with rollback plans and kill switches; policies may name them now.
-        GatedAction("rollback.execute", "Execute a rollback plan that asks for approval"),
-        GatedAction("killswitch.recover", "Recover a kill switch"),
+        GatedAction(
+            "rollback.execute",
+            "Roll a deployment back by its plan, by hand",
+            ("rollback.services.executions.rollback_request",),
+        ),
+        GatedAction(
+            "killswitch.recover",
+            "Recover a kill switch",
+            ("rollback.services.killswitches.kill_switch_recover",),
+        ),
     )
 }
 

@@ -38,6 +38,9 @@ ENGINEER_ACTION_PREFIXES = (
     "delete_rollbackplan",
     "add_rollbackexecution",
     "change_rollbackexecution",
+    "add_killswitch",
+    "change_killswitch",
+    "delete_killswitch",
 )
 APPROVER_ACTION_PREFIXES = ("approve_",)
 DOMAIN_APPS = frozenset({"canary_site", "flags", "routing", "health", "deployments", "rollback"})

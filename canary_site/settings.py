@@ -311,6 +311,8 @@ CELERY_BEAT_SCHEDULE = {
     # rollback: executions, kill switch triggers and recoveries (step 4)
     "rollback-approvals-expire": {"task": "rollback.tasks.approval_requests_expire", **_tick},
     "rollback-executions-advance": {"task": "rollback.tasks.rollback_executions_advance", **_tick},
+    "rollback-kill-switches-watch": {"task": "rollback.tasks.kill_switches_watch", **_tick},
+    "rollback-plan-triggers": {"task": "rollback.tasks.plan_triggers_check", **_tick},
 }
 
 # --- Canary's own knobs -------------------------------------------------------------------

@@ -160,7 +160,8 @@ def _rollback(ctx: ActionContext) -> None:
         ctx.change.evidence["runner"] = handling.runner
     if handling.traffic_now:
         ctx.change.evidence["traffic"] = _out_of_traffic(ctx, with_flags=handling.flags_now)
-    ctx.change.breach = dict(ctx.change.evidence)
+    if ctx.trigger == "automatic":
+        ctx.change.breach = dict(ctx.change.evidence)
     ctx.batch.begun.append(ctx)
 
 

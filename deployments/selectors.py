@@ -72,6 +72,7 @@ _TICK_DEPLOYMENT_FIELDS = _columns(
         "stable_version",
         "canary_version",
         "started_at",
+        "rollback_runner",
     },
 )
 # A running phase has not ended.
@@ -80,7 +81,7 @@ _TICK_PHASE_FIELDS = _columns(Phase, but=frozenset({"ended_at"}))
 
 def deployments_for_tick(*, ids: Sequence[int] | None = None) -> list[Deployment]:
     """The deployments the tick looks at (running, paused, rolling back), oldest first, in one
-    query: each with its service (``service.name``), the phase it is running
+    query: each with its service (``service.name``, ``service.halted_since``), the phase it is running
     (``running_phase``: the phase of order ``current_phase``, if that one is running, else
     None) and whether it is the last (``on_last_phase``: no phase follows it).
 
@@ -101,6 +102,7 @@ def deployments_for_tick(*, ids: Sequence[int] | None = None) -> list[Deployment
         .values_list(
             *_TICK_DEPLOYMENT_FIELDS,
             "service__name",
+            "service__halted_since",
             "following__id",
             *(f"running__{name}" for name in _TICK_PHASE_FIELDS),
         )
@@ -112,9 +114,10 @@ def deployments_for_tick(*, ids: Sequence[int] | None = None) -> list[Deployment
     found: list[Deployment] = []
     for row in rows:
         deployment = Deployment.from_db(db, _TICK_DEPLOYMENT_FIELDS, row[:width])
-        service_name, following, phase = row[width], row[width + 1], row[width + 2 :]
+        service_name, halted_since = row[width], row[width + 1]
+        following, phase = row[width + 2], row[width + 3 :]
         deployment.service = Service.from_db(
-            db, ("id", "name"), (deployment.service_id, service_name)
+            db, ("id", "name", "halted_since"), (deployment.service_id, service_name, halted_since)
         )
         deployment.on_last_phase = following is None
         deployment.running_phase = (
@@ -194,6 +197,16 @@ def start_problems(deployment: Deployment) -> list[dict[str, str]]:
     report = configuration_report(deployment.config, context=deployment.validation.get("context"))
     problems = [issue.to_dict() for issue in report.errors]
     service = deployment.service
+    if service.halted_since is not None:
+        # A kill switch holds the service: nothing of it starts until the switch recovers.
+        problems.append(
+            {
+                "field": "serviceName",
+                "code": "service_halted",
+                "message": f"Service {service.name} is halted ({service.halted_reason}); no "
+                "deployment of it may start until the kill switch is recovered.",
+            }
+        )
     if service.stable_version != deployment.stable_version:
         problems.append(
             {

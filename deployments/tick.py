@@ -127,7 +127,10 @@ def deployments_tick(
             elif _past_deadline(deployment, now):
                 overdue.append(deployment)
             elif deployment.status == DeploymentStatus.RUNNING:
-                running.append(deployment)
+                # A kill switch holds the service: nothing advances; the switch's watch pauses
+                # it (the halt has already taken its canary out of traffic).
+                if deployment.service.halted_since is None:
+                    running.append(deployment)
         verdicts = _judge_all(running, now, report)
         clock = time.perf_counter()
         _record(verdicts, now, report)

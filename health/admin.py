@@ -47,8 +47,9 @@ class HealthPolicyAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: HealthPolicy, form: Any, change: bool) -> None:
         fields = {name: getattr(obj, name) for name in services.POLICY_FIELDS}
         if change:
+            document = fields.pop("policy")
             services.health_policy_update(
-                policy=obj, actor=request.user, source=Source.UI, **fields
+                policy=obj, actor=request.user, source=Source.UI, document=document, **fields
             )
         else:
             created = services.health_policy_create(actor=request.user, source=Source.UI, **fields)

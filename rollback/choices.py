@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db import models
 
 from canary_site.choices import mirror, worded, words
-from rollback import plans
+from rollback import killswitches, plans
 
 
 class ScopeKind(models.TextChoices):
@@ -64,3 +64,12 @@ ENDED_EXECUTION_STATES = frozenset(
 ACTIVE_EXECUTION_STATES = frozenset({ExecutionState.RUNNING, ExecutionState.VALIDATING})
 
 StepState = worded("StepState", "pending running succeeded failed skipped")
+
+
+# --- kill switches -------------------------------------------------------------------------------
+
+KillSwitchScope = mirror(killswitches.Scope, name="KillSwitchScope", label=words)
+KillSwitchPriority = mirror(killswitches.Priority, name="KillSwitchPriority", label=words)
+SwitchState = worded("SwitchState", "ready arming active recovering")
+ActivationTrigger = worded("ActivationTrigger", "condition manual kill_all")
+ActivationState = worded("ActivationState", "active recovered")

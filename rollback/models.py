@@ -10,17 +10,22 @@ from django.utils import timezone
 from canary_site import audit
 from canary_site.choices import Source
 from canary_site.models import person_field
-from rollback import plans
+from rollback import killswitches, plans
 from rollback.choices import (
     ENDED_EXECUTION_STATES,
+    ActivationState,
+    ActivationTrigger,
     ApproverKind,
     ExecutionState,
+    KillSwitchPriority,
+    KillSwitchScope,
     RequestState,
     RollbackStrategy,
     RollbackTrigger,
     ScopeKind,
     StepState,
     StepType,
+    SwitchState,
     Verdict,
 )
 
@@ -295,3 +300,94 @@ class RollbackStep(models.Model):
 
 audit.register(RollbackPlan)
 audit.register(RollbackExecution, exclude_fields=["lease_until", "next_at"])
+
+
+class KillSwitch(models.Model):
+    """An emergency off-switch over the whole system, a service or some flags, in the guide's
+    vocabulary (``definition``, read by `rollback.killswitches.read_kill_switch`), with its
+    live state: ready, arming (a condition holds, the grace period runs), active, recovering."""
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True, default="")
+    scope = models.CharField(max_length=16, choices=KillSwitchScope.choices)
+    service = models.ForeignKey(
+        "routing.Service",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="kill_switches",
+    )
+    flags = models.ManyToManyField("flags.Flag", blank=True, related_name="kill_switches")
+    priority = models.CharField(
+        max_length=16, choices=KillSwitchPriority.choices, default=KillSwitchPriority.HIGH
+    )
+    enabled = models.BooleanField(default=True)
+    definition = models.JSONField(default=dict, help_text="The switch in the guide's vocabulary.")
+    state = models.CharField(
+        max_length=16, choices=SwitchState.choices, default=SwitchState.READY, db_index=True
+    )
+    armed_since = models.DateTimeField(null=True, blank=True)
+    # Why it is arming: the condition that holds, with its numbers.
+    arming_reason = models.TextField(blank=True, default="")
+    # When the condition that fired it last held; auto-recovery counts its delay from then.
+    condition_cleared_at = models.DateTimeField(null=True, blank=True)
+    recovery_attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="Automatic recoveries since a person last recovered it."
+    )
+    created_by = person_field()
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("trigger_killswitch", "Can trigger and recover kill switches")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def spec(self) -> killswitches.KillSwitchSpec:
+        return killswitches.read_kill_switch(self.definition)
+
+
+class KillSwitchActivation(models.Model):
+    """One firing of a switch: why (a condition with its numbers, or who pressed it and why),
+    exactly what it changed (so recovery puts back that and nothing more), and its recovery."""
+
+    switch = models.ForeignKey(KillSwitch, on_delete=models.CASCADE, related_name="activations")
+    trigger = models.CharField(max_length=16, choices=ActivationTrigger.choices)
+    state = models.CharField(
+        max_length=16, choices=ActivationState.choices, default=ActivationState.ACTIVE
+    )
+    reason = models.TextField()
+    evidence = models.JSONField(default=dict, blank=True)
+    changes = models.JSONField(
+        default=dict, blank=True, help_text="What it changed: flags, services, deployments."
+    )
+    activated_by = person_field()
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.SYSTEM)
+    activated_at = models.DateTimeField(default=timezone.now, db_index=True)
+    recovered_at = models.DateTimeField(null=True, blank=True)
+    recovered_by = person_field()
+    recovery = models.TextField(blank=True, default="", help_text="How it was recovered.")
+    recovery_attempt = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Which automatic attempt recovered it."
+    )
+
+    class Meta:
+        ordering = ["-activated_at", "-id"]
+        constraints = [
+            # A switch that fires twice at once leaves one activation.
+            models.UniqueConstraint(
+                fields=["switch"],
+                condition=models.Q(state="active"),
+                name="one_active_activation_per_switch",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.switch} at {self.activated_at:%Y-%m-%d %H:%M:%S}"
+
+
+audit.register(KillSwitch, exclude_fields=["armed_since", "arming_reason", "condition_cleared_at"])
+audit.register(KillSwitchActivation)

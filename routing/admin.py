@@ -53,10 +53,19 @@ class TargetInline(admin.TabularInline):
 
 @admin.register(Service)
 class ServiceAdmin(ServiceActionsMixin, admin.ModelAdmin):
-    list_display = ["name", "stable_version", "routing_version", "updated_at"]
+    list_display = ["name", "stable_version", "routing_version", "halted_since", "updated_at"]
     search_fields = ["name", "description"]
-    fields = ["name", "stable_version", "description", "routing_version"]
-    readonly_fields = ["routing_version"]
+    fields = [
+        "name",
+        "stable_version",
+        "description",
+        "routing_version",
+        "halted_since",
+        "halted_reason",
+        "halted_by",
+    ]
+    # A halt is a kill switch's (``services.services_halt``), never an edit here.
+    readonly_fields = ["routing_version", "halted_since", "halted_reason", "halted_by"]
     inlines = [TargetInline]
 
     def save_model(self, request: HttpRequest, obj: Service, form: Any, change: bool) -> None:

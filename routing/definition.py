@@ -7,7 +7,9 @@ the engine names them by id, which is the target's name. This module turns the r
 engine's plain-dict definition: for the snapshots the proxies serve (``routing.snapshot``) and
 for the services, which compile a service's definition with their change applied before they
 save it. Every service's definition costs four queries (services, targets, rules, rule
-targets), whatever the number of services, targets and rules.
+targets), whatever the number of services, targets and rules. A halted service's definition
+says so (``halted``, ``halted_reason``): the engine then routes every request by the default
+route, while its rules stay as stored.
 """
 
 from __future__ import annotations
@@ -37,6 +39,16 @@ def engine_target(target: Target) -> dict[str, Any]:
         "healthy": target.healthy,
         "draining": target.draining_since is not None,
         "weight": percent_to_basis_points(target.weight),
+    }
+
+
+def engine_halt(service: Service) -> dict[str, Any]:
+    """A service's halt in the engine's shape: halted while any holder remains, with the reason
+    the halt began with (its holders when none was given) for the decision's explanation."""
+    holders = list(service.halted_by or [])
+    return {
+        "halted": bool(holders),
+        "halted_reason": (service.halted_reason or ", ".join(map(str, holders))) if holders else "",
     }
 
 
@@ -86,6 +98,7 @@ def service_definitions(services: QuerySet[Service]) -> dict[str, dict[str, Any]
             "name": service.name,
             "stable_version": service.stable_version,
             "version": service.routing_version,
+            **engine_halt(service),
             "targets": [engine_target(target) for target in targets_by_service[service.pk]],
             "rules": [
                 engine_rule(rule, targets_by_rule[rule.pk], names)

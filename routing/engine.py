@@ -13,6 +13,10 @@ Semantics
 * When no rule matches, the request takes the default route: an available target of the
   service's stable version, picked at random in proportion to the targets' service-level
   ``weight`` (evenly when they are all 0; reason ``no_rule``; no target when none is available).
+* A halted service (``halted``, a kill switch's emergency stop) sends every request by the
+  default route, whatever its rules say: no split, pin or sticky key can reach a target of
+  another version (reason ``halted``; no target when no stable target is available, as on the
+  default route). Its rules stay compiled, so lifting the halt routes exactly as before.
 * Weights are integer basis points, 0 to 10,000 (10,000 = 100%), the unit of the shared bucketing
   (``canary_site.bucketing.bucket``). In ``weighted``, ``header``, ``cookie`` and ``query`` rules
   they must sum to exactly 10,000; ``round_robin`` and ``least_connections`` ignore them except
@@ -45,6 +49,8 @@ and ignored, any other unknown key is an error)::
       "name": "checkout",                      # service name, part of the bucketing salt
       "stable_version": "1.4.0",
       "version?": 0,                           # snapshot version, bumped on every change
+      "halted?": false,                        # true: every request takes the default route
+      "halted_reason?": "",                    # why, for the explanation
       "targets?": [                            # the service's targets
         {"id": "stable-1", "name?": "<id>", "endpoint": "http://10.0.0.5:8080",
          "version": "1.4.0", "healthy?": true, "draining?": false, "weight?": 0}
@@ -188,6 +194,7 @@ class Reason(StrEnum):
     NO_HEALTHY_TARGET = "no_healthy_target"  # nothing available and the rule fails closed
     RATE_LIMITED = "rate_limited"
     NO_RULE = "no_rule"  # no rule matched; default route to the stable version
+    HALTED = "halted"  # the service is halted; default route to the stable version
 
 
 class CircuitState(StrEnum):
@@ -662,6 +669,8 @@ class ServiceSnapshot:
     rules: tuple[RuleSnapshot, ...] = ()
     targets: tuple[TargetSnapshot, ...] = ()
     version: int = 0
+    halted: bool = False
+    halted_reason: str = ""
     plans: tuple[_RulePlan, ...] = field(init=False, repr=False, compare=False)
     targets_by_id: Mapping[str, TargetSnapshot] = field(init=False, repr=False, compare=False)
     stable_targets: tuple[TargetSnapshot, ...] = field(init=False, repr=False, compare=False)
@@ -674,6 +683,11 @@ class ServiceSnapshot:
             raise InvalidRoutingDefinition("stable_version", "must be a non-empty string")
         check_text("stable_version", self.stable_version)
         _check_count("version", self.version, minimum=0)
+        if not isinstance(self.halted, bool):
+            raise InvalidRoutingDefinition("halted", "must be true or false")
+        if not isinstance(self.halted_reason, str):
+            raise InvalidRoutingDefinition("halted_reason", "must be a string")
+        check_text("halted_reason", self.halted_reason)
         by_id: dict[str, TargetSnapshot] = {}
         for index, target in enumerate(self.targets):
             if target.id in by_id:
@@ -870,6 +884,17 @@ class Decision:
         """A plain-English sentence saying why the request goes where it goes."""
         if self.rule is None:
             stable = self.service.stable_version
+            if self.reason is Reason.HALTED:
+                halted = f"The service is halted by {self.service.halted_reason or 'an operator'}"
+                if self.target is None:
+                    return (
+                        f"{halted} and no stable (v{stable}) target is available, so there is "
+                        "no target."
+                    )
+                return (
+                    f"{halted}, so every request takes the default route to the stable version, "
+                    f"whatever its rules say: {self.target.name} (v{stable})."
+                )
             if self.target is None:
                 return (
                     f"No enabled rule matched and no stable (v{stable}) target is available, "
@@ -1205,6 +1230,8 @@ def decide(
             state.sync(service)
         if now is None:
             now = state.clock()
+    if service.halted:
+        return _default_route(service, state, now or 0.0, exclude, Reason.HALTED)
     for plan in service.plans:
         for matches in plan.matchers:
             if not matches(request):
@@ -1427,16 +1454,17 @@ def _default_route(
     state: RuntimeState | None,
     now: float,
     exclude: Collection[str],
+    reason: Reason = Reason.NO_RULE,
 ) -> Decision:
     candidates = [t for t in service.stable_targets if _available(t, state, now, exclude)]
     if not candidates:
-        return Decision(None, Reason.NO_RULE, service)
+        return Decision(None, reason, service)
     rng = state.rng if state is not None else _RANDOM
     # Service-level target weights spread the default route; all zero means an even spread.
     target = _spread(candidates, int(rng.random() * BUCKETS))
     if state is not None:
         state.allow(target.id, now)
-    return Decision(target, Reason.NO_RULE, service)
+    return Decision(target, reason, service)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1495,6 +1523,8 @@ def build_service_snapshot(data: Mapping[str, Any]) -> ServiceSnapshot:
         rules=rules,
         targets=tuple(targets),
         version=_get(service, "version", int, 0),
+        halted=_get(service, "halted", bool, False),
+        halted_reason=_get(service, "halted_reason", str, ""),
     )
 
 

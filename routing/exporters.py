@@ -23,7 +23,10 @@
 - **rate limits**: one ``limit_req_zone`` per rule (a shared budget, like the proxy's token
   bucket), answering 429 with ``Retry-After``;
 - **headers**: ``X-Forwarded-For``/``-Proto``/``-Host`` and ``X-Canary-Version`` to the target,
-  ``X-Canary-Version`` back to the client.
+  ``X-Canary-Version`` back to the client;
+- **a halted service**: only the default route, to its stable targets in rotation; no rule and
+  no other target appears in the file (a note says why), so a reload after the halt takes the
+  canary out of nginx's traffic and one after its release brings the rules back.
 
 What nginx cannot express is left out with a comment saying so (cookie and query parameter
 names outside ``[A-Za-z0-9_]``, which nginx variables cannot name).
@@ -469,7 +472,14 @@ class _Builder:
         routes: list[tuple[str, str]] = []
         cookie_rules: list[tuple[str, RuleSnapshot]] = []
         retries = 0
-        for plan in snapshot.plans:
+        # A halted service routes every request by the default route, as the engine does.
+        plans = () if snapshot.halted else snapshot.plans
+        if snapshot.halted:
+            context.notes.append(
+                f"its rules, while the service is halted by {snapshot.halted_reason}: every "
+                "request takes the default route to the stable version"
+            )
+        for plan in plans:
             rule = plan.rule
             rule_key = (
                 f"r{rule.id}" if _NGINX_NAME.match(str(rule.id)) else f"r{_ident(str(rule.id))}"
@@ -559,7 +569,7 @@ class _Builder:
         version = self.var("version")
         context.version_variable = version
         by_address = []
-        for target in snapshot.targets:
+        for target in snapshot.stable_targets if snapshot.halted else snapshot.targets:
             host = urlsplit(target.endpoint).hostname or ""
             try:
                 ip_address(host)

@@ -77,6 +77,18 @@ class Service(models.Model):
     routing_version = models.PositiveBigIntegerField(
         default=0, editable=False, help_text="Bumped by every change to the service's routing."
     )
+    # A halt (``services.services_halt``, a kill switch's): while any holder remains, every
+    # request takes the default route to the stable version's targets, whatever the rules say,
+    # and the rules are left untouched, so lifting the halt restores exactly what was there.
+    # ``halted_by`` lists the holders in the order they took hold; each lifts only its own
+    # hold, so two switches holding one service cannot release each other. ``halted_since``
+    # and ``halted_reason`` tell when and why the halt began; a holder that joins a halt under
+    # way keeps them (its own reason is on its audit entry).
+    halted_since = models.DateTimeField(null=True, blank=True, editable=False)
+    halted_reason = models.CharField(max_length=500, blank=True, default="", editable=False)
+    halted_by = models.JSONField(
+        default=list, blank=True, editable=False, help_text="Who holds the halt (their tokens)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -85,6 +97,10 @@ class Service(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def halted(self) -> bool:
+        return bool(self.halted_by)
 
 
 class Target(models.Model):

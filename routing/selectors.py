@@ -234,6 +234,11 @@ def service_list() -> QuerySet[Service]:
     )
 
 
+def halted_services() -> QuerySet[Service]:
+    """The services a halt holds (``services.services_halt``), the longest halted first."""
+    return Service.objects.exclude(halted_since=None).order_by("halted_since", "name")
+
+
 def service_get(*, name: str) -> Service | None:
     return Service.objects.filter(name=name).first()
 

@@ -13,6 +13,10 @@ The proxy (``routing.proxy``) polls :func:`read_version` and, only when it chang
 :func:`load_snapshots`; the decide endpoint and the dashboard compile the one service they show
 (:func:`service_snapshot`). A service that does not compile is logged and left out, so one bad
 row cannot take every service down.
+
+A halt (``services.services_halt``) is part of the snapshot like any other routing change: the
+service's definition carries it, so the proxy learns of it by the same version and no decision
+reads the database.
 """
 
 from __future__ import annotations

@@ -52,6 +52,9 @@ class HealthPolicyViewSet(viewsets.ModelViewSet):
         partial = kwargs.pop("partial", False)
         policy = self.get_object()
         data = validated(HealthPolicyWriteSerializer, request.data, partial=partial)
+        if "policy" in data:
+            # The document's name in the body; the service's ``policy`` is the row.
+            data["document"] = data.pop("policy")
         policy = services.health_policy_update(policy=policy, **writer(request), **data)
         return Response(HealthPolicySerializer(policy).data)
 

@@ -67,9 +67,17 @@ def health_policy_create(
 
 
 def health_policy_update(
-    *, policy: HealthPolicy, actor: Any = None, source: str = Source.SYSTEM, **changes: Any
+    *,
+    policy: HealthPolicy,
+    actor: Any = None,
+    source: str = Source.SYSTEM,
+    document: Any = None,
+    **changes: Any,
 ) -> HealthPolicy:
-    """Change some of a policy's fields (the same names as `health_policy_create`)."""
+    """Change some of a policy's fields (the same names as `health_policy_create`). The new
+    policy document is ``document``: ``policy`` is the row itself."""
+    if document is not None:
+        changes["policy"] = document
     unknown = sorted(set(changes) - set(POLICY_FIELDS))
     if unknown:
         raise ValidationFailed("Unknown field.", field=unknown[0])

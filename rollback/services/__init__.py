@@ -4,6 +4,8 @@
 - `plans`: rollback plans, read and checked in the guide's vocabulary.
 - `executions`: rollbacks themselves: begun by the control loop on a breach, asked for by a
   person, rehearsed; run step by step by the beat, cancelled, finished or failed.
+- `killswitches`: emergency kill switches: created, fired (by a person, kill-all or their
+  conditions on the beat) and recovered.
 """
 
 from rollback.services.approvals import (
@@ -29,6 +31,16 @@ from rollback.services.executions import (
     rollback_rehearse,
     rollback_request,
 )
+from rollback.services.killswitches import (
+    kill_switch_create,
+    kill_switch_delete,
+    kill_switch_kill_all,
+    kill_switch_recover,
+    kill_switch_trigger,
+    kill_switch_update,
+    kill_switch_validate,
+    kill_switches_watch,
+)
 from rollback.services.plans import (
     rollback_plan_create,
     rollback_plan_delete,
@@ -50,6 +62,14 @@ __all__ = [
     "approval_request_open",
     "approval_request_reject",
     "approval_requests_expire",
+    "kill_switch_create",
+    "kill_switch_delete",
+    "kill_switch_kill_all",
+    "kill_switch_recover",
+    "kill_switch_trigger",
+    "kill_switch_update",
+    "kill_switch_validate",
+    "kill_switches_watch",
     "possible_approvers",
     "request_summary",
     "rollback_execution_cancel",

@@ -59,9 +59,6 @@ from rollback.services.plans import plans_for
 
 logger = logging.getLogger(__name__)
 
-# How long a worker holds an execution while it runs its steps; a step that may take longer
-# (a webhook's answer) renews it.
-LEASE = timedelta(seconds=30)
 ROLLBACK_ACTION = "rollback.execute"
 # Set while a person's rollback (approved or not) begins: the execution it continues.
 _continuing: contextvars.ContextVar[int | None] = contextvars.ContextVar(
@@ -697,7 +694,7 @@ def _claim(pk: int, now: datetime) -> bool:
     return bool(
         RollbackExecution.objects.filter(pk=pk, state__in=ACTIVE_EXECUTION_STATES)
         .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-        .update(lease_until=now + LEASE)
+        .update(lease_until=now + conf.lease())
     )
 
 
@@ -792,7 +789,7 @@ def _mark_running(execution: RollbackExecution, step: RollbackStep, now: datetim
         execution.state = state
         execution.save(update_fields=["state"])
     # Renewed for each step, so a slow one (a webhook's answer) does not lose its claim.
-    RollbackExecution.objects.filter(pk=execution.pk).update(lease_until=now + LEASE)
+    RollbackExecution.objects.filter(pk=execution.pk).update(lease_until=now + conf.lease())
 
 
 def _pause_until(execution: RollbackExecution, until: datetime) -> None:

@@ -40,6 +40,12 @@ class TargetBriefSerializer(serializers.ModelSerializer):
 
 class ServiceSerializer(serializers.ModelSerializer):
     targets = TargetBriefSerializer(many=True, read_only=True)
+    # Set and lifted by kill switches (``services.services_halt``), never through this API.
+    halted_by = serializers.ListField(
+        child=serializers.CharField(),
+        read_only=True,
+        help_text="Who holds the halt; halted while any holder remains.",
+    )
 
     class Meta:
         model = Service
@@ -49,6 +55,9 @@ class ServiceSerializer(serializers.ModelSerializer):
             "stable_version",
             "description",
             "routing_version",
+            "halted_since",
+            "halted_reason",
+            "halted_by",
             "targets",
             "created_at",
             "updated_at",

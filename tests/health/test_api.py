@@ -190,6 +190,12 @@ def test_policy__engineer_creates_and_changes_it__viewer_reads_it(client, viewer
     assert changed.status_code == 200, changed.content
     assert changed.json()["alert_cooldown_seconds"] == 60
     assert changed.json()["alert_channels"] == ["email", "slack"]
+    document = {**POLICY["policy"], "window_seconds": 120}
+    rewritten = client.patch(
+        f"/api/v1/health/policies/{policy_id}/", {"policy": document}, format="json"
+    )
+    assert rewritten.status_code == 200, rewritten.content
+    assert rewritten.json()["policy"]["window_seconds"] == 120
 
     listed = viewer_client.get("/api/v1/health/policies/?name=checkout").json()["results"]
     assert [item["name"] for item in listed] == ["checkout-default"]

@@ -16,8 +16,13 @@ from canary_site import gates
 # must be gated or added here, with its reason.
 UNGATED = {
     "flags.services.flag_kill": "the emergency off-switch never waits (EMERGENCY_ACTIONS)",
+    "flags.services.flags_kill_many": "a kill switch's off-switch never waits",
+    "flags.services.flags_restore_many": "a kill switch's recovery; gated as killswitch.recover",
+    "routing.services.services_set_stable_version": "a deployment's success, already judged",
     "routing.services.target_drain_start": "a rollback's drain never waits for a sign-off",
     "routing.services.target_drain_end": "puts a drained target back; the rule's weights decide",
+    "routing.services.services_halt": "an emergency never waits for a sign-off",
+    "routing.services.services_release": "an emergency never waits for a sign-off",
     "flags.services.flag_release_control": "hands the rollout back; nothing served changes",
     "flags.services.flag_validate": "checks, writes nothing",
     "flags.services.flag_exposures_flush": "evidence bookkeeping",
@@ -39,8 +44,8 @@ UNGATED = {
     "deployments.services.deployment_tick": "the control loop",
 }
 WATCHED = {
-    "flags.services": ("flag_",),
-    "routing.services": ("rule_", "rules_", "target_", "targets_"),
+    "flags.services": ("flag_", "flags_"),
+    "routing.services": ("rule_", "rules_", "target_", "targets_", "services_"),
     "deployments.services": ("deployment_", "deployments_"),
 }
 
@@ -115,10 +120,10 @@ def test_the_deployments_transition_describer__names_each_gated_verb():
     }
 
 
-def test_actions_without_a_service_yet__are_those_of_later_subsystems():
+def test_every_gated_action__names_the_services_it_gates():
     without = {name for name, action in gates.GATED_ACTIONS.items() if not action.services}
 
-    assert without == {"rollback.execute", "killswitch.recover"}
+    assert without == set()
 
 
 def test_emergencies__are_no_gated_action():

@@ -16,3 +16,11 @@ class RollbackConfig(AppConfig):
         gates.register(PolicyGate())
         # Rollbacks the control loop or a person begins run by their plans.
         rollbacks.register(ExecutionRunner())
+        # The validator's ``type: "rollback"`` and ``type: "kill_switch"`` read plans and
+        # switches as this app does.
+        from deployments.validation import register_validator
+        from rollback.killswitch_validation import validate_kill_switch
+        from rollback.validation import validate_rollback_plan
+
+        register_validator("rollback", validate_rollback_plan)
+        register_validator("kill_switch", validate_kill_switch)

@@ -171,7 +171,7 @@ class ExecutionRunner:
             specs = (
                 plans.expand(choice.spec, share=share, earlier_shares=item.earlier_shares)
                 if managed
-                else _built_in_steps()
+                else built_in_steps()
             )
             created.append((execution, specs, item))
         # In a number of queries that does not grow with the rollbacks of the batch (a tick
@@ -235,7 +235,7 @@ def _parse(moment: str) -> datetime | None:
         return None
 
 
-def _built_in_steps() -> list[plans.StepSpec]:
+def built_in_steps() -> list[plans.StepSpec]:
     return [
         plans.StepSpec("stop-new-traffic", plans.StepType.STOP_NEW_TRAFFIC, "Stop new traffic", 0),
         plans.StepSpec(
@@ -549,14 +549,16 @@ def _hold_for_approval(
 def _plan_approvers(spec: plans.Plan, actor: Any) -> list[int]:
     """The plan's approvers by username (or everyone with the approver role), never the
     requester."""
-    from rollback.services.approvals import role_approvers
+    from rollback.models import ApprovalPolicy
+    from rollback.services.approvals import possible_approvers, role_approvers
 
     users = get_user_model().objects.filter(is_active=True)
-    ids = (
-        list(users.filter(username__in=spec.safety.approvers).values_list("pk", flat=True))
-        if spec.safety.approvers
-        else role_approvers()
-    )
+    if spec.safety.approvers:
+        named = list(users.filter(username__in=spec.safety.approvers).values_list("pk", flat=True))
+        # Only those who may approve at all: a named engineer could never decide the request.
+        ids = possible_approvers(ApprovalPolicy(approver_kind="users"), users=named)
+    else:
+        ids = role_approvers()
     mine = getattr(actor, "pk", None)
     return [pk for pk in ids if pk != mine]
 
@@ -822,6 +824,8 @@ def _succeed(execution: RollbackExecution, now: datetime) -> None:
         if not execution.rehearsal:
             _release_drain(execution)
             _finish_deployment(execution, Action.FINISH_ROLLBACK, "Rolled back by its plan.", now)
+            # The finish takes out whatever share the plan's steps left.
+            execution.out_of_traffic_at = execution.out_of_traffic_at or now
         _end(execution, ExecutionState.SUCCEEDED, _summary(execution, "succeeded"), now)
         _tell(execution, "complete", "Rollback succeeded", now)
 

@@ -36,7 +36,7 @@ def rollback_plan_validate(*, definition: Any) -> plans.Plan:
         ) from None
 
 
-def _placement(definition: Mapping[str, Any]) -> dict[str, Any]:
+def plan_placement(definition: Mapping[str, Any]) -> dict[str, Any]:
     """Where the plan applies, from its own ``service``, ``deploymentId`` and ``isDefault``."""
     placed: dict[str, Any] = {"service": None, "deployment": None}
     name = definition.get("service")
@@ -52,7 +52,7 @@ def _placement(definition: Mapping[str, Any]) -> dict[str, Any]:
             placed["deployment"] = Deployment.objects.select_related("service").get(
                 pk=int(deployment_id)
             )
-        except (TypeError, ValueError, Deployment.DoesNotExist):
+        except (TypeError, ValueError, OverflowError, Deployment.DoesNotExist):
             raise ValidationFailed(
                 f"deploymentId: there is no deployment {deployment_id!r}.", field="deploymentId"
             ) from None
@@ -109,7 +109,7 @@ def _save(
     *,
     verb: str,
 ) -> RollbackPlan:
-    placed = _placement(definition)
+    placed = plan_placement(definition)
     plan.name = spec.name
     plan.description = spec.description
     plan.strategy = spec.strategy.value

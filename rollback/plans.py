@@ -266,6 +266,9 @@ class _Section(Fields):
         value = value.strip()
         if default is None and not value:
             self.fail(key, "must not be empty")
+        if "\x00" in value:
+            # PostgreSQL stores no NUL in text.
+            self.fail(key, "must not contain NUL characters")
         if len(value) > limit:
             self.fail(key, f"must be at most {limit} characters")
         return value

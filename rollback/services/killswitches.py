@@ -114,6 +114,13 @@ def _save(
     *,
     verb: str,
 ) -> KillSwitch:
+    if spec.name == KILL_ALL_NAME and spec.scope != killswitches.Scope.SYSTEM:
+        # Kill-all fires the switch of this name: it stays a system switch.
+        raise ValidationFailed(
+            f"name: {KILL_ALL_NAME!r} is the kill-all switch's name; it can only be a system "
+            "switch.",
+            field="name",
+        )
     service = None
     if spec.scope == killswitches.Scope.SERVICE:
         service = Service.objects.filter(name=spec.service).first()
@@ -214,7 +221,7 @@ def kill_switch_kill_all(
     use): every service halted, every flag with `kill_switch_enabled` killed."""
     _check_presser(actor)
     reason = _clean_reason(reason)
-    switch = KillSwitch.objects.filter(name=KILL_ALL_NAME).first()
+    switch = KillSwitch.objects.filter(name=KILL_ALL_NAME, scope=killswitches.Scope.SYSTEM).first()
     if switch is None:
         try:
             switch = kill_switch_create(
@@ -428,10 +435,19 @@ class _RecoverDescriber:
         return RECOVER_ACTION
 
     def describe(self, arguments: Any) -> gates.Change:
+        # What the service would refuse is refused before any approval is asked for (a
+        # request's stored arguments carry neither the person nor the reason).
+        if "reason" in arguments:
+            _check_presser(arguments.get("actor"))
+            _clean_reason(str(arguments.get("reason") or ""))
         switch = KillSwitch.objects.filter(pk=arguments.get("switch_id")).first()
         if switch is None:
             raise NotFound(f"There is no kill switch {arguments.get('switch_id')}.")
         active = switch.activations.filter(state=ActivationState.ACTIVE).first()
+        if active is None and not gates.granted():
+            raise TransitionNotAllowed(
+                f"Kill switch {switch.name!r} is not active.", code="not_active"
+            )
         return gates.Change(
             action=RECOVER_ACTION,
             object_type="rollback.killswitch",

@@ -323,3 +323,30 @@ def test_an_activation_does_not_wait_for_a_tick_holding_the_deployments_row(runn
     activation.refresh_from_db()
     assert report.paused == 1 and running.status == "paused"
     assert activation.changes["paused"] == [{"id": running.pk, "phase": 1}]
+
+
+def test_recovering_a_switch_that_is_not_active_is_refused_before_any_approval(running, people):
+    from canary_site.exceptions import TransitionNotAllowed
+    from rollback import services
+    from rollback.models import ApprovalRequest
+
+    services.approval_policy_create(
+        name="careful recovery", scope_kind="all", actions=["killswitch.recover"], quorum=1
+    )
+    switch = _switch(scope="service", targetComponent="shop")
+    with pytest.raises(TransitionNotAllowed) as refused:
+        services.kill_switch_recover(switch_id=switch.pk, reason="fixed", actor=people["erin"])
+    assert refused.value.code == "not_active"
+    assert not ApprovalRequest.objects.exists()
+
+
+def test_the_kill_all_name_is_kept_for_the_system_switch(running, people):
+    from canary_site.exceptions import ValidationFailed
+    from rollback import services
+
+    with pytest.raises(ValidationFailed) as refused:
+        _switch(name="kill-all", scope="service", targetComponent="shop")
+    assert list(refused.value.fields) == ["name"]
+    with pytest.raises(ValidationFailed) as nul:
+        _switch(name="stop\x00shop")
+    assert "NUL" in nul.value.message

@@ -14,7 +14,7 @@ from rest_framework.permissions import AllowAny
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 # The REST operations whose services are gated: the lifecycle verbs a policy may name, the flag
-# writes other than the kill, and the routing rules and their weights.
+# writes other than the kill, the routing rules and their weights, and a kill switch's recovery.
 GATED_PATHS = [
     re.compile(pattern)
     for pattern in (
@@ -24,6 +24,7 @@ GATED_PATHS = [
         r"^/api/v1/flags/\{key\}/(enable|disable|rollout|rules)/$",
         r"^/api/v1/flags/\{key\}/rules/\{index\}/(move/)?$",
         r"^/api/v1/routing/rules/(\{id\}/(weights/)?)?$",
+        r"^/api/v1/kill-switches/\{id\}/recover/$",
     )
 ]
 

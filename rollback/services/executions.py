@@ -66,6 +66,16 @@ _continuing: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 )
 
 
+class CoolingDown(TransitionNotAllowed):
+    """A person's rollback within the plan's cooldown; ``retry_after`` is the seconds left."""
+
+    code = "cooldown"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def _spec(plan: RollbackPlan | None) -> plans.Plan:
     if plan is None:
         return plans.BUILTIN
@@ -396,10 +406,10 @@ def rollback_request(
         last = _cooling([deployment.service.name], now).get(deployment.service.name)
         left = cooldown_left(spec, last, now)
         if left is not None:
-            raise TransitionNotAllowed(
+            raise CoolingDown(
                 f"{deployment.service.name} was rolled back {_duration(now - last)} ago; plan "
                 f"{spec.name!r} allows the next rollback in {_duration(left)}.",
-                code="cooldown",
+                retry_after=max(1, int(left.total_seconds() + 0.999)),
             )
         if spec.safety.require_approval and not gates.granted():
             return _hold_for_approval(deployment, plan, spec, reason, actor, source, now)

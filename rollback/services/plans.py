@@ -48,6 +48,12 @@ def plan_placement(definition: Mapping[str, Any]) -> dict[str, Any]:
             raise ValidationFailed(f"service: there is no service named {name!r}.", field="service")
     deployment_id = definition.get("deploymentId")
     if deployment_id not in (None, ""):
+        if isinstance(deployment_id, bool) or (
+            isinstance(deployment_id, float) and not deployment_id.is_integer()
+        ):
+            raise ValidationFailed(
+                "deploymentId: must be a deployment's id, a whole number.", field="deploymentId"
+            )
         try:
             placed["deployment"] = Deployment.objects.select_related("service").get(
                 pk=int(deployment_id)

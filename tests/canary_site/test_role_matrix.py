@@ -287,6 +287,19 @@ def _build_world() -> World:
         expires_at=now + timedelta(days=1),
     )
     approval.approvers.set([users[APPROVER], users[ADMIN], users[SUPER]])
+    # A plan with a rehearsal under way: its delete is refused (409), the rehearsal may be
+    # cancelled; the deployment that ran is the one rehearsed, so the pending one stays free.
+    rollback_plan = rollback_services.rollback_plan_create(
+        definition={"name": "matrix", "service": "matrix", "strategy": "gradual"}
+    )
+    rehearsal = rollback_services.rollback_rehearse(plan=rollback_plan, deployment=ran)
+    # An active kill switch over a flag of its own: its delete is refused (409), and it has an
+    # activation to read.
+    flag_services.flag_create(key="matrix-switched", status="enabled")
+    kill_switch = rollback_services.kill_switch_create(
+        definition={"name": "matrix", "scope": "flag", "flags": ["matrix-switched"]}
+    )
+    activation = rollback_services.kill_switch_trigger(switch=kill_switch, reason="matrix")
 
     attempt_fields = {
         "user_agent": "matrix",
@@ -331,6 +344,8 @@ def _build_world() -> World:
         ("deployments", "deployment"): deployment.pk,
         ("rollback", "approvalpolicy"): approval_policy.pk,
         ("rollback", "approvalrequest"): approval.pk,
+        ("rollback", "rollbackplan"): rollback_plan.pk,
+        ("rollback", "rollbackexecution"): rehearsal.pk,
     }
     values = {
         "flag": flag.key,
@@ -357,8 +372,15 @@ def _build_world() -> World:
         "api/v1/health/alerts/": str(alert.pk),
         "api/v1/deployments/": str(deployment.pk),
         "request_id": str(approval.pk),
+        "plan_id": str(rollback_plan.pk),
+        "execution_id": str(rehearsal.pk),
         "api/v1/approvals/": str(approval.pk),
         "api/v1/approval-policies/": str(approval_policy.pk),
+        "api/v1/rollback/plans/": str(rollback_plan.pk),
+        "api/v1/rollback/executions/": str(rehearsal.pk),
+        # Before the switches: the first prefix of a route names its object.
+        "api/v1/kill-switches/activations/": str(activation.pk),
+        "api/v1/kill-switches/": str(kill_switch.pk),
     }
     evidence = [
         (AuditEntry, audit_entry.pk),
@@ -608,6 +630,24 @@ EXPECTED: dict[str, dict[str, Row]] = {
     "rollback/approvals/<request_id>/decide/": {POST: row(L, 403, 403, 403, 302, 302, 302)},
     # Back to the request with the reason: only its requester (or an admin) may cancel it.
     "rollback/approvals/<request_id>/cancel/": {POST: row(L, 403, 302, 302, 302, 302, 302)},
+    "rollback/plans/": {GET: PAGE},
+    "rollback/plans/new/": {GET: engineers(200), POST: engineers(400)},
+    "rollback/plans/validate/": {POST: engineers(200)},
+    "rollback/plans/<plan_id>/": {GET: PAGE},
+    "rollback/plans/<plan_id>/edit/": {GET: engineers(200), POST: engineers(400)},
+    # The plan's rehearsal is under way: its delete is refused.
+    "rollback/plans/<plan_id>/delete/": {GET: engineers(200), POST: engineers(409)},
+    # No deployment named: back to the plan with the reason.
+    "rollback/plans/<plan_id>/rehearse/": {POST: engineers(302)},
+    # No deployment named.
+    "rollback/impact/": {GET: row(L, 403, 400, 400, 400, 400, 400)},
+    "rollback/executions/": {GET: PAGE},
+    "rollback/executions/<execution_id>/": {GET: PAGE},
+    "rollback/executions/<execution_id>/cancel/": {POST: engineers(302)},
+    "rollback/statistics/": {GET: PAGE},
+    "rollback/deployments/<deployment_id>/panel/": {GET: PAGE},
+    # No reason: back to the deployment with it (the deployment is not running anyway).
+    "rollback/deployments/<deployment_id>/rollback/": {POST: engineers(302)},
     "accounts/login/": {
         GET: row(200, 302, 302, 302, 302, 302, 302),
         POST: row(200, 302, 302, 302, 302, 302, 302),
@@ -827,6 +867,24 @@ EXPECTED: dict[str, dict[str, Row]] = {
     "admin/rollback/approvalrequest/<object_id>/delete/": {GET: NO_ONE, POST: NO_ONE},
     "admin/rollback/approvalrequest/<object_id>/change/": {GET: STAFF, POST: NO_ONE},
     "admin/rollback/approvalrequest/<object_id>/": {GET: STAFF_REDIRECT, POST: STAFF_REDIRECT},
+    "admin/rollback/rollbackplan/": {GET: STAFF, POST: admin_staff(200, engineers=302)},
+    "admin/rollback/rollbackplan/add/": {GET: admin_engineers(200), POST: admin_engineers(200)},
+    "admin/rollback/rollbackplan/<object_id>/history/": {GET: STAFF},
+    "admin/rollback/rollbackplan/<object_id>/delete/": {
+        GET: admin_engineers(200),
+        POST: admin_engineers(302),
+    },
+    "admin/rollback/rollbackplan/<object_id>/change/": {GET: STAFF, POST: admin_engineers(200)},
+    "admin/rollback/rollbackplan/<object_id>/": {GET: STAFF_REDIRECT, POST: STAFF_REDIRECT},
+    "admin/rollback/rollbackexecution/": {GET: STAFF, POST: admin_staff(200, engineers=302)},
+    "admin/rollback/rollbackexecution/add/": {GET: NO_ONE, POST: NO_ONE},
+    "admin/rollback/rollbackexecution/<object_id>/history/": {GET: STAFF},
+    "admin/rollback/rollbackexecution/<object_id>/delete/": {GET: NO_ONE, POST: NO_ONE},
+    "admin/rollback/rollbackexecution/<object_id>/change/": {GET: STAFF, POST: NO_ONE},
+    "admin/rollback/rollbackexecution/<object_id>/": {
+        GET: STAFF_REDIRECT,
+        POST: STAFF_REDIRECT,
+    },
     "admin/<app_label>/": {GET: STAFF},
     "admin/<url>": {GET: admin_staff(404, engineers=404)},
     "api/v1/": api(GET=API_READ),
@@ -910,6 +968,29 @@ EXPECTED: dict[str, dict[str, Row]] = {
         PATCH=row(401, 403, 403, 403, 403, 200, 200),
         DELETE=row(401, 403, 403, 403, 403, 204, 204),
     ),
+    "api/v1/rollback/plans/": api(GET=API_READ, POST=api_engineers(400)),
+    "api/v1/rollback/plans/<pk>/": api(
+        GET=API_READ, PUT=api_engineers(400), PATCH=api_engineers(200), DELETE=api_engineers(409)
+    ),
+    "api/v1/rollback/plans/<pk>/rehearse/": api(POST=api_engineers(400)),
+    # A preview changes nothing: every role may ask (an empty body names no deployment).
+    "api/v1/rollback/plans/<pk>/preview/": api(POST=row(401, 403, 400, 400, 400, 400, 400)),
+    "api/v1/rollback/executions/": api(GET=API_READ),
+    "api/v1/rollback/executions/<pk>/": api(GET=API_READ),
+    "api/v1/rollback/executions/<pk>/cancel/": api(POST=api_engineers(200)),
+    "api/v1/rollback/statistics/": api(GET=API_READ),
+    # An empty body has no reason: refused before the deployment's status is looked at.
+    "api/v1/deployments/<pk>/rollback/": api(POST=api_engineers(400)),
+    # An empty body has no reason, and the switch is active (its delete is refused).
+    "api/v1/kill-switches/": api(GET=API_READ, POST=api_engineers(400)),
+    "api/v1/kill-switches/<pk>/": api(
+        GET=API_READ, PUT=api_engineers(400), PATCH=api_engineers(200), DELETE=api_engineers(409)
+    ),
+    "api/v1/kill-switches/<pk>/trigger/": api(POST=api_engineers(400)),
+    "api/v1/kill-switches/<pk>/recover/": api(POST=api_engineers(400)),
+    "api/v1/kill-switches/kill-all/": api(POST=api_engineers(400)),
+    "api/v1/kill-switches/activations/": api(GET=API_READ),
+    "api/v1/kill-switches/activations/<pk>/": api(GET=API_READ),
     "ofrep/v1/evaluate/flags": public(POST=everyone(401)),
     "ofrep/v1/evaluate/flags/<key>": public(POST=everyone(401)),
     "ofrep/v1/configuration": public(GET=everyone(401)),
@@ -934,6 +1015,9 @@ MISSING_EXCEPTIONS: dict[tuple[str, str], int] = {
     ("api/v1/flags/<key>/rollout/", POST): 400,
     ("api/v1/flags/<key>/rules/", POST): 400,
     ("api/v1/flags/<key>/rules/<index>/move/", POST): 400,
+    # The reason is checked before the kill switch is looked up.
+    ("api/v1/kill-switches/<pk>/trigger/", POST): 400,
+    ("api/v1/kill-switches/<pk>/recover/", POST): 400,
     # Every role may cancel its own requests, so the request is looked up first.
     ("api/v1/approvals/<pk>/cancel/", POST): 404,
     # The admin looks the object up before the permission (and finds nothing to show).

@@ -126,6 +126,33 @@ def seed_objects() -> None:
     with pytest.raises(ApprovalRequired):
         flags.flag_enable(flag=gated)
 
+    # A kill switch over a flag of its own, fired once: an activation to read.
+    flags.flag_create(key="switched", status="enabled")
+    switch = rollback.kill_switch_create(
+        definition={"name": "switched", "scope": "flag", "flags": ["switched"]}
+    )
+    rollback.kill_switch_trigger(switch=switch, reason="seeded")
+
+    # A plan with a webhook (its secret masked in answers), a rehearsal under way and one
+    # cancelled, for the rollback API.
+    plan = rollback.rollback_plan_create(
+        definition={
+            "name": "shop-careful",
+            "service": "shop",
+            "strategy": "gradual",
+            "actions": [
+                {
+                    "id": "hook",
+                    "type": "call_webhook",
+                    "config": {"url": "https://hooks.example.com/x", "secret": "s"},
+                }
+            ],
+        }
+    )
+    rollback.rollback_rehearse(plan=plan, deployment=running)
+    cancelled = rollback.rollback_rehearse(plan=plan, deployment=running)
+    rollback.rollback_execution_cancel(execution=cancelled)
+
 
 @pytest.fixture(scope="module")
 def admin_token(django_db_setup: Any, django_db_blocker: Any) -> Iterator[str]:

@@ -12,11 +12,22 @@ of its own, its backend starts failing ``--error-rate`` of its requests. Measure
   request the proxy still sent to the canary (the load's clock, the same machine's);
 - **to the decision**: from that first 5xx to the rollback on the deployment's timeline.
 
-The median over ``--runs`` runs is printed beside the tick period, the loop's own granularity.
-The script creates a scratch database (``canary_bench_rollback``), migrates it and drops it.
+With ``--plan immediate`` the service has an immediate rollback plan as its default
+(``rollback.services.rollback_plan_create``): the breach begins a rollback execution, which
+takes the canary out in the tick's own transaction and is finished by the worker; each run
+also reports the execution's own ``out_of_traffic_at``. ``bench/rollback_plan_live.py`` is
+this benchmark with that plan and a gross fault.
+
+The median over ``--runs`` runs is printed beside the tick period, the loop's own granularity,
+and beside the peers' anchors: Flagger's default analysis (``interval: 1m`` and ``threshold:
+5`` failed checks: 300 s) and Argo Rollouts' typical one (one measurement a minute,
+``failureLimit: 0``: up to 60 s), each as if its minute were read the moment it ends. The
+script creates a scratch database (``canary_bench_rollback``, ``canary_bench_rollback_plan``
+with a plan), migrates it and drops it.
 
     .venv/bin/python bench/rollback_live.py [--runs 7] [--rate 50] [--share 10]
-        [--error-rate 0.05] [--tick-seconds 5] [--server postgres://postgres@127.0.0.1:5432]
+        [--error-rate 0.05] [--tick-seconds 5] [--plan none|immediate]
+        [--server postgres://postgres@127.0.0.1:5432]
 """
 
 from __future__ import annotations
@@ -44,6 +55,9 @@ from bench._scratch import add_scratch_arguments, scratch_django  # noqa: E402
 BENCH_DB = "canary_bench_rollback"
 STABLE, CANARY = "1.0.0", "2.0.0"
 GOAL_SECONDS = 10.0
+# The peers' detection at their documented defaults, at best (their minute read as it ends).
+FLAGGER_SECONDS = 60.0 * 5  # interval: 1m, threshold: 5 failed checks
+ARGO_SECONDS = 60.0  # interval: 1m, failureLimit: 0 (the first failed measurement)
 
 
 def free_port() -> int:
@@ -103,6 +117,7 @@ def one_run(
     from deployments import services
     from deployments.choices import DeploymentStatus, EventKind
     from deployments.models import Deployment
+    from rollback.models import RollbackExecution
     from tests.deployments.live import PacedLoad
 
     canary.recover()
@@ -149,9 +164,14 @@ def one_run(
     rollback = reread().events.get(kind=EventKind.ROLLBACK)
     check = rollback.evidence.get("healthCheck") or {}
     window_end = datetime.fromisoformat(check["windowEnd"]).timestamp() if check else None
+    execution = RollbackExecution.objects.get(deployment_id=deployment.pk)
+    if execution.state != "succeeded" or execution.out_of_traffic_at is None:
+        raise RuntimeError(f"rollback #{execution.pk} is {execution.state}: {execution.outcome}")
     return {
         "to_zero": last_to_canary - first_error,
         "to_decision": rollback.at.timestamp() - first_error,
+        "to_out_of_traffic": execution.out_of_traffic_at.timestamp() - first_error,
+        "plan": execution.plan_name,
         "to_window_end": None if window_end is None else window_end - first_error,
         "errors_before": sum(
             1 for a in answers if a.version == CANARY and a.status == 500 and a.wall <= window_end
@@ -191,6 +211,17 @@ def bench(args: argparse.Namespace, logs: Path) -> list[dict[str, Any]]:
             routing_services.target_create(
                 service=service, name=role, endpoint=backends[version].url, version=version
             )
+        if args.plan == "immediate":
+            from rollback import services as rollback_services
+
+            rollback_services.rollback_plan_create(
+                definition={
+                    "name": "shop immediate",
+                    "service": "shop",
+                    "isDefault": True,
+                    "strategy": "immediate",
+                }
+            )
         port = free_port()
         processes.spawn(
             "proxy",
@@ -223,7 +254,8 @@ def bench(args: argparse.Namespace, logs: Path) -> list[dict[str, Any]]:
             )
             print(
                 f"  run {number}: {result['to_zero']:5.1f} s to 0% in the proxy, "
-                f"{result['to_decision']:5.1f} s to the decision, "
+                f"{result['to_decision']:5.1f} s to the decision "
+                f"({result['to_out_of_traffic']:.1f} s to out of traffic by {result['plan']}), "
                 f"{result['failed']} failed requests; the deciding window ended "
                 f"{result['to_window_end']:.1f} s after the first 5xx, "
                 f"{result['errors_before']} errors sent by then",
@@ -239,24 +271,36 @@ def bench(args: argparse.Namespace, logs: Path) -> list[dict[str, Any]]:
         processes.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(description: str | None = None, **defaults: Any) -> None:
+    """Run the benchmark; another script's ``description`` and ``defaults`` for the options
+    replace this one's."""
+    parser = argparse.ArgumentParser(description=(description or __doc__).split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--rate", type=float, default=50.0, help="requests a second, in all")
     parser.add_argument("--share", type=float, default=10.0, help="the canary's share, percent")
     parser.add_argument("--error-rate", type=float, default=0.05, help="the canary's fault")
     parser.add_argument("--tick-seconds", type=float, default=5.0, help="the beat's period")
+    parser.add_argument(
+        "--plan",
+        choices=["none", "immediate"],
+        default="none",
+        help="the service's default rollback plan (none: the built-in one)",
+    )
     add_scratch_arguments(parser)
+    parser.set_defaults(**defaults)
     args = parser.parse_args()
 
+    plan = "the built-in plan" if args.plan == "none" else f"an {args.plan} plan as its default"
     print(
         f"rollback, live: {args.error_rate:.0%} errors on a canary at {args.share:g}% of "
-        f"{args.rate:g} req/s, default configuration, tick every {args.tick_seconds:g} s",
+        f"{args.rate:g} req/s, default configuration, {plan}, tick every "
+        f"{args.tick_seconds:g} s",
         flush=True,
     )
+    database = BENCH_DB if args.plan == "none" else f"{BENCH_DB}_plan"
     with (
         tempfile.TemporaryDirectory(prefix="canary-rollback-") as logs,
-        scratch_django(args.server, BENCH_DB, keep=args.keep),
+        scratch_django(args.server, database, keep=args.keep),
     ):
         results = bench(args, Path(logs))
     to_zero = [result["to_zero"] for result in results]
@@ -267,6 +311,12 @@ def main() -> None:
         f"max {max(to_zero):.1f}) over {len(to_zero)} runs; tick period {args.tick_seconds:g} s"
     )
     print(f"first 5xx to the rollback decision: median {statistics.median(to_decision):.1f} s")
+    print(
+        f"peer anchors: Flagger's default analysis {FLAGGER_SECONDS:.0f} s (interval 1m x "
+        f"threshold 5), {FLAGGER_SECONDS / median:.0f}x this median; Argo Rollouts' typical "
+        f"analysis up to {ARGO_SECONDS:.0f} s (interval 1m, failureLimit 0), "
+        f"{ARGO_SECONDS / median:.0f}x"
+    )
     print(f"why, the first time: {results[0]['reason'][:400]}")
     verdict = "met" if median <= GOAL_SECONDS else "NOT met"
     print(f"goal (median {GOAL_SECONDS:g} s or less): {verdict}")

@@ -53,8 +53,11 @@ class Done:
 
 @dataclass(frozen=True)
 class Wait:
+    """Look again at ``until``; with ``attempt``, the next look is a new try (a retry)."""
+
     until: datetime
     output: dict[str, Any] = field(default_factory=dict)
+    attempt: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,7 +262,7 @@ def call_webhook(ctx: StepContext) -> Result:
         return Done(output)
     if ctx.timed_out():
         return Failed(f"the webhook answered {status or 'nothing'}: {answer[:200]}", output)
-    return Wait(ctx.now + POLL, output)
+    return Wait(ctx.now + POLL, output, attempt=True)
 
 
 def _elapsed(ctx: StepContext) -> float:
@@ -332,7 +335,9 @@ def validate(ctx: StepContext) -> Result:
     if report["passed"]:
         return Done(report)
     if ctx.step.attempts <= validation.retry_attempts and not ctx.timed_out():
-        return Wait(ctx.now + timedelta(milliseconds=validation.retry_delay_ms), report)
+        return Wait(
+            ctx.now + timedelta(milliseconds=validation.retry_delay_ms), report, attempt=True
+        )
     return Failed(f"Stable did not validate: {report['summary']}", report)
 
 

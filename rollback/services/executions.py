@@ -689,12 +689,14 @@ def rollback_executions_advance(
     ).filter(Q(lease_until__isnull=True) | Q(lease_until__lt=moment))
     if ids is not None:
         due = due.filter(pk__in=list(ids))
-    for pk in list(due.order_by("next_at").values_list("pk", flat=True)[:100]):
+    for pk, lease in list(due.order_by("next_at").values_list("pk", "lease_until")[:100]):
         if not _claim(pk, moment):
             continue
         report.claimed += 1
         try:
-            _advance(pk, now, report)
+            # A lease that ran out is a worker that died holding the execution: the step it
+            # was in is run again, as a new attempt.
+            _advance(pk, now, report, resumed=lease is not None)
         except Exception as error:
             logger.exception("Rollback %s could not advance", pk)
             report.errors.append(f"rollback {pk}: {error}")
@@ -710,7 +712,9 @@ def _claim(pk: int, now: datetime) -> bool:
     )
 
 
-def _advance(pk: int, fixed_now: datetime | None, report: AdvanceReport) -> None:
+def _advance(
+    pk: int, fixed_now: datetime | None, report: AdvanceReport, *, resumed: bool = False
+) -> None:
     execution = RollbackExecution.objects.select_related(
         "deployment",
         "deployment__service",
@@ -744,7 +748,8 @@ def _advance(pk: int, fixed_now: datetime | None, report: AdvanceReport) -> None
                 _pause_until(execution, due)
                 report.waiting += 1
                 return
-        _mark_running(execution, step, now)
+        _mark_running(execution, step, now, resumed=resumed)
+        resumed = False
         ctx = steps.StepContext(execution, execution.deployment, spec, step, now)
         try:
             result = steps.ACTIONS[step.type](ctx)
@@ -758,7 +763,10 @@ def _advance(pk: int, fixed_now: datetime | None, report: AdvanceReport) -> None
             step.timed_out = True
         if isinstance(result, steps.Wait):
             step.output = result.output
-            step.save(update_fields=["output", "timed_out"])
+            if result.attempt:
+                # A retry (a validation, a webhook): the next look is a new attempt.
+                step.state = StepState.PENDING
+            step.save(update_fields=["output", "timed_out", "state"])
             _pause_until(execution, result.until)
             report.waiting += 1
             return
@@ -786,8 +794,13 @@ def _advance(pk: int, fixed_now: datetime | None, report: AdvanceReport) -> None
             _tell(execution, f"step-{step.position}", f"{step.name}: done", now)
 
 
-def _mark_running(execution: RollbackExecution, step: RollbackStep, now: datetime) -> None:
-    step.attempts += 1
+def _mark_running(
+    execution: RollbackExecution, step: RollbackStep, now: datetime, *, resumed: bool
+) -> None:
+    """The step runs: a first start, a retry or a rerun after a worker died counts as an
+    attempt; looking again at a step that waits (a drain, keeping warm) does not."""
+    if step.state == StepState.PENDING or resumed:
+        step.attempts += 1
     if step.started_at is None:
         step.started_at = now
     step.state = StepState.RUNNING
@@ -800,11 +813,17 @@ def _mark_running(execution: RollbackExecution, step: RollbackStep, now: datetim
     if execution.state != state:
         execution.state = state
         execution.save(update_fields=["state"])
-    # Renewed for each step, so a slow one (a webhook's answer) does not lose its claim.
-    RollbackExecution.objects.filter(pk=execution.pk).update(lease_until=now + conf.lease())
+    # Renewed for each step, at least as long as the step may take, so a slow one (a webhook's
+    # answer, a validation) does not lose its claim to another worker.
+    hold = max(conf.lease(), timedelta(milliseconds=step.timeout_ms) + timedelta(seconds=5))
+    RollbackExecution.objects.filter(pk=execution.pk).update(lease_until=now + hold)
 
 
 def _pause_until(execution: RollbackExecution, until: datetime) -> None:
+    # Never past the deadline: an execution over its maximum time fails when it is due, not
+    # when its pace would have woken it.
+    if execution.deadline_at is not None:
+        until = min(until, execution.deadline_at + timedelta(milliseconds=1))
     execution.next_at = until
     execution.lease_until = None
     execution.save(update_fields=["next_at", "lease_until", "validation"])

@@ -125,17 +125,18 @@ def _save(
     plan.is_default = placed["is_default"]
     plan.enabled = placed["enabled"]
     plan.updated_at = timezone.now()
-    full_clean(plan, exclude=["definition"], names={"name": "name"})
     try:
         with (
             transaction.atomic(),
             audit_context(actor=actor, source=source, reason=reason, verb=verb),
         ):
             if plan.is_default:
-                # One default per service: naming a new one takes the title from the old.
+                # One default per service: naming a new one takes the title from the old
+                # (before the check, which would otherwise find two defaults).
                 RollbackPlan.objects.filter(service=plan.service, is_default=True).exclude(
                     pk=plan.pk
                 ).update(is_default=False)
+            full_clean(plan, exclude=["definition"], names={"name": "name"})
             plan.save()
     except IntegrityError:
         raise ValidationFailed(

@@ -47,6 +47,16 @@ class FaultyBackend:
             query += f"&delay_ms={delay_ms}"
         _post(f"{self.url}/_control/fault?{query}")
 
+    def slow_next(self, *, delay_ms: float, count: int = 1, path: str = "") -> None:
+        """The next ``count`` requests (to ``path`` only, if given) each wait ``delay_ms`` more
+        (``state()["slow"]``)."""
+        query = f"delay_ms={delay_ms}&count={count}" + (f"&path={path}" if path else "")
+        _post(f"{self.url}/_control/slow?{query}")
+
+    def answer_health(self, status: int) -> None:
+        """``/health`` answers ``status`` until ``recover``."""
+        _post(f"{self.url}/_control/health?status={status}")
+
     def recover(self) -> None:
         _post(f"{self.url}/_control/recover")
 
@@ -87,6 +97,9 @@ class PacedLoad:
     limit: float = 300.0
     timeout: float = 10.0
     answers: list[Answer] = field(default_factory=list)
+    # Sent with every request, e.g. ``X-Canary-Service`` to load a service other than the
+    # proxy's default.
+    headers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -115,7 +128,7 @@ class PacedLoad:
 
             async def one(sent: float, wall: float) -> None:
                 try:
-                    async with session.get(self.url + "/") as response:
+                    async with session.get(self.url + "/", headers=self.headers) as response:
                         await response.read()
                         version = response.headers.get("x-canary-version", "")
                         self.answers.append(Answer(sent, wall, response.status, version))

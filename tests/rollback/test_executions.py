@@ -392,3 +392,13 @@ def test_a_finished_step_is_never_run_again_when_a_worker_resumes(running, monke
     execution = _advance_until_ended(execution, start=later)
     assert calls == ["tell"]
     assert execution.steps.get(key="tell").attempts == 1
+
+
+def test_a_new_default_plan_takes_the_title_from_the_old_one(shop):
+    from rollback.models import RollbackPlan
+
+    first = _plan()
+    second = _plan(name="faster")
+    first.refresh_from_db()
+    assert second.is_default and not first.is_default
+    assert RollbackPlan.objects.filter(service=shop, is_default=True).get() == second

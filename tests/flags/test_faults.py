@@ -142,9 +142,10 @@ def get_json(url: str) -> tuple[int, Any]:
 
 
 class Web:
-    """A gunicorn process of its own (one worker) pointed at the test's Redis."""
+    """A gunicorn process of its own (one worker) pointed at the test's Redis; ``env`` adds to
+    its environment."""
 
-    def __init__(self, spawn: Any, name: str, redis_url: str) -> None:
+    def __init__(self, spawn: Any, name: str, redis_url: str, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = spawn(
@@ -164,6 +165,7 @@ class Web:
             ],
             REDIS_URL=redis_url,
             CANARY_FLAGS_EXPOSURE_FLUSH_SECONDS="1",
+            **env,
         )
 
     def output(self) -> str:

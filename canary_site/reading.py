@@ -140,3 +140,81 @@ class Fields:
         """Each object of the list under ``key``."""
         make = cls or type(self)
         return [make(item, path, self.error) for path, item in self.items(key)]
+
+
+class Section(Fields):
+    """`Fields` with the typed reads the definitions' readers share (a rollback plan, a kill
+    switch): each value checked and named by its full path when it is wrong."""
+
+    __slots__ = ()
+
+    def only(self, *keys: str) -> None:
+        """Refuse a key that is not one of ``keys``."""
+        unknown = self.unknown(keys)
+        if unknown is not None:
+            self.fail(unknown, f"unknown field; expected one of {', '.join(keys)}")
+
+    def text(self, key: str, default: str | None = None, *, limit: int = 200) -> str:
+        """A string, stripped; without ``default`` it is required and must not be empty."""
+        value = self.value(key) if default is None else self.data.get(key, default)
+        if value is None:
+            value = default or ""
+        if not isinstance(value, str):
+            self.fail(key, "must be a string")
+        value = value.strip()
+        if default is None and not value:
+            self.fail(key, "must not be empty")
+        if "\x00" in value:
+            # PostgreSQL stores no NUL in text.
+            self.fail(key, "must not contain NUL characters")
+        if len(value) > limit:
+            self.fail(key, f"must be at most {limit} characters")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.fail(key, "must be true or false")
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int = 0, maximum: int) -> int:
+        value = self.data.get(key, default)
+        if value is None:
+            return default
+        if not is_integer(value):
+            self.fail(key, "must be a whole number")
+        if not minimum <= value <= maximum:
+            self.fail(key, f"must be between {minimum} and {maximum}")
+        return int(value)
+
+    def choice(
+        self,
+        key: str,
+        words: type[Any],
+        default: str | None = None,
+        aliases: Mapping[str, str] | None = None,
+    ) -> Any:
+        """One of the StrEnum ``words`` (``-`` read as ``_``, and ``aliases`` for other
+        spellings); without ``default`` it is required."""
+        value = self.value(key) if default is None else self.data.get(key, default)
+        if value is None:
+            value = default
+        if isinstance(value, str):
+            value = (aliases or {}).get(value, value.replace("-", "_"))
+        try:
+            return words(value)
+        except ValueError:
+            self.fail(key, f"must be one of {', '.join(member.value for member in words)}")
+
+    def words(self, key: str, *, limit: int = 50) -> tuple[str, ...]:
+        """A list of non-empty strings, stripped, each once, in order."""
+        found = []
+        for path, item in self.items(key):
+            if not isinstance(item, str) or not item.strip():
+                raise self.error(path, "must be a non-empty string")
+            found.append(item.strip())
+        if len(found) > limit:
+            self.fail(key, f"must have at most {limit} items")
+        return tuple(dict.fromkeys(found))

@@ -31,12 +31,11 @@ the threshold over ``minRequests`` requests.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from canary_site.reading import Fields, is_integer, is_number
+from canary_site.reading import Section, is_number
 from health import sequential
 
 
@@ -132,66 +131,7 @@ class KillSwitchSpec:
         return any(c.type != ConditionType.MANUAL for c in self.conditions)
 
 
-class _Section(Fields):
-    __slots__ = ()
-
-    def only(self, *keys: str) -> None:
-        unknown = self.unknown(keys)
-        if unknown is not None:
-            self.fail(unknown, f"unknown field; expected one of {', '.join(keys)}")
-
-    def text(self, key: str, default: str | None = None, *, limit: int = 200) -> str:
-        value = self.value(key) if default is None else self.data.get(key, default)
-        if value is None:
-            value = default or ""
-        if not isinstance(value, str):
-            self.fail(key, "must be a string")
-        value = value.strip()
-        if default is None and not value:
-            self.fail(key, "must not be empty")
-        if "\x00" in value:
-            # PostgreSQL stores no NUL in text.
-            self.fail(key, "must not contain NUL characters")
-        if len(value) > limit:
-            self.fail(key, f"must be at most {limit} characters")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.data.get(key, default)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.fail(key, "must be true or false")
-        return value
-
-    def integer(self, key: str, default: int, *, minimum: int = 0, maximum: int) -> int:
-        value = self.data.get(key, default)
-        if value is None:
-            return default
-        if not is_integer(value):
-            self.fail(key, "must be a whole number")
-        if not minimum <= value <= maximum:
-            self.fail(key, f"must be between {minimum} and {maximum}")
-        return int(value)
-
-    def choice(
-        self, key: str, words: type[StrEnum], default: str, aliases: Mapping[str, str] = {}
-    ) -> Any:
-        value = self.data.get(key, default)
-        if isinstance(value, str):
-            value = aliases.get(value, value.replace("-", "_"))
-        try:
-            return words(value)
-        except ValueError:
-            self.fail(key, f"must be one of {', '.join(member.value for member in words)}")
-
-    def words(self, key: str) -> tuple[str, ...]:
-        found = []
-        for path, item in self.items(key):
-            if not isinstance(item, str) or not item.strip():
-                raise self.error(path, "must be a non-empty string")
-            found.append(item.strip())
-        return tuple(dict.fromkeys(found))
+_Section = Section
 
 
 KEYS = (

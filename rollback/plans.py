@@ -54,7 +54,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from canary_site.reading import Fields, is_integer, is_number
+from canary_site.reading import Section, is_number
 from health import analysis
 
 
@@ -251,45 +251,8 @@ BUILTIN = Plan(
 # --------------------------------------------------------------------------------- reading
 
 
-class _Section(Fields):
+class _Section(Section):
     __slots__ = ()
-
-    def only(self, *keys: str) -> None:
-        unknown = self.unknown(keys)
-        if unknown is not None:
-            self.fail(unknown, f"unknown field; expected one of {', '.join(keys)}")
-
-    def text(self, key: str, default: str | None = None, *, limit: int = 200) -> str:
-        value = self.value(key, default) if default is not None else self.value(key)
-        if not isinstance(value, str):
-            self.fail(key, "must be a string")
-        value = value.strip()
-        if default is None and not value:
-            self.fail(key, "must not be empty")
-        if "\x00" in value:
-            # PostgreSQL stores no NUL in text.
-            self.fail(key, "must not contain NUL characters")
-        if len(value) > limit:
-            self.fail(key, f"must be at most {limit} characters")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.data.get(key, default)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.fail(key, "must be true or false")
-        return value
-
-    def integer(self, key: str, default: int, *, minimum: int = 0, maximum: int) -> int:
-        value = self.data.get(key, default)
-        if value is None:
-            return default
-        if not is_integer(value):
-            self.fail(key, "must be a whole number")
-        if not minimum <= value <= maximum:
-            self.fail(key, f"must be between {minimum} and {maximum}")
-        return int(value)
 
     def number(self, key: str, *, minimum: float | None = None) -> float:
         value = self.value(key)
@@ -298,25 +261,6 @@ class _Section(Fields):
         if minimum is not None and value < minimum:
             self.fail(key, f"must be at least {minimum:g}")
         return float(value)
-
-    def choice(self, key: str, words: type[StrEnum], default: str | None = None) -> Any:
-        value = self.value(key, default) if default is not None else self.value(key)
-        spelled = str(value).replace("-", "_") if isinstance(value, str) else value
-        try:
-            return words(spelled)
-        except ValueError:
-            allowed = ", ".join(member.value for member in words)
-            self.fail(key, f"must be one of {allowed}")
-
-    def words(self, key: str, *, limit: int = 50) -> tuple[str, ...]:
-        found = []
-        for path, item in self.items(key):
-            if not isinstance(item, str) or not item.strip():
-                raise self.error(path, "must be a non-empty string")
-            found.append(item.strip())
-        if len(found) > limit:
-            self.fail(key, f"must have at most {limit} items")
-        return tuple(dict.fromkeys(found))
 
 
 PLAN_KEYS = (

@@ -223,8 +223,8 @@ class ApiTokenAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 class HeartbeatAdmin(admin.ModelAdmin):
     """Written by the control loop only; a person may clear a stale one."""
 
-    list_display = ["name", "beat_at", "count"]
-    readonly_fields = ["name", "beat_at", "count"]
+    list_display = ["name", "beat_at", "count", "identity"]
+    readonly_fields = ["name", "beat_at", "count", "identity"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -1,8 +1,11 @@
 """The Celery application: workers run the tasks, beat is the control loop's clock."""
 
 import os
+import socket
+from typing import Any
 
 from celery import Celery
+from celery.beat import PersistentScheduler, ScheduleEntry
 from celery.contrib.django.task import DjangoTask
 from django.db import InterfaceError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -35,3 +38,34 @@ class CanaryTask(DjangoTask):
 app = Celery("canary", task_cls=CanaryTask)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+# The entry whose task records that the loop is alive; the beat adds who sent it.
+HEARTBEAT_TASK = "canary_site.tasks.heartbeat_record"
+
+
+def beat_identity() -> str:
+    """The sending beat as ``hostname:pid``: which of several beats ticks, and whether it is the
+    same one as before."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class IdentifyingScheduler:
+    """Signs the heartbeat with the identity of the beat that sends it. It has to happen at send
+    time, in the beat itself: with Redis the schedule's definitions are shared by every beat, and
+    each beat writes them when it starts, so an identity written into the schedule would be the
+    last beat started, not the one ticking."""
+
+    def apply_async(
+        self, entry: ScheduleEntry, producer: Any = None, advance: bool = True, **kwargs: Any
+    ) -> Any:
+        if entry.task == HEARTBEAT_TASK:
+            # Redis entries are read afresh every tick and the file schedule takes its kwargs
+            # from the settings again at start, so nothing keeps this beyond the send.
+            entry.kwargs = {**(entry.kwargs or {}), "beat": beat_identity()}
+        return super().apply_async(entry, producer=producer, advance=advance, **kwargs)  # type: ignore[misc]
+
+
+class FileBeatScheduler(IdentifyingScheduler, PersistentScheduler):
+    """The embedded default: one beat, its schedule in a file under ``CANARY_VAR_DIR``. With
+    Redis, ``canary_site.redis_beat.RedisBeatScheduler`` lets several beats take turns."""

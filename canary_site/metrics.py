@@ -9,12 +9,17 @@ served, so a per-process registry makes counters jump back and forth between scr
 gunicorn (``canary_site/gunicorn.conf.py``) ``PROMETHEUS_MULTIPROC_DIR`` is set: every worker
 writes its samples to files there and the scrape sums them with prometheus_client's
 ``MultiProcessCollector``, so one install exposes one set of counters whichever worker answers.
+
+The apps' own state (deployments, health, flags, rollback) is read from the database at scrape
+time by collectors each app hands to `register_collector` when it is ready, so this floor module
+imports no app and every process that serves the page exposes the same numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -22,11 +27,15 @@ from typing import Any
 from celery import signals
 from django.conf import settings
 from django.core.cache import cache
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
-from prometheus_client.core import REGISTRY, CounterMetricFamily
+from prometheus_client.core import REGISTRY, CounterMetricFamily, Metric
 
 from canary_site.exceptions import error_body
+from canary_site.versions import Outage
+
+logger = logging.getLogger(__name__)
 
 STATES = ("succeeded", "failed", "retried")
 KEY = "celery-task-count:{name}:{state}"
@@ -101,7 +110,58 @@ def connect_signals() -> None:
         REGISTRY.register(_collector)
 
 
+class StateCollector:
+    """Base of the apps' collectors: the state of the database, read at scrape time.
+
+    ``families()`` makes the metric families afresh (empty: what ``describe()`` answers, so
+    registering reads nothing) and ``fill(families)`` adds the samples in a fixed number of
+    queries, however many rows there are. A database that cannot be reached leaves this
+    collector's families out of the page (logged once per outage) rather than failing the
+    scrape of everything else."""
+
+    # Names the collector in the outage's log line.
+    what = "state"
+
+    def __init__(self) -> None:
+        self._outage = Outage(f"The database (for the {self.what} on /metrics)", logger)
+
+    def families(self) -> dict[str, Metric]:
+        raise NotImplementedError
+
+    def fill(self, families: dict[str, Metric]) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self.families().values())
+
+    def collect(self) -> Iterator[Metric]:
+        families = self.families()
+        try:
+            self.fill(families)
+        except (OperationalError, InterfaceError) as error:
+            self._outage.failed(error, "/metrics leaves its numbers out until it answers")
+            return iter(())
+        self._outage.recovered()
+        return iter(families.values())
+
+
 _multiprocess_registry: CollectorRegistry | None = None
+# The apps' collectors, in the order they were registered, for the multiprocess registry too.
+_domain_collectors: list[Any] = []
+
+
+def register_collector(collector: Any) -> None:
+    """Add an app's collector to what /metrics exposes (each app's ``ready()`` calls this).
+
+    Once per process: a second registration of the same class is ignored, since ``ready()``
+    can run twice. The collector needs a ``describe()`` that queries nothing, since the
+    registry asks for its names at once and app start-up must not touch the database."""
+    if any(type(known) is type(collector) for known in _domain_collectors):
+        return
+    _domain_collectors.append(collector)
+    REGISTRY.register(collector)
+    if _multiprocess_registry is not None:
+        _multiprocess_registry.register(collector)
 
 
 def scrape_registry() -> CollectorRegistry:
@@ -116,6 +176,9 @@ def scrape_registry() -> CollectorRegistry:
         registry = CollectorRegistry(auto_describe=True)
         multiprocess.MultiProcessCollector(registry)
         registry.register(_collector)
+        # The apps' collectors read the database, which every worker shares.
+        for collector in _domain_collectors:
+            registry.register(collector)
         _multiprocess_registry = registry
     return _multiprocess_registry
 

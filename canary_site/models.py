@@ -118,6 +118,8 @@ class Heartbeat(models.Model):
     name = models.CharField(max_length=64, unique=True)
     beat_at = models.DateTimeField()
     count = models.PositiveBigIntegerField(default=0)
+    # Who sent the last one (``hostname:pid`` of the beat that ticks), empty when not known.
+    identity = models.CharField(max_length=300, blank=True, default="")
 
     def __str__(self) -> str:
         return f"{self.name} @ {self.beat_at:%Y-%m-%d %H:%M:%S}"

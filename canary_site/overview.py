@@ -16,7 +16,7 @@ from django.views.generic import TemplateView
 from canary_site.htmx import HtmxPartialMixin
 from canary_site.models import AuditEntry
 from canary_site.roles import RoleRequiredMixin
-from canary_site.selectors import heartbeat_age_seconds
+from canary_site.selectors import heartbeat_last
 from deployments.choices import DeploymentStatus
 from deployments.models import Deployment
 from flags.choices import FlagStatus
@@ -44,12 +44,15 @@ def overview_counts() -> dict[str, Any]:
         paused=Count("pk", filter=Q(status=DeploymentStatus.PAUSED)),
         rolling_back=Count("pk", filter=Q(status=DeploymentStatus.ROLLING_BACK)),
     )
+    beat = heartbeat_last(name="beat")
     return {
         "deployments_running": deployments["running"],
         "deployments_paused": deployments["paused"],
         "deployments_rolling_back": deployments["rolling_back"],
         "audit_today": AuditEntry.objects.filter(timestamp__gte=since).count(),
-        "beat_age": heartbeat_age_seconds(name="beat"),
+        "beat_age": beat[1] if beat else None,
+        # The beat that ticks (``hostname:pid``): with several, which one holds the lock.
+        "beat_identity": beat[0] if beat else "",
         "flags_enabled": flags["enabled"],
         "flags_killed": flags["killed"],
         "alerts_open": alerts["open"],

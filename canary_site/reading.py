@@ -142,6 +142,15 @@ class Fields:
         return [make(item, path, self.error) for path, item in self.items(key)]
 
 
+def unstorable(text: str) -> str | None:
+    """Why PostgreSQL cannot store ``text`` (a NUL, or half of a surrogate pair), or None."""
+    if "\x00" in text:
+        return "must not contain NUL characters"
+    if any("\ud800" <= char <= "\udfff" for char in text):
+        return "must not contain unpaired surrogates"
+    return None
+
+
 class Section(Fields):
     """`Fields` with the typed reads the definitions' readers share (a rollback plan, a kill
     switch): each value checked and named by its full path when it is wrong."""
@@ -164,9 +173,8 @@ class Section(Fields):
         value = value.strip()
         if default is None and not value:
             self.fail(key, "must not be empty")
-        if "\x00" in value:
-            # PostgreSQL stores no NUL in text.
-            self.fail(key, "must not contain NUL characters")
+        if (problem := unstorable(value)) is not None:
+            self.fail(key, problem)
         if len(value) > limit:
             self.fail(key, f"must be at most {limit} characters")
         return value
@@ -214,6 +222,8 @@ class Section(Fields):
         for path, item in self.items(key):
             if not isinstance(item, str) or not item.strip():
                 raise self.error(path, "must be a non-empty string")
+            if (problem := unstorable(item)) is not None:
+                raise self.error(path, problem)
             found.append(item.strip())
         if len(found) > limit:
             self.fail(key, f"must have at most {limit} items")

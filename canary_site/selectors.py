@@ -53,8 +53,11 @@ def audit_entries_for(*, obj: Any) -> QuerySet[AuditEntry]:
     )
 
 
-def heartbeat_age_seconds(*, name: str) -> float | None:
-    beat = Heartbeat.objects.filter(name=name).values_list("beat_at", flat=True).first()
-    if beat is None:
+def heartbeat_last(*, name: str) -> tuple[str, float] | None:
+    """Who sent the last heartbeat of ``name`` (empty when it did not say) and how many seconds
+    ago; None before the first."""
+    row = Heartbeat.objects.filter(name=name).values_list("identity", "beat_at").first()
+    if row is None:
         return None
-    return (timezone.now() - beat).total_seconds()
+    identity, beat_at = row
+    return identity, (timezone.now() - beat_at).total_seconds()

@@ -77,13 +77,18 @@ def api_token_touch(*, token: ApiToken) -> None:
         token.last_used_at = now
 
 
-def heartbeat_record(*, name: str) -> Heartbeat:
-    """Note that ``name`` (beat, a worker) is alive; idempotent apart from the counter."""
+def heartbeat_record(*, name: str, identity: str = "") -> Heartbeat:
+    """Note that ``name`` (beat, a worker) is alive, and which process of it (``identity``, as
+    ``hostname:pid``) sent the news; idempotent apart from the counter."""
     now = timezone.now()
     with transaction.atomic():
-        updated = Heartbeat.objects.filter(name=name).update(beat_at=now, count=F("count") + 1)
+        updated = Heartbeat.objects.filter(name=name).update(
+            beat_at=now, count=F("count") + 1, identity=identity
+        )
         if not updated:
-            Heartbeat.objects.get_or_create(name=name, defaults={"beat_at": now, "count": 1})
+            Heartbeat.objects.get_or_create(
+                name=name, defaults={"beat_at": now, "count": 1, "identity": identity}
+            )
     return Heartbeat.objects.get(name=name)
 
 

@@ -289,12 +289,40 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CANARY_TASKS_EAGER", default=False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 CANARY_TICK_SECONDS = env.float("CANARY_TICK_SECONDS", default=5.0)
+# Beat. With Redis any number of beats may run: they share the schedule and a lock there, so
+# exactly one ticks, and another takes over once a dead one's lock lapses (docs/architecture.md,
+# "Two beats"). The holder renews it at least three times per lock period. Without Redis (the
+# embedded default) the one beat keeps its schedule in a file. Either way the schedule is
+# CELERY_BEAT_SCHEDULE below, which every beat writes into Redis when it starts.
+CANARY_BEAT_LOCK_SECONDS = env.int(
+    "CANARY_BEAT_LOCK_SECONDS", default=max(2, round(3 * CANARY_TICK_SECONDS))
+)
+_beat_redis_url = REDIS_URL or (
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else ""
+)
+if _beat_redis_url:
+    CELERY_BEAT_SCHEDULER = "canary_site.redis_beat:RedisBeatScheduler"
+    CELERY_REDBEAT_REDIS_URL = _beat_redis_url
+    # An unreachable Redis fails the beat's tick (and a supervisor restarts it) instead of
+    # hanging it past its lock.
+    CELERY_REDBEAT_REDIS_OPTIONS = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+    CELERY_REDBEAT_KEY_PREFIX = f"{CACHES['default']['KEY_PREFIX']}:beat:"
+    CELERY_REDBEAT_LOCK_KEY = f"{CELERY_REDBEAT_KEY_PREFIX}:lock"
+    CELERY_REDBEAT_LOCK_TIMEOUT = CANARY_BEAT_LOCK_SECONDS
+    # Also how often a waiting beat tries the lock.
+    CELERY_BEAT_MAX_LOOP_INTERVAL = min(CANARY_TICK_SECONDS, CANARY_BEAT_LOCK_SECONDS / 3)
+else:
+    CELERY_BEAT_SCHEDULER = "canary_site.celery:FileBeatScheduler"
+
 # The control loop's clock. Each subsystem adds its own step here; every step is idempotent.
 _tick = {"schedule": CANARY_TICK_SECONDS, "options": {"expires": CANARY_TICK_SECONDS}}
 CELERY_BEAT_SCHEDULE = {
     "control-heartbeat": {"task": "canary_site.tasks.heartbeat_record", **_tick},
     # routing: active health checks of targets (step 1 of the loop)
     "routing-probe-targets": {"task": "routing.tasks.targets_probe_due", **_tick},
+    # routing: external data planes (HAProxy, nginx) get their weights, drift is repaired and
+    # their counters feed the metric store
+    "routing-providers-sync": {"task": "routing.tasks.providers_sync", **_tick},
     # health: metric pulls, alerts and notifications (step 2); evaluations run in the
     # deployments tick, which alone knows which canaries are running.
     "health-prometheus-pull": {

@@ -144,7 +144,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Ready when the database and the broker answer; 503 otherwise, naming what failed.
+    """Ready when the database and the broker answer; 503 otherwise, naming what failed. Beside
+    the checks, ``beat`` says which beat ticks (``hostname:pid``) and how long ago.
 
     The cache is reported beside them but does not make the process unready: flags keep
     serving from their snapshot and writes keep succeeding without it (changes then travel
@@ -176,7 +177,25 @@ def readyz(request: HttpRequest) -> JsonResponse:
         status, code = "degraded", 200
     else:
         status, code = "ok", 200
-    return JsonResponse({"status": status, "checks": checks}, status=code)
+    beat = _beat_status(readable=checks["database"] == "ok")
+    return JsonResponse({"status": status, "checks": checks, "beat": beat}, status=code)
+
+
+def _beat_status(*, readable: bool) -> dict[str, Any]:
+    """Which beat ticks and how long ago, from its last heartbeat; reported, never judged: a
+    stopped beat stops canaries but not this web process. ``unknown`` when the database cannot
+    say (a second try at a database that just failed would only slow the probe)."""
+    unknown = {"identity": "unknown", "last_tick_seconds_ago": None}
+    if not readable:
+        return unknown
+    try:
+        last = selectors.heartbeat_last(name="beat")
+    except Exception:  # the probe answers whatever fails
+        return unknown
+    if last is None:
+        return {"identity": None, "last_tick_seconds_ago": None}
+    identity, age = last
+    return {"identity": identity or None, "last_tick_seconds_ago": round(age, 1)}
 
 
 def _error_response(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:

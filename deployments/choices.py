@@ -46,8 +46,8 @@ class EventKind(models.TextChoices):
     """What a timeline entry records: a lifecycle action, or a decision that changed no status.
 
     The lifecycle actions use the words of `DeploymentAction`; the others are the tick's notes
-    (a breach seen while auto-rollback is off, a phase ready for a person to promote) and the
-    deployment's creation and edits.
+    (a breach seen while auto-rollback is off, a phase ready for a person to promote), the
+    deployment's creation and edits, and its webhooks' answers and gates opened by hand.
     """
 
     CREATED = "created", "Created"
@@ -66,3 +66,23 @@ class EventKind(models.TextChoices):
     RETRY = "retry", "Retried"
     BREACH = "breach", "Breach seen"
     READY = "ready", "Ready to promote"
+    WEBHOOK = "webhook", "Webhook"
+
+
+WebhookType = mirror(
+    config.WebhookType,
+    name="WebhookType",
+    PRE_ROLLOUT="Pre-rollout",
+    ROLLOUT="Rollout",
+    CONFIRM_ROLLOUT="Confirm rollout",
+    CONFIRM_PROMOTION="Confirm promotion",
+    POST_ROLLOUT="Post-rollout",
+    ROLLBACK="Rollback",
+    EVENT="Event",
+)
+
+WebhookDeliveryStatus = worded(
+    "WebhookDeliveryStatus",
+    "pending delivered failed",
+    doc="Where one call of a news webhook (rollback, post-rollout, event) stands.",
+)

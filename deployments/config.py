@@ -40,6 +40,14 @@ Shape (``?`` marks an optional key, shown with its default)::
     notifications?: {onStart: true, onPhaseComplete: true, onFailure: true,
                      onComplete: true, onRollback: true}
     rollbackPlan?: checkout-careful     # a rollback plan by name; else the service's default
+    webhooks?:                           # Flagger's webhooks: gates and news (deployments.webhooks)
+      - name: qa                         # unique; letters, digits, "-", "_", "."
+        type: confirm-promotion          # pre-rollout | rollout | confirm-rollout
+                                         # | confirm-promotion | post-rollout | rollback | event
+        url: "https://qa.example.com/gate"
+        timeoutMs?: 5000                 # 1 to 30000
+        metadata?: {}                    # strings to strings, sent with every call
+        failureThreshold?: 5             # rollout hooks only: failures in a row that roll back
 
 Units: percentages 0 to 100, latencies and durations in milliseconds, throughput in requests
 per second. Traffic shift strategies name how the phase percentages were chosen; the phases run
@@ -60,12 +68,14 @@ from __future__ import annotations
 import json
 import math
 import operator
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
 from itertools import pairwise
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -138,6 +148,38 @@ def metric_range(name: str) -> tuple[float, float]:
 
 DEFAULT_MAX_DEPLOYMENT_TIME_MS = 3_600_000
 """The seed guide's default maximum deployment time: one hour."""
+
+
+class WebhookType(StrEnum):
+    """When a webhook is called, in Flagger's words (see `deployments.webhooks`)."""
+
+    PRE_ROLLOUT = "pre-rollout"
+    ROLLOUT = "rollout"
+    CONFIRM_ROLLOUT = "confirm-rollout"
+    CONFIRM_PROMOTION = "confirm-promotion"
+    POST_ROLLOUT = "post-rollout"
+    ROLLBACK = "rollback"
+    EVENT = "event"
+
+
+GATE_TYPES = frozenset(
+    {
+        WebhookType.PRE_ROLLOUT,
+        WebhookType.ROLLOUT,
+        WebhookType.CONFIRM_ROLLOUT,
+        WebhookType.CONFIRM_PROMOTION,
+    }
+)
+"""The webhooks whose answer the tick waits for: a gate holds, or fails, the deployment."""
+
+ENTRY_TYPES = frozenset({WebhookType.PRE_ROLLOUT, WebhookType.CONFIRM_ROLLOUT})
+"""The gates a start waits for: the canary gets no traffic until they are open."""
+
+DEFAULT_WEBHOOK_TIMEOUT_MS = 5_000
+MAX_WEBHOOK_TIMEOUT_MS = 30_000
+DEFAULT_FAILURE_THRESHOLD = 5
+MAX_FAILURE_THRESHOLD = 100
+WEBHOOK_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 # --------------------------------------------------------------------------- dataclasses
@@ -273,6 +315,35 @@ class Notifications:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """A webhook: a gate the tick waits for, or news it tells (`WebhookType`)."""
+
+    name: str
+    type: WebhookType
+    url: str
+    timeout_ms: int = DEFAULT_WEBHOOK_TIMEOUT_MS
+    # Pairs rather than a dict, so the configuration stays hashable and ordered as written.
+    metadata: tuple[tuple[str, str], ...] = ()
+    failure_threshold: int = DEFAULT_FAILURE_THRESHOLD
+
+    @property
+    def is_gate(self) -> bool:
+        return self.type in GATE_TYPES
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "type": str(self.type),
+            "url": self.url,
+            "timeoutMs": self.timeout_ms,
+            "metadata": dict(self.metadata),
+        }
+        if self.type == WebhookType.ROLLOUT:
+            data["failureThreshold"] = self.failure_threshold
+        return data
+
+
+@dataclass(frozen=True)
 class DeploymentConfig:
     name: str
     service_name: str
@@ -289,6 +360,7 @@ class DeploymentConfig:
     description: str = ""
     stable_endpoint: str | None = None
     canary_endpoint: str | None = None
+    webhooks: tuple[Webhook, ...] = ()
 
     @property
     def minimum_time_ms(self) -> int:
@@ -320,6 +392,8 @@ class DeploymentConfig:
         data["notifications"] = self.notifications.to_dict()
         if self.rollback_plan:
             data["rollbackPlan"] = self.rollback_plan
+        if self.webhooks:
+            data["webhooks"] = [hook.to_dict() for hook in self.webhooks]
         return data
 
     def to_yaml(self) -> str:
@@ -450,6 +524,13 @@ class FieldReader:
             return self.error(path, INVALID_VALUE, "must not be empty.")
         return value
 
+    def string_or_empty(self, value: Any, path: str) -> str | _Missing:
+        """A string that may be empty, numbers refused with the YAML hint."""
+        if not isinstance(value, str):
+            hint = " (quote it in YAML)" if isinstance(value, int | float) else ""
+            return self.error(path, INVALID_TYPE, f"must be a string{hint}, got {value!r}.")
+        return value
+
     def text(self, value: Any, path: str) -> str | _Missing:
         """A string that may be empty (a description)."""
         if not isinstance(value, str):
@@ -538,6 +619,7 @@ _TOP_KEYS = (
     "maxDeploymentTimeMs",
     "notifications",
     "rollbackPlan",
+    "webhooks",
 )
 _PHASE_KEYS = (
     "id",
@@ -551,6 +633,7 @@ _PHASE_KEYS = (
 _CRITERION_KEYS = ("metric", "operator", "threshold", "durationMs")
 _THRESHOLD_KEYS = ("errorRate", "latencyP95", "availability")
 _NOTIFICATION_KEYS = ("onStart", "onPhaseComplete", "onFailure", "onComplete", "onRollback")
+_WEBHOOK_KEYS = ("name", "type", "url", "timeoutMs", "metadata", "failureThreshold")
 
 
 @dataclass(frozen=True)
@@ -593,6 +676,7 @@ def read_config(data: Any) -> ConfigReading:
         ("maxDeploymentTimeMs", reader.milliseconds, DEFAULT_MAX_DEPLOYMENT_TIME_MS),
         ("notifications", lambda v, p: _read_notifications(reader, v, p), Notifications()),
         ("rollbackPlan", reader.string, None),
+        ("webhooks", lambda v, p: _read_webhooks(reader, v, p), ()),
     )
     for key, read, default in optional:
         fields[key] = reader.get(top, key, "", read, default=default)
@@ -628,6 +712,7 @@ def read_config(data: Any) -> ConfigReading:
             max_deployment_time_ms=good["maxDeploymentTimeMs"],
             notifications=good["notifications"],
             rollback_plan=good["rollbackPlan"] or None,
+            webhooks=good["webhooks"],
         )
     return ConfigReading(config, tuple(phases), good, tuple(reader.errors))
 
@@ -732,6 +817,157 @@ def _read_notifications(reader: FieldReader, raw: Any, path: str) -> Notificatio
         on_complete=flags.get("onComplete", True),
         on_rollback=flags.get("onRollback", True),
     )
+
+
+def read_webhooks(raw: Any) -> tuple[Webhook, ...]:
+    """The webhooks of a stored configuration's ``webhooks`` list (it was valid when stored);
+    raises `ConfigError` on one that does not read."""
+    if not raw:
+        return ()
+    reader = FieldReader()
+    hooks = _read_webhooks(reader, raw, "webhooks")
+    if reader.errors or isinstance(hooks, _Missing):
+        raise ConfigError(reader.errors)
+    return hooks
+
+
+def _read_webhooks(reader: FieldReader, raw: Any, path: str) -> tuple[Webhook, ...] | _Missing:
+    before = len(reader.errors)
+    items = reader.sequence(raw, path)
+    if isinstance(items, _Missing):
+        return items
+    hooks: list[Webhook] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        where = f"{path}[{index}]"
+        hook = _read_webhook(reader, item, where)
+        if hook is None:
+            continue
+        if hook.name in seen:
+            # A gate is opened by name (gates/{name}/open), so two of one name are one too many.
+            reader.error(
+                f"{where}.name", INVALID_VALUE, f"repeats {hook.name!r}; names are unique."
+            )
+            continue
+        seen.add(hook.name)
+        hooks.append(hook)
+    return _MISSING if len(reader.errors) > before else tuple(hooks)
+
+
+def _read_webhook(reader: FieldReader, raw: Any, path: str) -> Webhook | None:
+    before = len(reader.errors)
+    data = reader.record(raw, path, _WEBHOOK_KEYS)
+    if isinstance(data, _Missing):
+        return None
+    name = reader.get(data, "name", path, _read_webhook_name(reader))
+    kind = reader.get(data, "type", path, lambda v, p: reader.choice(WebhookType, v, p))
+    url = reader.get(data, "url", path, _read_webhook_url(reader))
+    timeout = reader.get(
+        data,
+        "timeoutMs",
+        path,
+        _bounded(reader, 1, MAX_WEBHOOK_TIMEOUT_MS),
+        default=DEFAULT_WEBHOOK_TIMEOUT_MS,
+    )
+    metadata = reader.get(
+        data, "metadata", path, lambda v, p: _read_metadata(reader, v, p), default=()
+    )
+    threshold = reader.get(
+        data,
+        "failureThreshold",
+        path,
+        _bounded(reader, 1, MAX_FAILURE_THRESHOLD),
+        default=DEFAULT_FAILURE_THRESHOLD,
+    )
+    if (
+        data.get("failureThreshold") is not None
+        and not is_missing(kind)
+        and kind != WebhookType.ROLLOUT
+    ):
+        reader.error(
+            key_path(path, "failureThreshold"),
+            INVALID_VALUE,
+            f"applies to rollout hooks only, not to {kind} hooks.",
+        )
+    if len(reader.errors) > before:
+        return None
+    return Webhook(
+        name=name,
+        type=kind,
+        url=url,
+        timeout_ms=timeout,
+        metadata=metadata,
+        failure_threshold=threshold,
+    )
+
+
+def _read_webhook_name(reader: FieldReader) -> Callable[[Any, str], Any]:
+    def read(value: Any, path: str) -> Any:
+        text = reader.string(value, path)
+        if isinstance(text, _Missing):
+            return text
+        if not WEBHOOK_NAME_PATTERN.fullmatch(text):
+            return reader.error(
+                path,
+                INVALID_VALUE,
+                f"must be 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or "
+                f"a digit, got {text!r}.",
+            )
+        return text
+
+    return read
+
+
+def _read_webhook_url(reader: FieldReader) -> Callable[[Any, str], Any]:
+    def read(value: Any, path: str) -> Any:
+        text = reader.string(value, path)
+        if isinstance(text, _Missing):
+            return text
+        try:
+            parts = urlsplit(text)
+            _ = parts.port  # a port that is not a number raises here
+        except ValueError:
+            parts = None
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or len(text) > 2000
+            or any(c.isspace() for c in text)
+        ):
+            return reader.error(
+                path, INVALID_VALUE, f"must be an http:// or https:// URL, got {text!r}."
+            )
+        return text
+
+    return read
+
+
+def _bounded(reader: FieldReader, low: int, high: int) -> Callable[[Any, str], Any]:
+    def read(value: Any, path: str) -> Any:
+        number = reader.milliseconds(value, path)
+        if isinstance(number, _Missing):
+            return number
+        if not low <= number <= high:
+            return reader.error(path, INVALID_VALUE, f"must be from {low} to {high}, got {number}.")
+        return number
+
+    return read
+
+
+def _read_metadata(
+    reader: FieldReader, raw: Any, path: str
+) -> tuple[tuple[str, str], ...] | _Missing:
+    data = reader.mapping(raw, path)
+    if isinstance(data, _Missing):
+        return data
+    before = len(reader.errors)
+    pairs = [
+        (key, reader.string_or_empty(value, key_path(path, key))) for key, value in data.items()
+    ]
+    if len(reader.errors) > before:
+        return _MISSING
+    return tuple(pairs)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- text formats

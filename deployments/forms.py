@@ -2,8 +2,10 @@
 configuration) and the lifecycle action form.
 
 The wizard's phase rows are plain indexed fields (``phase-0-traffic``...), so the editor works
-without JavaScript: "Add a phase" posts the form back with one more row. What the form builds
-is the guide's configuration dictionary, which the validator and `deployment_create` read.
+without JavaScript: "Add a phase" posts the form back with one more row; its webhook rows
+(``hook-0-name``, ``-type``, ``-url``) work the same way, a row left blank naming no hook. What
+the form builds is the guide's configuration dictionary, which the validator and
+`deployment_create` read.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from django import forms
 
 from deployments import selectors
-from deployments.choices import TrafficShiftStrategy
+from deployments.choices import TrafficShiftStrategy, WebhookType
 from deployments.lifecycle import PERSON_ACTIONS
 from routing import selectors as routing_selectors
 
@@ -36,6 +38,9 @@ ROW_FIELDS = (
     "min_availability",
 )
 ROW_DEFAULTS = {"error_rate": "5", "latency_p95": "1000", "min_availability": "95"}
+MAX_HOOKS = 10
+HOOK_FIELDS = ("name", "type", "url")
+HOOK_TYPES = list(WebhookType.choices)
 
 
 class WizardForm(forms.Form):
@@ -77,6 +82,9 @@ class WizardForm(forms.Form):
     phase_count = forms.IntegerField(
         min_value=1, max_value=MAX_PHASES, initial=3, widget=forms.HiddenInput
     )
+    hook_count = forms.IntegerField(
+        min_value=0, max_value=MAX_HOOKS, initial=0, required=False, widget=forms.HiddenInput
+    )
 
 
 @dataclass
@@ -104,6 +112,25 @@ def phase_rows(data: Mapping[str, Any] | None, count: int | None = None) -> list
     return rows
 
 
+def hook_rows(data: Mapping[str, Any] | None, count: int | None = None) -> list[PhaseRow]:
+    """The webhook rows from the posted data (none for a fresh form)."""
+    if data is None:
+        return []
+    if count is None:
+        try:
+            count = int(data.get("hook_count") or 0)
+        except (TypeError, ValueError):
+            count = 0
+    count = max(0, min(MAX_HOOKS, count))
+    return [
+        PhaseRow(
+            index,
+            {name: str(data.get(f"hook-{index}-{name}", "")).strip() for name in HOOK_FIELDS},
+        )
+        for index in range(count)
+    ]
+
+
 def _count(data: Mapping[str, Any]) -> int:
     try:
         return int(data.get("phase_count") or 1)
@@ -122,7 +149,9 @@ def _number(text: str, *, scale: float = 1.0) -> Any:
     return int(value) if value.is_integer() else value
 
 
-def editor_config(form: WizardForm, rows: list[PhaseRow]) -> dict[str, Any]:
+def editor_config(
+    form: WizardForm, rows: list[PhaseRow], hooks: list[PhaseRow] | None = None
+) -> dict[str, Any]:
     """The guide's configuration from the editor's fields (blank fields left out, so the
     validator says which are required)."""
     data = form.cleaned_data if hasattr(form, "cleaned_data") else {}
@@ -183,14 +212,28 @@ def editor_config(form: WizardForm, rows: list[PhaseRow]) -> dict[str, Any]:
             phase["rollbackThresholds"] = thresholds
         phases.append(phase)
     config["phases"] = phases
+    webhooks = [
+        {name: row.values[name] for name in HOOK_FIELDS if row.values.get(name)}
+        for row in hooks or []
+        if any(row.values.values())
+    ]
+    if webhooks:
+        config["webhooks"] = webhooks
     return config
 
 
-def attach_row_errors(rows: list[PhaseRow], issues: list[dict[str, str]]) -> None:
+def attach_row_errors(
+    rows: list[PhaseRow], issues: list[dict[str, str]], hooks: list[PhaseRow] | None = None
+) -> None:
     for issue in issues:
         name = issue.get("field", "")
         for row in rows:
             if name.startswith(f"phases[{row.index}]"):
+                row.errors.append(issue["message"])
+        # Blank rows are left out of the configuration, so its positions count filled rows.
+        filled = [row for row in hooks or [] if any(row.values.values())]
+        for position, row in enumerate(filled):
+            if name == f"webhooks[{position}]" or name.startswith(f"webhooks[{position}]."):
                 row.errors.append(issue["message"])
 
 

@@ -20,7 +20,14 @@ from django.db import models
 from canary_site import audit
 from canary_site.choices import Source
 from canary_site.models import person_field
-from deployments.choices import DeploymentStatus, EventKind, PhaseStatus, TrafficShiftStrategy
+from deployments.choices import (
+    DeploymentStatus,
+    EventKind,
+    PhaseStatus,
+    TrafficShiftStrategy,
+    WebhookDeliveryStatus,
+    WebhookType,
+)
 from deployments.config import DeploymentConfig, PhaseConfig, parse_config
 from deployments.lifecycle import ACTIVE_STATUSES, TERMINAL_STATUSES
 from routing.models import validate_version
@@ -245,6 +252,107 @@ class DeploymentEvent(models.Model):
     def evidence_json(self) -> str:
         """The evidence, indented, for people to read on the timeline."""
         return json.dumps(self.evidence, indent=2, sort_keys=True, default=str)
+
+
+class WebhookGate(models.Model):
+    """Where one gate webhook stands for one phase of one run of a deployment (a retry begins
+    run 2): the hook's latest answer, and whether a person opened it by hand.
+
+    The tick writes the answer columns (one upsert for every call of a tick); a person writes
+    the ``opened_*`` columns and a start request the ``requested_*`` ones, which the tick never
+    overwrites, so neither can undo the other. Entry gates (pre-rollout, confirm-rollout) are
+    kept on phase 1.
+    """
+
+    deployment = models.ForeignKey(
+        Deployment, on_delete=models.CASCADE, related_name="webhook_gates"
+    )
+    run = models.PositiveIntegerField(default=1, help_text="1, then one more after each retry.")
+    phase = models.PositiveSmallIntegerField(help_text="The order of the phase it gates.")
+    name = models.CharField(max_length=63)
+    type = models.CharField(max_length=32, choices=WebhookType.choices)
+    # The hook's latest answer: 2xx passes; for a rollout hook, failures counts them in a row.
+    passed = models.BooleanField(default=False)
+    failures = models.PositiveIntegerField(default=0)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True, default="")
+    excerpt = models.CharField(max_length=200, blank=True, default="")
+    key = models.CharField(max_length=300, blank=True, default="")
+    tried_at = models.DateTimeField(null=True, blank=True)
+    # Opened by a person who checked the canary themselves: answered 2xx for this phase.
+    opened_at = models.DateTimeField(null=True, blank=True)
+    opened_by = person_field()
+    opened_reason = models.TextField(blank=True, default="")
+    # A start asked for while entry gates were closed; the tick starts it once they open.
+    requested_at = models.DateTimeField(null=True, blank=True)
+    requested_by = person_field()
+
+    class Meta:
+        ordering = ["deployment", "run", "phase", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "run", "phase", "name"], name="webhook_gate_unique"
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["requested_at"],
+                name="webhook_gate_requested",
+                condition=models.Q(requested_at__isnull=False),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id}: {self.type} {self.name} (run {self.run}, phase {self.phase})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None or self.passed
+
+
+class WebhookDelivery(models.Model):
+    """One call of a news webhook (rollback, post-rollout, event): queued in the transaction
+    of the news it tells, under its idempotency key (so it is queued once), and delivered by
+    the tick with a lease and retries with backoff."""
+
+    key = models.CharField(max_length=300, unique=True)
+    deployment = models.ForeignKey(
+        Deployment, on_delete=models.CASCADE, related_name="webhook_deliveries"
+    )
+    event = models.ForeignKey(
+        DeploymentEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    name = models.CharField(max_length=63)
+    type = models.CharField(max_length=32, choices=WebhookType.choices)
+    url = models.CharField(max_length=2000)
+    timeout_ms = models.PositiveIntegerField()
+    payload = models.JSONField(default=dict)
+    status = models.CharField(
+        max_length=16,
+        choices=WebhookDeliveryStatus.choices,
+        default=WebhookDeliveryStatus.PENDING,
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True, default="")
+    excerpt = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField()
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                name="webhook_delivery_due",
+                condition=models.Q(status="pending"),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.status})"
 
 
 # The tick rewrites observations and judgements every few seconds; the trail keeps decisions.

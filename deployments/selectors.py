@@ -24,7 +24,9 @@ from flags.models import Flag
 from health import conf as health_conf
 from health import selectors as health_selectors
 from health.models import HealthPolicy
-from routing.models import Service, Target
+from routing import selectors as routing_selectors
+from routing.choices import ProviderKind
+from routing.models import ProviderSync, Service, Target
 
 
 def deployments() -> QuerySet[Deployment]:
@@ -81,9 +83,9 @@ _TICK_PHASE_FIELDS = _columns(Phase, but=frozenset({"ended_at"}))
 
 def deployments_for_tick(*, ids: Sequence[int] | None = None) -> list[Deployment]:
     """The deployments the tick looks at (running, paused, rolling back), oldest first, in one
-    query: each with its service (``service.name``, ``service.halted_since``), the phase it is running
-    (``running_phase``: the phase of order ``current_phase``, if that one is running, else
-    None) and whether it is the last (``on_last_phase``: no phase follows it).
+    query: each with its service (``service.name``, ``service.halted_since``), the phase it is
+    running (``running_phase``: the phase of order ``current_phase``, if that one is running,
+    else None) and whether it is the last (``on_last_phase``: no phase follows it).
 
     A thousand rows are read on every tick, so they come as plain values and become model
     instances holding only these columns (another one is read when first touched); the stored
@@ -662,6 +664,15 @@ def _breach_time(evidence: Any) -> datetime | None:
     if not moments:
         return None
     return min(datetime.fromisoformat(moment) for moment in moments)
+
+
+def provider_sync(deployment: Deployment) -> ProviderSync | None:
+    """The latest result of giving the deployment's service's external data plane (HAProxy,
+    nginx) its weights; None behind the built-in proxy, or before the first."""
+    service = deployment.service
+    if service.provider == ProviderKind.BUILTIN:
+        return None
+    return routing_selectors.provider_syncs_latest(service_ids=[service.pk]).get(service.pk)
 
 
 def tick_interval() -> str:

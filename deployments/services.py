@@ -25,7 +25,7 @@ from canary_site import gates
 from canary_site.audit import audit_context
 from canary_site.choices import Source
 from canary_site.exceptions import NotFound, TransitionNotAllowed, ValidationFailed, full_clean
-from deployments import selectors
+from deployments import selectors, webhooks
 from deployments.choices import DeploymentStatus, EventKind
 from deployments.config import ConfigError, DeploymentConfig, FieldError, load_text, parse_config
 from deployments.judging import default_policy, default_policy_document, judge_phase
@@ -305,7 +305,7 @@ def _event(
     to_status: str = "",
     at: datetime | None = None,
 ) -> DeploymentEvent:
-    return DeploymentEvent.objects.create(
+    event = DeploymentEvent.objects.create(
         deployment=deployment,
         kind=kind,
         from_status=from_status,
@@ -318,6 +318,8 @@ def _event(
         evidence=dict(evidence or {}),
         at=at or timezone.now(),
     )
+    webhooks.queue_events([event])
+    return event
 
 
 def _locked(deployment_id: int) -> Deployment:

@@ -21,7 +21,25 @@ rollback threshold of its phase, or its health policy asking for a rollback:
   ``to_status``.
 """
 
+from typing import Any
+
+from django.db.models import ProtectedError
 from django.dispatch import Signal
 
 deployment_breached = Signal()
 deployment_transitioned = Signal()
+
+
+def keep_policies_in_use(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """``pre_delete`` of a health policy: refused while a deployment under way is judged by it
+    (the link itself empties on delete, which must not happen to a running canary)."""
+    from deployments.lifecycle import ACTIVE_STATUSES
+    from deployments.models import Deployment
+
+    using = list(
+        Deployment.objects.filter(
+            health_policy=instance, status__in=[str(status) for status in ACTIVE_STATUSES]
+        )[:5]
+    )
+    if using:
+        raise ProtectedError(f"Health policy {instance} judges deployments under way.", set(using))

@@ -1,8 +1,10 @@
 """The control loop's step 3: `deployments_tick` (and `deployment_tick` for one deployment).
 
-One bulk health evaluation for every running deployment, one judgement per phase, stored in
-one statement (`_record`), then the decisions (roll back, advance, succeed, fail) taken
-through the transition batch (`deployments.transitions`) in one transaction.
+One bulk health evaluation for every running deployment, one judgement per phase (with its
+webhook gates, `deployments.webhooks`), stored in one statement (`_record`), then the
+decisions (roll back, advance, succeed, fail, and the starts whose entry gates have opened)
+taken through the transition batch (`deployments.transitions`) in one transaction, and last
+the gates' calls and the webhooks' news, all at once, written in one statement each.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from django.utils import timezone
 from canary_site.choices import Source
 from canary_site.collector import collector_paused
 from canary_site.exceptions import CanaryError
-from deployments import conf, notifications, observing, selectors
+from deployments import conf, notifications, observing, selectors, webhooks
 from deployments.choices import DeploymentStatus, EventKind
 from deployments.config import PhaseConfig, TrafficShiftStrategy, format_duration
 from deployments.judging import default_policy
@@ -56,6 +58,9 @@ class TickReport:
     ready: int = 0
     breaches_noted: int = 0
     skipped: int = 0
+    started: int = 0
+    webhook_calls: int = 0
+    webhook_deliveries: int = 0
     errors: list[str] = field(default_factory=list)
     # Seconds spent in each step, for the logs and the benchmark.
     timings: dict[str, float] = field(default_factory=dict)
@@ -101,7 +106,15 @@ def deployments_tick(
        back (breach signal, canary out of traffic, rolled back, with the evidence); advance
        moves to the next phase or succeeds after the last one, unless a person must promote
        (auto-promote off, or the manual strategy: said once on the timeline); wait records
-       the judgement for the pages.
+       the judgement for the pages. A phase ready to advance waits while a confirm-promotion
+       gate is closed or a rollout check fails; a rollout check failing its threshold in a
+       row is a breach. A breach never waits for a gate.
+    4. A pending deployment whose start was asked for while its entry gates were closed
+       starts once they are open, or starts and fails at once when a pre-rollout check
+       failed (the canary never gets a request).
+    5. After the decisions have committed: the gates that waiting deployments need are
+       called, with the due news deliveries, all at once (`webhooks.TickGates`); the tick
+       acts on their answers at its next pass.
 
     The number of queries does not grow with the number of deployments: they are read in one
     query, evaluated in one health pass and written in one statement, and the decisions, as
@@ -114,6 +127,7 @@ def deployments_tick(
     clock = time.perf_counter()
     with collector_paused():
         deployments = selectors.deployments_for_tick(ids=deployment_ids)
+        gates = webhooks.TickGates.load(now=now, deployment_ids=deployment_ids)
         report.examined = len(deployments)
         clock = report.lap("load", clock)
         overdue: list[Deployment] = []
@@ -126,23 +140,35 @@ def deployments_tick(
                     overdue.append(deployment)
             elif _past_deadline(deployment, now):
                 overdue.append(deployment)
-            elif deployment.status == DeploymentStatus.RUNNING:
-                # A kill switch holds the service: nothing advances; the switch's watch pauses
-                # it (the halt has already taken its canary out of traffic).
-                if deployment.service.halted_since is None:
-                    running.append(deployment)
-        verdicts = _judge_all(running, now, report)
+            # A kill switch holds the service: nothing advances; the switch's watch pauses it
+            # (the halt has already taken its canary out of traffic).
+            elif (
+                deployment.status == DeploymentStatus.RUNNING
+                and deployment.service.halted_since is None
+            ):
+                running.append(deployment)
+        verdicts = _judge_all(running, now, report, gates)
         clock = time.perf_counter()
-        _record(verdicts, now, report)
+        _record(verdicts, now, report, gates)
         clock = report.lap("record", clock)
         # Only the few verdicts that take a decision outlive the pause; the rest are freed
         # before the collector runs again.
         decisions = [verdict for verdict in verdicts if _decides(verdict, report)]
+        deciding = {id(verdict) for verdict in decisions}
+        for verdict in verdicts:
+            if verdict.held and id(verdict) not in deciding:
+                gates.plan_running(
+                    verdict.deployment.pk, verdict.phase, verdict.evidence["judgement"]
+                )
+        entries = gates.entry_decisions()
         del deployments, running, verdicts
 
     # Every decision of the tick in one transaction, every row locked at once.
-    _decide_all(overdue, decisions, now, report)
-    report.lap("decide", clock)
+    _decide_all(overdue, decisions, now, report, entries)
+    clock = report.lap("decide", clock)
+    # The gates are called once the decisions are in: a slow hook delays no decision.
+    report.webhook_calls, report.webhook_deliveries = gates.call_and_record()
+    report.lap("webhooks", clock)
     return report
 
 
@@ -179,8 +205,11 @@ def _past_deadline(deployment: Deployment, now: datetime) -> bool:
     return now - deployment.started_at > timedelta(milliseconds=deployment.max_deployment_time_ms)
 
 
-def _judge_all(running: list[Deployment], now: datetime, report: TickReport) -> list[_Verdict]:
-    """Evaluate every running canary in one health pass and judge its current phase."""
+def _judge_all(
+    running: list[Deployment], now: datetime, report: TickReport, gates: webhooks.TickGates
+) -> list[_Verdict]:
+    """Evaluate every running canary in one health pass and judge its current phase, with
+    its gates."""
     pairs: list[tuple[Deployment, Phase]] = []
     for deployment in running:
         phase = deployment.running_phase
@@ -262,8 +291,11 @@ def _judge_all(running: list[Deployment], now: datetime, report: TickReport) -> 
             min_requests=min_requests,
             z=z,
         )
-        judgement = _with_policy(judgement, check, policy_breach)
+        judgement = gates.judge(deployment, phase, _with_policy(judgement, check, policy_breach))
         evidence["judgement"] = judgement.to_dict()
+        gate_evidence = gates.gate_evidence(deployment.pk, phase.order)
+        if gate_evidence:
+            evidence["webhooks"] = gate_evidence
         verdicts.append(
             _Verdict(deployment, phase, judgement, evidence, log, changed, policy_breach)
         )
@@ -344,7 +376,9 @@ def _needs_person(deployment: Deployment) -> bool:
     )
 
 
-def _record(verdicts: list[_Verdict], now: datetime, report: TickReport) -> None:
+def _record(
+    verdicts: list[_Verdict], now: datetime, report: TickReport, gates: webhooks.TickGates
+) -> None:
     """Store every judgement in one transaction and one statement, with the notes a person
     needs once (ready to promote; a breach left to them), and only for rows this tick holds
     whose phase has not moved on since they were judged."""
@@ -389,6 +423,7 @@ def _record(verdicts: list[_Verdict], now: datetime, report: TickReport) -> None
             write_rows(Phase, changed_phases, _JUDGEMENT_FIELDS)
         if events:
             DeploymentEvent.objects.bulk_create(events)
+            webhooks.queue_events(events, hooks=gates.hooks(), now=now)
             notifications.news_queue(
                 notifications.breach_news(deployment=event.deployment, event=event)
                 for event in events
@@ -498,12 +533,16 @@ def _decides(verdict: _Verdict, report: TickReport) -> bool:
 
 
 def _decide_all(
-    overdue: list[Deployment], decisions: list[_Verdict], now: datetime, report: TickReport
+    overdue: list[Deployment],
+    decisions: list[_Verdict],
+    now: datetime,
+    report: TickReport,
+    entries: Sequence[webhooks.EntryDecision] = (),
 ) -> None:
     """Take the tick's decisions through the transition service, all in one transaction:
-    rollbacks first, then failures past the maximum time, then advances. A row another
-    process holds, or a deployment that moved on since it was judged, is left for the next
-    tick."""
+    rollbacks first, then failures past the maximum time, then advances, then the starts
+    whose entry gates have spoken. A row another process holds, or a deployment that moved
+    on since it was judged, is left for the next tick."""
     requests: list[TransitionRequest] = []
     # For each request: the report's counter, and the request it follows (its result counts
     # only if that one was done).
@@ -557,6 +596,28 @@ def _decide_all(
             )
         )
         counting.append(("succeeded" if last else "advanced", None))
+    for entry in entries:
+        requests.append(
+            TransitionRequest(
+                deployment_id=entry.deployment.pk,
+                action=Action.START,
+                reason=entry.start_reason,
+                evidence=entry.evidence,
+                expected_status=DeploymentStatus.PENDING,
+            )
+        )
+        counting.append((None if entry.fail_reason else "started", None))
+        if entry.fail_reason:
+            requests.append(
+                TransitionRequest(
+                    deployment_id=entry.deployment.pk,
+                    action=Action.FAIL,
+                    reason=entry.fail_reason,
+                    evidence=entry.evidence,
+                    expected_status=DeploymentStatus.RUNNING,
+                )
+            )
+            counting.append(("failed", len(requests) - 2))
     if not requests:
         return
     try:
@@ -567,10 +628,22 @@ def _decide_all(
         report.errors.append(f"decisions: {error.message}")
         logger.warning("Tick could not take its decisions: %s", error)
         return
+    refused: list[tuple[int, str]] = []
     for result, (counter, follows) in zip(results, counting, strict=True):
         if follows is not None and not results[follows].done:
             continue
         _count(report, result, counter)
+        error = result.error
+        if (
+            str(result.request.action) == Action.START
+            and error is not None
+            and not isinstance(error, DeploymentBusy)
+            and getattr(error, "code", "") != "moved_on"
+        ):
+            refused.append((result.request.deployment_id, error.message))
+    if refused:
+        # A start that cannot go ahead is not asked again every tick: a person asks anew.
+        webhooks.starts_refused(refused=refused, now=now)
 
 
 def _judged_until(verdict: _Verdict, now: datetime) -> datetime:

@@ -28,7 +28,7 @@ from canary_site.bulk import insert_rows
 from canary_site.choices import Source
 from canary_site.collector import collector_paused
 from canary_site.exceptions import CanaryError, NotFound, TransitionNotAllowed, ValidationFailed
-from deployments import conf, gating, notifications, rollbacks
+from deployments import conf, gating, notifications, rollbacks, webhooks
 from deployments.choices import DeploymentStatus, EventKind
 from deployments.effects import EFFECTS, ActionContext, Change, default_reason
 from deployments.lifecycle import Action, TransitionRefused, transition
@@ -105,7 +105,9 @@ def deployment_transition(
 
     - ``start``: the configuration must validate without errors and the service must be ready
       (its stable version the configuration's, both targets present, no other deployment of
-      it under way); the first phase's share goes to the canary.
+      it under way); the first phase's share goes to the canary. With entry gates closed
+      (confirm-rollout, pre-rollout webhooks), the start is recorded instead and the pending
+      deployment returned: the tick starts it once they open (`deployments.webhooks`).
     - ``promote``: the next phase now; on the last phase the deployment succeeds. When the
       current phase's criteria have not held, a ``reason`` is required (400 otherwise).
     - ``promote_full`` and ``succeed``: all traffic to the canary, which becomes the service's
@@ -122,6 +124,13 @@ def deployment_transition(
     ``skip_locked`` makes a busy row an immediate `DeploymentBusy` instead of a wait.
     ``evidence`` is stored on the event (the tick's judgement behind an automatic decision).
     """
+    if str(action) == Action.START:
+        # Entry gates closed: the start is recorded and the tick makes it once they open.
+        held = webhooks.start_held(
+            deployment_id=deployment_id, actor=actor, source=source, reason=reason, now=now
+        )
+        if held is not None:
+            return held
     request = TransitionRequest(
         deployment_id=deployment_id,
         action=action,
@@ -273,6 +282,7 @@ class Batch:
         write_rows(Deployment, deployments, _DEPLOYMENT_FIELDS)
         events = [self._event(planned) for planned in self.planned]
         insert_rows(DeploymentEvent, events)
+        webhooks.queue_events(events, now=self.now)
         audit_updates(self.audit)
         _resolve_alerts(self.left_traffic, self.now)
         self._begin_rollbacks(events)

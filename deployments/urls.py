@@ -14,4 +14,9 @@ urlpatterns = [
     path("<int:deployment_id>/", views.DetailView.as_view(), name="deployment-detail"),
     path("<int:deployment_id>/row/", views.RowView.as_view(), name="deployment-row"),
     path("<int:deployment_id>/act/", views.ActionView.as_view(), name="deployment-act"),
+    path(
+        "<int:deployment_id>/gates/<str:name>/open/",
+        views.GateOpenView.as_view(),
+        name="deployment-gate-open",
+    ),
 ]

@@ -20,8 +20,9 @@ What is checked (codes in brackets; see docs/deployments.md for the full list):
   rollback threshold [criterion_contradicts_rollback].
 - **Resource constraints** (context): the largest traffic share automatic promotion may give,
   the longest time to a rollback, the longest deployment.
-- **Security policies** (context): https endpoints, approval in production, no credentials or
-  secrets written into the configuration.
+- **Security policies** (context): https endpoints and webhooks [insecure_endpoint,
+  insecure_webhook: a warning in production, an error where https is required], approval in
+  production, no credentials or secrets written into the configuration.
 - **Cross-service** (context): another deployment of the same service, or of a dependency,
   under way.
 - **Warnings**: very short phases, a big first step, no rollback thresholds, autoRollback off,
@@ -856,6 +857,19 @@ def _check_context(
             findings.error(key, "insecure_endpoint", f"{message} This environment requires https.")
         elif context.production:
             findings.warning(key, "insecure_endpoint", message)
+
+    for index, hook in enumerate(fields.get("webhooks") or ()):
+        if urlsplit(hook.url).scheme != "http":
+            continue
+        where = f"webhooks[{index}].url"
+        message = (
+            f"{where} uses plain http: the {hook.type} hook's signed call and its answer "
+            "travel unencrypted."
+        )
+        if context.require_https:
+            findings.error(where, "insecure_webhook", f"{message} This environment requires https.")
+        elif context.production:
+            findings.warning(where, "insecure_webhook", message)
 
     if context.production and context.require_approval_in_production and promotes_itself:
         findings.error(

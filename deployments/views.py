@@ -25,16 +25,31 @@ from canary_site.exceptions import CanaryError, or_404
 from canary_site.gates import ApprovalRequired
 from canary_site.htmx import partial_template
 from canary_site.roles import RoleRequiredMixin
-from deployments import charts, selectors, services
+from deployments import charts, selectors, services, webhooks
 from deployments.choices import DeploymentAction
 from deployments.filtersets import DeploymentFilterSet
-from deployments.forms import ActionForm, WizardForm, attach_row_errors, editor_config, phase_rows
+from deployments.forms import (
+    HOOK_TYPES,
+    MAX_HOOKS,
+    ActionForm,
+    WizardForm,
+    attach_row_errors,
+    editor_config,
+    hook_rows,
+    phase_rows,
+)
 from deployments.lifecycle import PERSON_ACTIONS
 from deployments.models import Deployment
 
 LIST_SIZE = 100
 TIMELINE_SIZE = 100
-DETAIL_PARTIALS = {"deployment-summary", "phase-panel", "deployment-charts", "deployment-timeline"}
+DETAIL_PARTIALS = {
+    "deployment-summary",
+    "phase-panel",
+    "webhook-panel",
+    "deployment-charts",
+    "deployment-timeline",
+}
 ACTION_LABELS = {str(verb): DeploymentAction(verb).label for verb in PERSON_ACTIONS}
 
 
@@ -124,6 +139,11 @@ def detail_context(request: HttpRequest, deployment: Deployment, **extra: Any) -
         "tick_interval": selectors.tick_interval(),
         "live": not deployment.is_terminal,
         "state": f"{deployment.status}-{deployment.current_phase or 0}",
+        "provider_sync": selectors.provider_sync(deployment),
+        "gates": webhooks.gate_views(deployment),
+        "news_hooks": webhooks.news_views(deployment),
+        "start_waiting": webhooks.start_waiting_reason(deployment),
+        "can_open_gates": request.user.has_perm("deployments.change_deployment"),
         **extra,
     }
 
@@ -170,14 +190,48 @@ class ActionView(RoleRequiredMixin, View):
             )
             template = partial_template(request, "deployments/detail.html", "action-response")
             return render(request, template, context, status=status)
+        start_waiting = webhooks.start_waiting_reason(deployment)
         if error:
             messages.error(request, error)
         elif waiting is not None:
             messages.warning(request, waiting.message)
+        elif start_waiting:
+            messages.warning(request, f"The start is asked for. {start_waiting}")
         else:
             messages.success(
                 request, f"{ACTION_LABELS.get(form.cleaned_data['action'], 'Done')}: done."
             )
+        return redirect(reverse("deployments:deployment-detail", args=[deployment.pk]))
+
+
+class GateOpenView(RoleRequiredMixin, View):
+    """The "Open gate" button: the same service as ``POST
+    /api/v1/deployments/{id}/gates/{name}/open/``. Over htmx it answers with the webhook panel
+    and, out of band, the timeline."""
+
+    required_permission = "deployments.change_deployment"
+
+    def post(self, request: HttpRequest, deployment_id: int, name: str) -> HttpResponse:
+        deployment = _deployment(deployment_id)
+        error, status = "", 200
+        try:
+            webhooks.webhook_gate_open(
+                deployment_id=deployment.pk,
+                name=name,
+                reason=request.POST.get("reason", "")[:5000],
+                **writer(request),
+            )
+        except CanaryError as failure:
+            error, status = failure.message, failure.status_code
+        deployment = _deployment(deployment_id)
+        if request.htmx:
+            context = detail_context(request, deployment, gate_error=error)
+            template = partial_template(request, "deployments/detail.html", "gate-response")
+            return render(request, template, context, status=status)
+        if error:
+            messages.error(request, error)
+        else:
+            messages.success(request, f"Gate '{name}' is open for this phase.")
         return redirect(reverse("deployments:deployment-detail", args=[deployment.pk]))
 
 
@@ -193,14 +247,25 @@ class WizardView(RoleRequiredMixin, View):
         if service:
             form.initial["service"] = service
         rows = phase_rows(None)
-        return render(request, self.template_name, self._context(form, rows, None))
+        return render(request, self.template_name, self._context(form, rows, [], None))
 
     def post(self, request: HttpRequest) -> HttpResponse:
         op = request.POST.get("op", "create")
         form = WizardForm(request.POST)
         form.is_valid()
         rows = phase_rows(request.POST)
-        if op == "add-phase" and len(rows) < 12:
+        hooks = hook_rows(request.POST)
+        if op == "add-hook" and len(hooks) < MAX_HOOKS:
+            hooks = hook_rows(request.POST, count=len(hooks) + 1)
+        elif op.startswith("remove-hook-"):
+            index = int(op.removeprefix("remove-hook-") or -1)
+            kept = [row for row in hooks if row.index != index]
+            data = request.POST.copy()
+            for new, row in enumerate(kept):
+                for name, value in row.values.items():
+                    data[f"hook-{new}-{name}"] = value
+            hooks = hook_rows(data, count=len(kept))
+        elif op == "add-phase" and len(rows) < 12:
             rows = phase_rows(request.POST, count=len(rows) + 1)
         elif op.startswith("remove-phase-") and len(rows) > 1:
             index = int(op.removeprefix("remove-phase-") or -1)
@@ -211,8 +276,8 @@ class WizardView(RoleRequiredMixin, View):
                     data[f"phase-{new}-{name}"] = value
             rows = phase_rows(data, count=len(kept))
         if op != "create":
-            return self._form(request, form, rows, None)
-        config = _wizard_config(form, rows)
+            return self._form(request, form, rows, hooks, None)
+        config = _wizard_config(form, rows, hooks)
         try:
             deployment = services.deployment_create(
                 config=config,
@@ -222,7 +287,9 @@ class WizardView(RoleRequiredMixin, View):
             )
         except CanaryError as error:
             report = services.configuration_report(config)
-            return self._form(request, form, rows, report, error=error, status=error.status_code)
+            return self._form(
+                request, form, rows, hooks, report, error=error, status=error.status_code
+            )
         messages.success(request, f"Deployment '{deployment.name}' created; start it when ready.")
         return htmx.redirect(request, "deployments:deployment-detail", deployment.pk)
 
@@ -231,22 +298,35 @@ class WizardView(RoleRequiredMixin, View):
         request: HttpRequest,
         form: WizardForm,
         rows: list[Any],
+        hooks: list[Any],
         report: Any,
         *,
         error: CanaryError | None = None,
         status: int = 200,
     ) -> HttpResponse:
         template = partial_template(request, self.template_name, "wizard-form")
-        context = self._context(form, rows, report, error=error)
+        context = self._context(form, rows, hooks, report, error=error)
         return render(request, template, context, status=status)
 
     def _context(
-        self, form: WizardForm, rows: list[Any], report: Any, *, error: CanaryError | None = None
+        self,
+        form: WizardForm,
+        rows: list[Any],
+        hooks: list[Any],
+        report: Any,
+        *,
+        error: CanaryError | None = None,
     ) -> dict[str, Any]:
+        if report is not None and hooks:
+            attach_row_errors([], report.to_dict()["errors"], hooks)
         return {
             "form": form,
             "rows": rows,
             "phase_count": len(rows),
+            "hooks": hooks,
+            "hook_count": len(hooks),
+            "hook_types": HOOK_TYPES,
+            "max_hooks": MAX_HOOKS,
             "report": report.to_dict() if report is not None else None,
             "create_error": error,
         }
@@ -259,22 +339,24 @@ class WizardValidateView(RoleRequiredMixin, View):
         form = WizardForm(request.POST)
         form.is_valid()
         rows = phase_rows(request.POST)
-        config = _wizard_config(form, rows)
+        hooks = hook_rows(request.POST)
+        config = _wizard_config(form, rows, hooks)
         report = services.configuration_report(config).to_dict()
-        attach_row_errors(rows, report["errors"])
+        attach_row_errors(rows, report["errors"], hooks)
         context = {
             "report": report,
             "rows": rows,
+            "hooks": hooks,
             "source": "yaml" if isinstance(config, str) else "editor",
         }
         return render(request, "deployments/wizard.html#wizard-validation", context)
 
 
-def _wizard_config(form: WizardForm, rows: list[Any]) -> Any:
+def _wizard_config(form: WizardForm, rows: list[Any], hooks: list[Any]) -> Any:
     text = (form.data.get("config_text") or "").strip()
     if text:
         return text
-    return editor_config(form, rows)
+    return editor_config(form, rows, hooks)
 
 
 class StatisticsView(RoleRequiredMixin, TemplateView):

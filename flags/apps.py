@@ -12,7 +12,12 @@ class FlagsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from canary_site.metrics import register_collector
         from flags.exposures import recorder
+        from flags.metrics import collector
+
+        # /metrics reads this app's state from the database at scrape time.
+        register_collector(collector)
 
         # Exposure counts go out after a response has been sent, never in its way, and once more
         # when the process exits.

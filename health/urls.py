@@ -19,4 +19,12 @@ urlpatterns = [
         views.AlertActionView.as_view(action="resolve"),
         name="alert-resolve",
     ),
+    path("policies/", views.PolicyListView.as_view(), name="policy-list"),
+    path("policies/new/", views.PolicyEditorView.as_view(), name="policy-create"),
+    path("policies/validate/", views.PolicyValidateView.as_view(), name="policy-validate"),
+    path("policies/<int:policy_id>/", views.PolicyDetailView.as_view(), name="policy-detail"),
+    path("policies/<int:policy_id>/edit/", views.PolicyUpdateView.as_view(), name="policy-update"),
+    path(
+        "policies/<int:policy_id>/delete/", views.PolicyDeleteView.as_view(), name="policy-delete"
+    ),
 ]

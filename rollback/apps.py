@@ -24,3 +24,8 @@ class RollbackConfig(AppConfig):
 
         register_validator("rollback", validate_rollback_plan)
         register_validator("kill_switch", validate_kill_switch)
+        # /metrics reads this app's state from the database at scrape time.
+        from canary_site.metrics import register_collector
+        from rollback.metrics import collector
+
+        register_collector(collector)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -18,9 +19,10 @@ from canary_site.admin import (
 )
 from canary_site.audit import writer
 from canary_site.exceptions import CanaryError
+from canary_site.forms import add_error_fields
 from routing import services
 from routing.forms import RULE_FIELDS, RuleAdminForm, TargetAdminForm
-from routing.models import RoutingRule, RuleTarget, Service, Target
+from routing.models import ProviderSync, RoutingRule, RuleTarget, Service, Target
 
 
 def _admin_writer(request: HttpRequest) -> dict[str, Any]:
@@ -51,14 +53,47 @@ class TargetInline(admin.TabularInline):
         return False
 
 
+class ServiceAdminForm(forms.ModelForm):
+    """The provider's settings are checked as the API checks them, each error on its field."""
+
+    class Meta:
+        model = Service
+        fields = ["name", "stable_version", "description", "provider", "provider_config"]
+
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        if self.errors:
+            return
+        if self.instance.provider_config is None:
+            self.instance.provider_config = {}
+        try:
+            services.provider_config_check(service=self.instance)
+        except CanaryError as error:
+            add_error_fields(self, error)
+
+
+_SERVICE_WRITES = ("name", "stable_version", "description", "provider", "provider_config")
+
+
 @admin.register(Service)
 class ServiceAdmin(ServiceActionsMixin, admin.ModelAdmin):
-    list_display = ["name", "stable_version", "routing_version", "halted_since", "updated_at"]
+    form = ServiceAdminForm
+    list_display = [
+        "name",
+        "stable_version",
+        "provider",
+        "routing_version",
+        "halted_since",
+        "updated_at",
+    ]
+    list_filter = ["provider"]
     search_fields = ["name", "description"]
     fields = [
         "name",
         "stable_version",
         "description",
+        "provider",
+        "provider_config",
         "routing_version",
         "halted_since",
         "halted_reason",
@@ -69,7 +104,8 @@ class ServiceAdmin(ServiceActionsMixin, admin.ModelAdmin):
     inlines = [TargetInline]
 
     def save_model(self, request: HttpRequest, obj: Service, form: Any, change: bool) -> None:
-        data = {name: form.cleaned_data[name] for name in ("name", "stable_version", "description")}
+        data = {name: form.cleaned_data[name] for name in _SERVICE_WRITES}
+        data["provider_config"] = data["provider_config"] or {}
         if change:
             saved = services.service_update(service=obj, **data, **_admin_writer(request))
         else:
@@ -208,3 +244,14 @@ class RuleTargetAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     list_display = ["rule", "target", "weight", "position"]
     list_filter = ["rule__service"]
+
+
+@admin.register(ProviderSync)
+class ProviderSyncAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Read-only: written by the control loop each time it applies weights to a service's data
+    plane, repairs its drift or fails to reach it."""
+
+    list_display = ["at", "service", "provider", "action", "ok", "drift", "routing_version"]
+    list_filter = ["ok", "drift", "provider", "action", "service"]
+    search_fields = ["service__name", "detail"]
+    date_hierarchy = "at"

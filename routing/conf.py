@@ -27,6 +27,20 @@ def proxy_port() -> int:
     return int(setting("CANARY_PROXY_PORT", 8080))
 
 
+def proxy_metrics_port() -> int:
+    """The port of the proxy's own /metrics (on the proxy's host); 0, the default, serves none."""
+    value = setting("CANARY_PROXY_METRICS_PORT", 0)
+    try:
+        port = int(value or 0)
+    except (TypeError, ValueError):
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ImproperlyConfigured(
+            f"CANARY_PROXY_METRICS_PORT must be a port number (0 for none); got {value!r}."
+        )
+    return port
+
+
 def proxy_default_service() -> str | None:
     """The service for requests that name none (by header or Host)."""
     return str(setting("CANARY_PROXY_DEFAULT_SERVICE", "") or "") or None

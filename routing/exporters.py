@@ -173,6 +173,8 @@ class ExportContext:
     next_upstream_tries: int = 1
     listen: str = "8080"
     server_name: str = "_"
+    access_log: str = ""  # quoted path, or "" for none
+    log_format: str = ""
 
     @property
     def service_comment(self) -> str:
@@ -660,21 +662,46 @@ class _Builder:
         )
 
 
+ACCESS_LOG_FORMAT = "$upstream_addr $status $request_time"
+"""The access log line the nginx provider reads back (``routing.providers.nginx``): who
+answered (the last address of ``$upstream_addr`` after any failover), the status the client
+got, and the seconds it took."""
+
+
 def nginx_context(
-    snapshot: ServiceSnapshot, *, listen: str = "8080", server_name: str = "_"
+    snapshot: ServiceSnapshot,
+    *,
+    listen: str = "8080",
+    server_name: str = "_",
+    access_log: str | None = None,
 ) -> ExportContext:
-    return _Builder(snapshot, listen=listen, server_name=server_name).build()
+    context = _Builder(snapshot, listen=listen, server_name=server_name).build()
+    if access_log:
+        # One format per service: two files that both define "canary" would not load.
+        context.log_format = context.prefix
+        context.access_log = quote(access_log)
+    return context
 
 
 _LISTEN = re.compile(r"^(\[[0-9a-fA-F:.]+\]:|[0-9.]+:|[A-Za-z0-9.-]+:)?[0-9]{1,5}$")
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9_.*~^$-]{1,253}$")
 
 
-def nginx_config(snapshot: ServiceSnapshot, *, listen: str = "8080", server_name: str = "_") -> str:
-    """The configuration text; ``listen`` and ``server_name`` go into its server block."""
+def nginx_config(
+    snapshot: ServiceSnapshot,
+    *,
+    listen: str = "8080",
+    server_name: str = "_",
+    access_log: str | None = None,
+) -> str:
+    """The configuration text; ``listen`` and ``server_name`` go into its server block, and
+    ``access_log`` (a path) logs each request in `ACCESS_LOG_FORMAT`, as the nginx provider
+    reads it."""
     if not _LISTEN.match(listen):
         raise ValueError("listen must be a port or address:port")
     if not _SERVER_NAME.match(server_name):
         raise ValueError("server_name must be a host name")
-    export = nginx_context(snapshot, listen=listen, server_name=server_name)
-    return render_to_string("routing/nginx.conf", {"export": export})
+    export = nginx_context(snapshot, listen=listen, server_name=server_name, access_log=access_log)
+    return render_to_string(
+        "routing/nginx.conf", {"export": export, "log_format_line": ACCESS_LOG_FORMAT}
+    )

@@ -15,10 +15,11 @@ from decimal import Decimal
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.utils import timezone
 
 from canary_site import audit
 from canary_site.reading import index_path, key_path
-from routing.choices import Strategy
+from routing.choices import ProviderKind, ProviderSyncAction, Strategy
 from routing.engine import InvalidRoutingDefinition, check_endpoint, check_text
 
 
@@ -88,6 +89,19 @@ class Service(models.Model):
     halted_reason = models.CharField(max_length=500, blank=True, default="", editable=False)
     halted_by = models.JSONField(
         default=list, blank=True, editable=False, help_text="Who holds the halt (their tokens)."
+    )
+    # The data plane that serves the service (``routing.providers``): the built-in proxy reads
+    # the snapshots itself; HAProxy (Runtime API) and nginx (a file and a reload) are told every
+    # change of weights by the control loop, which also repairs their drift. The config is the
+    # provider's own (``providers.config``), checked by the services before it is saved.
+    provider = models.CharField(
+        max_length=16, choices=ProviderKind.choices, default=ProviderKind.BUILTIN
+    )
+    provider_config = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='HAProxy: {"runtimeApi", "backend", "serverPrefix"}; nginx: {"configPath", '
+        '"reloadCommand", "testCommand", "accessLog", "listen", "serverName"}.',
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -213,6 +227,63 @@ class RuleTarget(models.Model):
 
     def __str__(self) -> str:
         return f"{self.target.name} {self.weight}%"
+
+
+class ProviderState(models.Model):
+    """The control loop's bookkeeping for one service's external data plane: who holds it
+    now (a lease, so two workers never write one nginx file or HAProxy backend at once), what
+    it last applied, its run of failures and when to try again, and where its metrics were
+    last read (HAProxy's cumulative counters, nginx's access log offset). Written without an
+    audit entry, like a target's probe counters."""
+
+    service = models.OneToOneField(
+        Service, on_delete=models.CASCADE, primary_key=True, related_name="provider_state"
+    )
+    lease_until = models.DateTimeField(null=True, blank=True)
+    applied_version = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="The routing version the data plane last took."
+    )
+    checked_at = models.DateTimeField(null=True, blank=True)
+    last_ok_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    retry_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=1000, blank=True, default="")
+    alerted = models.BooleanField(
+        default=False, help_text="A critical alert was raised for this run of failures."
+    )
+    cursor = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.service_id}: {self.consecutive_failures} failure(s)"
+
+
+class ProviderSync(models.Model):
+    """One result of telling a service's data plane its weights, or of finding it unreachable
+    or drifted: what Canary set (``weights``, target name to percent), what the data plane
+    reported before a repair (``observed``), and what happened in words. A quiet look that
+    finds everything in place writes no row (``ProviderState.checked_at`` moves instead)."""
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="provider_syncs")
+    at = models.DateTimeField(default=timezone.now)
+    provider = models.CharField(max_length=16, choices=ProviderKind.choices)
+    action = models.CharField(max_length=16, choices=ProviderSyncAction.choices)
+    ok = models.BooleanField()
+    drift = models.BooleanField(default=False)
+    routing_version = models.PositiveBigIntegerField(default=0)
+    detail = models.TextField(blank=True, default="")
+    weights = models.JSONField(default=dict, blank=True)
+    observed = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            models.Index(fields=["service", "-at"], name="routing_providersync_latest"),
+            models.Index(fields=["at"], name="routing_providersync_at"),
+        ]
+
+    def __str__(self) -> str:
+        outcome = "ok" if self.ok else "failed"
+        return f"{self.service_id} {self.provider} {self.action} {outcome}"
 
 
 _PROBE_FIELDS = [

@@ -14,12 +14,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.cache import cache
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Count, Max, Prefetch, QuerySet
 from django.utils import timezone
 
 from canary_site.exceptions import NotFound
 from routing.engine import Decision, InvalidRoutingDefinition, RequestContext, decide
-from routing.models import RoutingRule, RuleTarget, Service, Target
+from routing.models import (
+    ProviderState,
+    ProviderSync,
+    RoutingRule,
+    RuleTarget,
+    Service,
+    Target,
+)
 from routing.probes import HealthCheckSettings, parse_health_check
 from routing.snapshot import service_snapshot
 
@@ -339,3 +346,27 @@ def decision_summary(decision: Decision) -> dict[str, Any]:
         "set_cookie": decision.set_cookie_header(),
         "explanation": decision.explain(),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Traffic providers
+
+
+def provider_syncs_latest(*, service_ids: Iterable[int]) -> dict[int, ProviderSync]:
+    """Each service's latest provider sync record, by service id, in one query."""
+    latest = (
+        ProviderSync.objects.filter(service_id__in=list(service_ids))
+        .values("service_id")
+        .annotate(latest=Max("id"))
+        .values("latest")
+    )
+    return {sync.service_id: sync for sync in ProviderSync.objects.filter(pk__in=latest)}
+
+
+def provider_syncs(*, service: Service) -> QuerySet[ProviderSync]:
+    """A service's provider sync records, newest first."""
+    return ProviderSync.objects.filter(service=service).order_by("-at", "-id")
+
+
+def provider_state(*, service: Service) -> ProviderState | None:
+    return ProviderState.objects.filter(service=service).first()

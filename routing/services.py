@@ -33,7 +33,7 @@ from canary_site.bulk import write_rows
 from canary_site.choices import Source
 from canary_site.exceptions import NotFound, TransitionNotAllowed, ValidationFailed, full_clean
 from routing import gating, probes, selectors
-from routing.choices import Strategy
+from routing.choices import ProviderKind, Strategy
 from routing.definition import (
     engine_rule,
     engine_target,
@@ -43,6 +43,8 @@ from routing.definition import (
 )
 from routing.engine import InvalidRoutingDefinition, build_service_snapshot
 from routing.models import RoutingRule, RuleTarget, Service, Target
+from routing.providers.config import InvalidProviderConfig, parse_provider_config
+from routing.providers.sync import providers_apply_after_commit
 from routing.snapshot import version_changed
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,9 @@ _UNSET: Any = object()
 _RULE_PATH = re.compile(r"^rules\[(\d+)\]")
 _TARGET_PATH = re.compile(r"^targets\[(\d+)\]")
 _HUNDRED = Decimal("100")
-_SERVICE_FIELDS = frozenset({"name", "stable_version", "description"})
+_SERVICE_FIELDS = frozenset(
+    {"name", "stable_version", "description", "provider", "provider_config"}
+)
 # What a target's writes may set, in the order the admin and the API show them.
 TARGET_FIELDS = ("name", "endpoint", "version", "weight", "healthy", "metadata", "health_check")
 _TARGET_FIELDS = frozenset(TARGET_FIELDS)
@@ -82,6 +86,8 @@ def routing_version_bump(*, service_ids: Iterable[int]) -> None:
     ids = list(service_ids)
     if ids:
         Service.objects.filter(pk__in=ids).update(routing_version=F("routing_version") + 1)
+        # Every change of weights reaches external data planes (HAProxy, nginx) from here.
+        providers_apply_after_commit(service_ids=ids)
     version_changed()
 
 
@@ -159,12 +165,21 @@ def service_create(
     name: str,
     stable_version: str,
     description: str = "",
+    provider: str = ProviderKind.BUILTIN,
+    provider_config: dict[str, Any] | None = None,
     actor: Any = None,
     source: str = Source.SYSTEM,
     reason: str = "",
 ) -> Service:
-    service = Service(name=name, stable_version=stable_version, description=description or "")
+    service = Service(
+        name=name,
+        stable_version=stable_version,
+        description=description or "",
+        provider=provider,
+        provider_config=provider_config if provider_config is not None else {},
+    )
     full_clean(service, exclude=["routing_version"])
+    provider_config_check(service=service)
     with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
         service.save()
         routing_version_bump(service_ids=[service.pk])
@@ -180,19 +195,36 @@ def service_update(
     reason: str = "",
     **changes: Any,
 ) -> Service:
-    """Change ``name``, ``stable_version`` or ``description``."""
+    """Change ``name``, ``stable_version``, ``description``, ``provider`` or
+    ``provider_config`` (the data plane that serves it and its settings; a provider given
+    without settings starts from none)."""
     _check_names(changes, _SERVICE_FIELDS)
     with transaction.atomic(), audit_context(actor=actor, source=source, reason=reason):
         service = Service.objects.select_for_update().get(pk=service.pk)
+        new_provider = changes.get("provider", service.provider)
+        if "provider_config" not in changes and new_provider != service.provider:
+            changes["provider_config"] = {}
         for field, value in changes.items():
             setattr(service, field, value)
+        if service.provider_config is None:
+            service.provider_config = {}
         full_clean(service, exclude=["routing_version"])
+        provider_config_check(service=service)
         # The stable version decides the canary-first layout and the default route.
         _check_definition(stored_definition(service))
         service.save()
         routing_version_bump(service_ids=[service.pk])
     service.refresh_from_db(fields=["routing_version"])
     return service
+
+
+def provider_config_check(*, service: Service) -> None:
+    """Raise ValidationFailed naming the field (``provider_config.runtimeApi``) when the
+    service's provider settings, as assigned, cannot be used. Writes nothing."""
+    try:
+        parse_provider_config(service.provider, service.provider_config)
+    except InvalidProviderConfig as error:
+        raise ValidationFailed(f"{error.field}: {error.message}.", field=error.field) from None
 
 
 @dataclass(frozen=True)

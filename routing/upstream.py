@@ -293,6 +293,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.client._opened(self.endpoint.key, 1)
         sock = set_nodelay(transport)
         if sock is not None and _TCP_QUICKACK is not None:
             self._quickack = sock
@@ -333,6 +334,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.client._forget(self)
+        self.client._opened(self.endpoint.key, -1)
         response = self.response
         if response is not None and not response.complete:
             if response.headers_done and response.until_close:
@@ -461,6 +463,8 @@ class FastUpstreamClient:
         self.max_idle = max_idle_per_endpoint
         self.idle_timeout = idle_timeout
         self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
+        # Connections open per endpoint, idle or not (for the proxy's metrics).
+        self._open: dict[tuple[str, int, bool], int] = {}
         self._endpoints: dict[str, _Endpoint] = {}
         self._ssl: ssl.SSLContext | None = None
 
@@ -479,6 +483,23 @@ class FastUpstreamClient:
             return
         conn.idle_since = time.monotonic()
         pool.append(conn)
+
+    def _opened(self, key: tuple[str, int, bool], change: int) -> None:
+        count = self._open.get(key, 0) + change
+        if count > 0:
+            self._open[key] = count
+        else:
+            self._open.pop(key, None)
+
+    def pool_counts(self) -> dict[str, tuple[int, int]]:
+        """Connections open and idle per endpoint (``http://host:port``), on the event loop."""
+        counts: dict[str, tuple[int, int]] = {}
+        for key, count in self._open.items():
+            host, port, tls = key
+            netloc = f"[{host}]" if ":" in host else host
+            scheme = "https" if tls else "http"
+            counts[f"{scheme}://{netloc}:{port}"] = (count, len(self._idle.get(key, ())))
+        return counts
 
     def _forget(self, conn: _Connection) -> None:
         pool = self._idle.get(conn.endpoint.key)

@@ -1,6 +1,7 @@
-"""Dashboard pages of the routing app: services with their targets and health, a service's
-traffic chart, circuit breakers and "test a request" panel, and the rule editor with its weight
-slider. Regions that refresh are partials named after their element ids."""
+"""Dashboard pages of the routing app: services with their targets, health and data plane, a
+service's traffic chart, circuit breakers, provider syncs and "test a request" panel, and the
+rule editor with its weight slider. Regions that refresh are partials named after their element
+ids."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ from canary_site.forms import add_error_fields
 from canary_site.htmx import HtmxPartialMixin, partial_template
 from canary_site.roles import RoleRequiredMixin
 from routing import charts, selectors, services
+from routing.choices import ProviderKind
 from routing.forms import RULE_FIELDS, DecideForm, RuleForm, WeightsForm
 from routing.models import RoutingRule, Service
 from routing.snapshot import read_version
 
 CHART_WINDOW_SECONDS = 15 * 60
+PROVIDER_SYNCS_SHOWN = 10
 
 
 class IndexView(RoleRequiredMixin, HtmxPartialMixin, TemplateView):
@@ -33,6 +36,12 @@ class IndexView(RoleRequiredMixin, HtmxPartialMixin, TemplateView):
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         circuits = {(state.service, state.target): state for state in selectors.circuit_states()}
+        service_list = list(selectors.service_list())
+        syncs = selectors.provider_syncs_latest(
+            service_ids=[
+                service.pk for service in service_list if service.provider != ProviderKind.BUILTIN
+            ]
+        )
         rows = [
             (
                 service,
@@ -40,8 +49,9 @@ class IndexView(RoleRequiredMixin, HtmxPartialMixin, TemplateView):
                     (target, circuits.get((service.name, target.name)))
                     for target in service.targets.all()
                 ],
+                syncs.get(service.pk),
             )
-            for service in selectors.service_list()
+            for service in service_list
         ]
         return super().get_context_data(rows=rows, routing_version=read_version(), **kwargs)
 
@@ -81,6 +91,11 @@ def service_context(service: Service, *, part: str | None = None) -> dict[str, A
     if part in (None, "breakers"):
         states = {state.target: state for state in selectors.circuit_states(service=service.name)}
         context["breakers"] = [(target, states.get(target.name)) for target in targets]
+    if part in (None, "provider-panel") and service.provider != ProviderKind.BUILTIN:
+        recent = list(selectors.provider_syncs(service=service)[:PROVIDER_SYNCS_SHOWN])
+        context["sync"] = recent[0] if recent else None
+        context["provider_syncs"] = recent
+        context["provider_state"] = selectors.provider_state(service=service)
     if part is None:
         context["rules"] = selectors.rules_for_service(service=service)
     return context
@@ -88,7 +103,7 @@ def service_context(service: Service, *, part: str | None = None) -> dict[str, A
 
 class ServiceDetailView(RoleRequiredMixin, View):
     template_name = "routing/service.html"
-    partials = ("service-targets", "traffic-chart", "breakers")
+    partials = ("service-targets", "traffic-chart", "breakers", "provider-panel")
 
     def get(self, request: HttpRequest, name: str) -> HttpResponse:
         service = _service_or_404(name)

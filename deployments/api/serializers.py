@@ -146,6 +146,35 @@ class ActionSerializer(StrictSerializer):
     )
 
 
+class GateOpenSerializer(StrictSerializer):
+    """The body of opening a gate by hand; optional."""
+
+    reason = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=5000,
+        help_text="What you checked of the canary yourself.",
+    )
+
+
+class GateSerializer(serializers.Serializer):
+    """A webhook gate where it stands now (`deployments.webhooks.GateView`)."""
+
+    name = serializers.CharField(read_only=True)
+    type = serializers.CharField(
+        read_only=True, help_text="pre-rollout, rollout, confirm-rollout or confirm-promotion"
+    )
+    url = serializers.CharField(read_only=True)
+    phase = serializers.IntegerField(
+        read_only=True, allow_null=True, help_text="The phase it gates now; null when idle."
+    )
+    state = serializers.CharField(
+        read_only=True, help_text="open, closed, waiting, failing, failed or idle"
+    )
+    detail = serializers.CharField(read_only=True)
+    can_open = serializers.BooleanField(read_only=True)
+
+
 class DeploymentWriteSerializer(StrictSerializer):
     """The wrapper form of a create or an update. The body may instead be the configuration
     itself, in the guide's camelCase words, as JSON or YAML."""

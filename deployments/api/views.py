@@ -4,7 +4,8 @@
   wrapper ``{config, health_policy, linked_flags, context, reason}``), read, update and delete
   (pending only), and the lifecycle actions ``start``, ``pause``, ``resume``, ``promote``,
   ``promote-full``, ``abort``, ``retry`` (409 with the reason when not allowed now), the
-  ``events`` timeline and ``simple-config``.
+  ``events`` timeline and ``simple-config``; its webhook gates (``gates``) and the opening of
+  one by hand (``gates/{name}/open``).
 - ``/api/v1/deployments/{id}/config.yaml``: the stored configuration as YAML.
 - ``/api/v1/validate``: the configuration validator, ``{type, config, context, strictMode}``.
 
@@ -28,13 +29,15 @@ from rest_framework.views import APIView
 from canary_site.api.actions import object_verb, requires
 from canary_site.audit import writer
 from canary_site.exceptions import ValidationFailed
-from deployments import conf, selectors, services
+from deployments import conf, selectors, services, webhooks
 from deployments.api.parsers import YAML_PARSERS
 from deployments.api.serializers import (
     ActionSerializer,
     DeploymentEventSerializer,
     DeploymentSerializer,
     DeploymentWriteSerializer,
+    GateOpenSerializer,
+    GateSerializer,
     SimpleConfigResultSerializer,
     SimpleConfigSerializer,
     ValidateRequestSerializer,
@@ -77,6 +80,16 @@ def _write_arguments(data: Any, *, creating: bool) -> dict[str, Any]:
     if values.get("reason"):
         arguments["reason"] = values["reason"]
     return arguments
+
+
+def _open_gate(view: DeploymentViewSet, request: Request, data: dict[str, Any]) -> Any:
+    deployment = view.get_object()
+    name = view.kwargs["name"]
+    webhooks.webhook_gate_open(
+        deployment_id=deployment.pk, name=name, reason=data.get("reason", ""), **writer(request)
+    )
+    gates = webhooks.gate_views(selectors.deployment_get(deployment_id=deployment.pk))
+    return GateSerializer(next(gate for gate in gates if gate.name == name)).data
 
 
 def _lifecycle(verb: Action, doc: str, url_path: str | None = None) -> Any:
@@ -164,6 +177,27 @@ class DeploymentViewSet(viewsets.ModelViewSet):
     abort = _lifecycle(Action.ABORT, "Abort: traffic returns to the stable version at once.")
     retry = _lifecycle(
         Action.RETRY, "Retry a rolled-back, failed or aborted deployment: back to pending."
+    )
+
+    @extend_schema(responses=GateSerializer(many=True))
+    @action(detail=True, methods=["get"], pagination_class=None)
+    def gates(self, request: Request, pk: str | None = None) -> Response:
+        """The deployment's webhook gates where they stand now: for the start while it is
+        pending, for the current phase while it runs."""
+        deployment = self.get_object()
+        return Response(GateSerializer(webhooks.gate_views(deployment), many=True).data)
+
+    open_gate = object_verb(
+        "open_gate",
+        _open_gate,
+        body=GateOpenSerializer,
+        responses=GateSerializer,
+        permission=CHANGE,
+        doc="Open a webhook gate by hand for the current phase (entry gates: for the start): "
+        "the tick counts it as answered 2xx there. 404 for a name the configuration does not "
+        "give, 400 for a hook that is not a gate, 409 once the gate holds nothing any more.",
+        url_path=r"gates/(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]{0,62})/open",
+        empty_body=True,
     )
 
     @extend_schema(responses=DeploymentEventSerializer(many=True))

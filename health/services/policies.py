@@ -103,12 +103,14 @@ def health_policy_delete(
     *, policy: HealthPolicy, actor: Any = None, source: str = Source.SYSTEM
 ) -> None:
     """Delete a policy; its checks and alerts stay, with the policy's name on the checks.
-    Refused while something that must keep it (a protecting foreign key) still points at it."""
+    Refused while something that must keep it still points at it: a protecting foreign key, or
+    a higher app's receiver of ``pre_delete`` (a deployment under way that the policy judges)."""
     try:
         with transaction.atomic(), audit_context(actor=actor, source=source, verb="delete"):
             policy.delete()
     except (models.ProtectedError, models.RestrictedError) as error:
-        users = sorted({str(obj) for obj in error.protected_objects if obj is not None})[:5]
+        held = getattr(error, "protected_objects", None) or getattr(error, "restricted_objects", ())
+        users = sorted({str(obj) for obj in held if obj is not None})[:5]
         raise TransitionNotAllowed(
             f"The policy is still in use by {', '.join(users)}.", field="policy"
         ) from error

@@ -34,12 +34,11 @@ from rest_framework.response import Response
 from canary_site.api.actions import object_verb, requires, validated
 from canary_site.api.serializers import RelatedName, StrictSerializer
 from canary_site.audit import writer
-from canary_site.exceptions import ValidationFailed
-from canary_site.reading import index_path, key_path
 from deployments.api.parsers import YAML_PARSERS
 from flags.api.views import SafeJSONParser
 from flags.models import Flag
 from rollback import killswitches, services
+from rollback.api.definitions import definition_body
 from rollback.choices import (
     ActivationState,
     ActivationTrigger,
@@ -116,9 +115,6 @@ class KillSwitchWriteSerializer(StrictSerializer):
 
     definition = serializers.JSONField(help_text="The switch in the guide's vocabulary.")
     reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
-
-
-WRAPPER_FIELDS = frozenset(KillSwitchWriteSerializer().fields)
 
 
 class KillSwitchReasonSerializer(StrictSerializer):
@@ -302,17 +298,7 @@ def _stopped(activation: KillSwitchActivation) -> dict[str, list[Any]]:
 
 def _definition(data: Any) -> tuple[dict[str, Any], str]:
     """The switch and the reason a body carries: the switch itself, or the wrapper."""
-    reason = ""
-    if isinstance(data, dict) and data and set(data) <= WRAPPER_FIELDS:
-        values = validated(KillSwitchWriteSerializer, data)
-        data, reason = values["definition"], values["reason"]
-    if not isinstance(data, dict):
-        raise ValidationFailed(
-            "Send the kill switch (an object, as JSON or YAML), or {definition, reason}.",
-            field="definition",
-        )
-    _refuse_unstorable(data)
-    return data, reason
+    return definition_body(data, wrapper=KillSwitchWriteSerializer, noun="kill switch")
 
 
 def _patched(stored: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -320,29 +306,6 @@ def _patched(stored: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     its alias (``service`` for ``targetComponent``) replaces the stored one too."""
     kept = {key: value for key, value in stored.items() if ALIASES.get(key) not in changes}
     return {**kept, **changes}
-
-
-def _refuse_unstorable(value: Any, path: str = "") -> None:
-    """A 400 naming the first text the database cannot store: a NUL (PostgreSQL's text and
-    jsonb refuse it) or a lone surrogate (no UTF-8 for it), which JSON and YAML escapes can
-    both spell."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _refuse_unstorable(key, path)
-            _refuse_unstorable(item, key_path(path, str(key)))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _refuse_unstorable(item, index_path(path, index))
-    elif isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            problem = "holds text that is not valid Unicode"
-        else:
-            problem = "must not contain NUL characters" if "\x00" in value else ""
-        if problem:
-            field = path or "definition"
-            raise ValidationFailed(f"{field}: {problem}.", field=field)
 
 
 def _pressed(activation: KillSwitchActivation, now: datetime) -> bool:

@@ -271,9 +271,6 @@ class RollbackPlanWriteSerializer(StrictSerializer):
     reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
 
 
-PLAN_WRAPPER_FIELDS = frozenset(RollbackPlanWriteSerializer().fields)
-
-
 class RollbackPlanSerializer(serializers.ModelSerializer):
     service = RelatedName("service.name")
     deploymentId = serializers.IntegerField(source="deployment_id", read_only=True, allow_null=True)

@@ -30,13 +30,12 @@ from rest_framework.views import APIView
 from canary_site.api.actions import object_verb, requires, validated
 from canary_site.audit import writer
 from canary_site.exceptions import TransitionNotAllowed, ValidationFailed
-from canary_site.reading import index_path, key_path
 from deployments.api.parsers import YAML_PARSERS
 from deployments.models import Deployment
 from flags.api.views import SafeJSONParser
 from rollback import selectors, services
+from rollback.api.definitions import definition_body
 from rollback.api.serializers import (
-    PLAN_WRAPPER_FIELDS,
     SECRET_MASK,
     ApprovalPolicySerializer,
     ApprovalPolicyWriteSerializer,
@@ -183,16 +182,7 @@ def _execution_get(*, execution_id: int) -> RollbackExecution:
 def _plan_body(data: Any, *, stored: Any = None) -> tuple[Any, str]:
     """The definition and the reason a body carries: the plan itself, or the wrapper. A secret
     sent back masked is the stored one."""
-    reason = ""
-    if isinstance(data, dict) and data and set(data) <= PLAN_WRAPPER_FIELDS:
-        values = validated(RollbackPlanWriteSerializer, data)
-        data, reason = values["definition"], values["reason"]
-    if not isinstance(data, dict):
-        raise ValidationFailed(
-            "Send the plan (an object, as JSON or YAML), or {definition, reason}.",
-            field="definition",
-        )
-    _refuse_unstorable(data)
+    data, reason = definition_body(data, wrapper=RollbackPlanWriteSerializer, noun="plan")
     definition = unmasked(data, stored or {})
     for index, action_ in enumerate(definition.get("actions") or []):
         config = action_.get("config") if isinstance(action_, dict) else None
@@ -203,29 +193,6 @@ def _plan_body(data: Any, *, stored: Any = None) -> tuple[Any, str]:
                 field=f"actions[{index}].config.secret",
             )
     return definition, reason
-
-
-def _refuse_unstorable(value: Any, path: str = "") -> None:
-    """A 400 naming the first text the database cannot store: a NUL (PostgreSQL's text and
-    jsonb refuse it) or a lone surrogate (no UTF-8 for it), which JSON and YAML escapes can
-    both spell."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _refuse_unstorable(key, path)
-            _refuse_unstorable(item, key_path(path, str(key)))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _refuse_unstorable(item, index_path(path, index))
-    elif isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            problem = "holds text that is not valid Unicode"
-        else:
-            problem = "must not contain NUL characters" if "\x00" in value else ""
-        if problem:
-            field = path or "definition"
-            raise ValidationFailed(f"{field}: {problem}.", field=field)
 
 
 def _execution_body(execution: RollbackExecution) -> dict[str, Any]:

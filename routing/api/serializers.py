@@ -16,7 +16,7 @@ from rest_framework import serializers
 
 from canary_site.api.serializers import StrictSerializer
 from canary_site.exceptions import ValidationFailed
-from routing.choices import Strategy
+from routing.choices import ProviderKind, Strategy
 from routing.models import RoutingRule, Service, Target
 from routing.services import RULE_FIELDS, TARGET_FIELDS
 
@@ -58,6 +58,8 @@ class ServiceSerializer(serializers.ModelSerializer):
             "halted_since",
             "halted_reason",
             "halted_by",
+            "provider",
+            "provider_config",
             "targets",
             "created_at",
             "updated_at",
@@ -69,6 +71,20 @@ class ServiceWriteSerializer(StrictSerializer):
     name = serializers.SlugField(max_length=63)
     stable_version = serializers.CharField(max_length=100)
     description = serializers.CharField(required=False, allow_blank=True, default="")
+    provider = serializers.ChoiceField(
+        choices=ProviderKind.choices,
+        required=False,
+        default=ProviderKind.BUILTIN,
+        help_text="The data plane that serves the service: the built-in proxy, HAProxy "
+        "(Runtime API) or nginx (a file and a reload). A new provider starts from no settings.",
+    )
+    provider_config = serializers.JSONField(
+        required=False,
+        default=dict,
+        help_text='HAProxy: {"runtimeApi": "unix:/run/haproxy/admin.sock" or "host:port", '
+        '"backend", "serverPrefix"}; nginx: {"configPath", "testCommand": [...], '
+        '"reloadCommand": [...], "accessLog", "listen", "serverName"}; the built-in proxy: {}.',
+    )
     reason = serializers.CharField(required=False, allow_blank=True, default="", write_only=True)
 
 

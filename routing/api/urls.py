@@ -18,5 +18,10 @@ urlpatterns = [
         views.NginxConfigView.as_view(),
         name="routing-service-nginx",
     ),
+    path(
+        "routing/services/<slug:name>/haproxy.cfg",
+        views.HaproxyConfigView.as_view(),
+        name="routing-service-haproxy",
+    ),
     *router.urls,
 ]

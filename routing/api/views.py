@@ -1,6 +1,6 @@
 """REST endpoints of the routing app: services, targets and rules (CRUD), a target's drain, a
-rule's split in one call, the decision for a described request, and the nginx export. Each write
-calls one service."""
+rule's split in one call, the decision for a described request, and the nginx and HAProxy
+exports. Each write calls one service."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ from routing.api.serializers import (
 )
 from routing.filtersets import RuleFilterSet, ServiceFilterSet, TargetFilterSet
 from routing.models import Service, Target
+from routing.providers.config import InvalidProviderConfig
+from routing.providers.haproxy import haproxy_config
 from routing.snapshot import service_snapshot
 
 
@@ -239,4 +241,35 @@ class NginxConfigView(APIView):
             raise ValidationFailed(f"{field}: {error}.", field=field) from None
         response = HttpResponse(text, content_type="text/plain; charset=utf-8")
         response["Content-Disposition"] = f'inline; filename="canary-{name}.conf"'
+        return response
+
+
+class HaproxyConfigView(APIView):
+    """The service's targets as an HAProxy backend section, weighted as the split of requests
+    that match no condition (``routing.providers.haproxy``)."""
+
+    required_permission = "routing.view_service"
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("backend", str, description="Backend name (default be_<service>)."),
+            OpenApiParameter("server_prefix", str, description="Prefix of server names."),
+        ],
+        responses={(200, "text/plain"): OpenApiTypes.STR},
+    )
+    def get(self, request: Request, name: str) -> HttpResponse:
+        snapshot = service_snapshot(name=name)
+        if snapshot is None:
+            raise NotFound(f"No service named {name!r}.")
+        try:
+            text = haproxy_config(
+                snapshot,
+                backend=request.query_params.get("backend") or None,
+                server_prefix=request.query_params.get("server_prefix", ""),
+            )
+        except InvalidProviderConfig as error:
+            field = {"provider_config.backend": "backend"}.get(error.field, "server_prefix")
+            raise ValidationFailed(f"{field}: {error.message}.", field=field) from None
+        response = HttpResponse(text, content_type="text/plain; charset=utf-8")
+        response["Content-Disposition"] = f'inline; filename="canary-{name}.cfg"'
         return response

@@ -167,7 +167,7 @@ def _build_world() -> World:
         PushBatch,
     )
     from routing import services as routing_services
-    from routing.models import RuleTarget
+    from routing.models import ProviderSync, RuleTarget
 
     users: dict[str, Any] = {}
     for role in SIGNED_IN:
@@ -334,6 +334,9 @@ def _build_world() -> World:
         ("routing", "target"): target.pk,
         ("routing", "routingrule"): rule.pk,
         ("routing", "ruletarget"): RuleTarget.objects.filter(rule=rule).first().pk,
+        ("routing", "providersync"): ProviderSync.objects.create(
+            service=service, provider="haproxy", action="apply", ok=True, detail="matrix"
+        ).pk,
         ("health", "metricbucket"): MetricBucket.objects.first().pk,
         ("health", "healthpolicy"): policy.pk,
         ("health", "healthcheck"): check.pk,
@@ -346,6 +349,8 @@ def _build_world() -> World:
         ("rollback", "approvalrequest"): approval.pk,
         ("rollback", "rollbackplan"): rollback_plan.pk,
         ("rollback", "rollbackexecution"): rehearsal.pk,
+        ("rollback", "killswitch"): kill_switch.pk,
+        ("rollback", "killswitchactivation"): activation.pk,
     }
     values = {
         "flag": flag.key,
@@ -356,6 +361,7 @@ def _build_world() -> World:
         "service": service.name,
         "rule_id": str(rule.pk),
         "alert_id": str(alert.pk),
+        "policy_id": str(policy.pk),
         "deployment_id": str(deployment.pk),
         "token_id": str(token.pk),
         "id": str(owner.pk),
@@ -374,6 +380,7 @@ def _build_world() -> World:
         "request_id": str(approval.pk),
         "plan_id": str(rollback_plan.pk),
         "execution_id": str(rehearsal.pk),
+        "switch_id": str(kill_switch.pk),
         "api/v1/approvals/": str(approval.pk),
         "api/v1/approval-policies/": str(approval_policy.pk),
         "api/v1/rollback/plans/": str(rollback_plan.pk),
@@ -614,6 +621,12 @@ EXPECTED: dict[str, dict[str, Row]] = {
     "health/services/<service>/": {GET: PAGE},
     "health/alerts/<alert_id>/acknowledge/": {POST: engineers(302)},
     "health/alerts/<alert_id>/resolve/": {POST: engineers(302)},
+    "health/policies/": {GET: PAGE},
+    "health/policies/new/": {GET: engineers(200), POST: engineers(400)},
+    "health/policies/validate/": {POST: engineers(200)},
+    "health/policies/<policy_id>/": {GET: PAGE},
+    "health/policies/<policy_id>/edit/": {GET: engineers(200), POST: engineers(400)},
+    "health/policies/<policy_id>/delete/": {GET: engineers(200), POST: engineers(302)},
     "deployments/": {GET: PAGE},
     "deployments/new/": {GET: engineers(200), POST: engineers(400)},
     "deployments/new/validate/": {POST: PAGE},
@@ -621,6 +634,8 @@ EXPECTED: dict[str, dict[str, Row]] = {
     "deployments/<deployment_id>/": {GET: PAGE},
     "deployments/<deployment_id>/row/": {GET: PAGE},
     "deployments/<deployment_id>/act/": {POST: engineers(302)},
+    # The matrix's deployment names no webhook: back to the page with the reason.
+    "deployments/<deployment_id>/gates/<name>/open/": {POST: engineers(302)},
     "rollback/": {GET: PAGE},
     "rollback/approvals/mine/": {GET: PAGE},
     # Polled by every page of a signed-in person; one without a role awaits nothing.
@@ -648,6 +663,16 @@ EXPECTED: dict[str, dict[str, Row]] = {
     "rollback/deployments/<deployment_id>/panel/": {GET: PAGE},
     # No reason: back to the deployment with it (the deployment is not running anyway).
     "rollback/deployments/<deployment_id>/rollback/": {POST: engineers(302)},
+    # The kill switch pages; the switch is active, and an empty post gives no reason.
+    "rollback/kill-switches/": {GET: PAGE},
+    "rollback/kill-switches/new/": {GET: engineers(200), POST: engineers(400)},
+    "rollback/kill-switches/validate/": {POST: engineers(200)},
+    "rollback/kill-switches/kill-all/": {GET: engineers(200), POST: engineers(400)},
+    "rollback/kill-switches/<switch_id>/": {GET: PAGE},
+    "rollback/kill-switches/<switch_id>/edit/": {GET: engineers(200), POST: engineers(400)},
+    "rollback/kill-switches/<switch_id>/delete/": {GET: engineers(200), POST: engineers(409)},
+    "rollback/kill-switches/<switch_id>/trigger/": {POST: engineers(400)},
+    "rollback/kill-switches/<switch_id>/recover/": {POST: engineers(400)},
     "accounts/login/": {
         GET: row(200, 302, 302, 302, 302, 302, 302),
         POST: row(200, 302, 302, 302, 302, 302, 302),
@@ -795,6 +820,12 @@ EXPECTED: dict[str, dict[str, Row]] = {
     "admin/routing/ruletarget/<object_id>/delete/": {GET: NO_ONE, POST: NO_ONE},
     "admin/routing/ruletarget/<object_id>/change/": {GET: STAFF, POST: NO_ONE},
     "admin/routing/ruletarget/<object_id>/": {GET: STAFF_REDIRECT, POST: STAFF_REDIRECT},
+    "admin/routing/providersync/": {GET: STAFF, POST: STAFF},
+    "admin/routing/providersync/add/": {GET: NO_ONE, POST: NO_ONE},
+    "admin/routing/providersync/<object_id>/history/": {GET: STAFF},
+    "admin/routing/providersync/<object_id>/delete/": {GET: NO_ONE, POST: NO_ONE},
+    "admin/routing/providersync/<object_id>/change/": {GET: STAFF, POST: NO_ONE},
+    "admin/routing/providersync/<object_id>/": {GET: STAFF_REDIRECT, POST: STAFF_REDIRECT},
     "admin/health/metricbucket/": {GET: STAFF, POST: STAFF},
     "admin/health/metricbucket/add/": {GET: NO_ONE, POST: NO_ONE},
     "admin/health/metricbucket/<object_id>/history/": {GET: STAFF},
@@ -885,6 +916,26 @@ EXPECTED: dict[str, dict[str, Row]] = {
         GET: STAFF_REDIRECT,
         POST: STAFF_REDIRECT,
     },
+    "admin/rollback/killswitch/": {GET: STAFF, POST: admin_staff(200, engineers=302)},
+    "admin/rollback/killswitch/add/": {GET: admin_engineers(200), POST: admin_engineers(200)},
+    "admin/rollback/killswitch/<object_id>/history/": {GET: STAFF},
+    # An active switch: its delete is refused with a message, back to its page.
+    "admin/rollback/killswitch/<object_id>/delete/": {
+        GET: admin_engineers(200),
+        POST: admin_engineers(302),
+    },
+    "admin/rollback/killswitch/<object_id>/change/": {GET: STAFF, POST: admin_engineers(200)},
+    "admin/rollback/killswitch/<object_id>/": {GET: STAFF_REDIRECT, POST: STAFF_REDIRECT},
+    # No action to take on activations: the list again.
+    "admin/rollback/killswitchactivation/": {GET: STAFF, POST: STAFF},
+    "admin/rollback/killswitchactivation/add/": {GET: NO_ONE, POST: NO_ONE},
+    "admin/rollback/killswitchactivation/<object_id>/history/": {GET: STAFF},
+    "admin/rollback/killswitchactivation/<object_id>/delete/": {GET: NO_ONE, POST: NO_ONE},
+    "admin/rollback/killswitchactivation/<object_id>/change/": {GET: STAFF, POST: NO_ONE},
+    "admin/rollback/killswitchactivation/<object_id>/": {
+        GET: STAFF_REDIRECT,
+        POST: STAFF_REDIRECT,
+    },
     "admin/<app_label>/": {GET: STAFF},
     "admin/<url>": {GET: admin_staff(404, engineers=404)},
     "api/v1/": api(GET=API_READ),
@@ -912,6 +963,7 @@ EXPECTED: dict[str, dict[str, Row]] = {
     "api/v1/routing/decide": api(POST=row(401, 403, 400, 400, 400, 400, 400)),
     "api/v1/routing/decide/": api(POST=row(401, 403, 400, 400, 400, 400, 400)),
     "api/v1/routing/services/<name>/nginx.conf": api(GET=API_READ),
+    "api/v1/routing/services/<name>/haproxy.cfg": api(GET=API_READ),
     "api/v1/routing/services/": api(GET=API_READ, POST=api_engineers(400)),
     "api/v1/routing/services/<name>/": api(
         GET=API_READ, PUT=api_engineers(200), PATCH=api_engineers(200), DELETE=api_engineers(409)
@@ -950,6 +1002,9 @@ EXPECTED: dict[str, dict[str, Row]] = {
     ),
     "api/v1/deployments/<pk>/abort/": api(POST=api_engineers(200)),
     "api/v1/deployments/<pk>/events/": api(GET=API_READ),
+    "api/v1/deployments/<pk>/gates/": api(GET=API_READ),
+    # The matrix's deployment names no webhook of that name.
+    "api/v1/deployments/<pk>/gates/<name>/open/": api(POST=api_engineers(404)),
     "api/v1/deployments/<pk>/pause/": api(POST=api_engineers(409)),
     "api/v1/deployments/<pk>/promote/": api(POST=api_engineers(409)),
     "api/v1/deployments/<pk>/promote-full/": api(POST=api_engineers(409)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.db import OperationalError
 from django.test import Client
 
 from canary_site import services
@@ -29,7 +30,7 @@ def test_overview__shows_navigation_to_every_subsystem_and_the_users_role(client
 
 
 def test_overview__over_htmx__renders_only_the_counts_partial(client):
-    services.heartbeat_record(name="beat")
+    services.heartbeat_record(name="beat", identity="beat-host:4242")
 
     response = client.get("/", HTTP_HX_REQUEST="true")
 
@@ -37,6 +38,7 @@ def test_overview__over_htmx__renders_only_the_counts_partial(client):
     assert html.lstrip().startswith('<section id="overview-counts"')
     assert "<header" not in html
     assert "s ago" in html
+    assert "beat-host:4242" in html
 
 
 def test_profile__creating_a_token__shows_the_secret_once(client, engineer):
@@ -133,7 +135,31 @@ def test_readyz__checks_database_broker_and_cache():
     assert response.json() == {
         "status": "ok",
         "checks": {"database": "ok", "broker": "ok", "cache": "ok"},
+        "beat": {"identity": None, "last_tick_seconds_ago": None},
     }
+
+
+def test_readyz__names_the_beat_of_the_last_tick_and_how_long_ago():
+    services.heartbeat_record(name="beat", identity="beat-host:4242")
+
+    beat = Client().get("/readyz").json()["beat"]
+
+    assert beat["identity"] == "beat-host:4242"
+    assert 0 <= beat["last_tick_seconds_ago"] < 60
+
+
+def test_readyz__when_the_heartbeat_cannot_be_read__says_the_beat_is_unknown(monkeypatch):
+    from canary_site import views
+
+    def unreachable(**_kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(views.selectors, "heartbeat_last", unreachable)
+
+    response = Client().get("/readyz")
+
+    assert response.status_code == 200
+    assert response.json()["beat"] == {"identity": "unknown", "last_tick_seconds_ago": None}
 
 
 UNREACHABLE_CACHE = {

@@ -763,7 +763,7 @@ def test_guide_context__reads_its_rollback_time_and_policy_list() -> None:
 
 
 def test_other_guide_types__are_not_validated_here() -> None:
-    report = validate({}, type="kill_switch")
+    report = validate({}, type="traffic_rule")
     assert found(report.errors) == [("type", "unsupported_type")]
     assert found(validate({}, type="blue_green").errors) == [("type", "invalid_choice")]
 

@@ -109,3 +109,13 @@ def test_availability_latency_and_alerts():
     alert = ks.Condition(type=ks.ConditionType.CRITICAL_ALERT, service="shop")
     assert ks.judge(alert, None, 1).holds and not ks.judge(alert, None, 0).holds
     assert not ks.judge(ks.Condition(type=ks.ConditionType.MANUAL), None, 5).holds
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "a\ud800b"])
+def test_text_postgresql_cannot_store_is_refused_with_its_path(bad):
+    with pytest.raises(ks.InvalidKillSwitch) as error:
+        ks.read_kill_switch({"name": "x", "scope": "flag", "flags": ["ok", bad]})
+    assert error.value.field == "flags[1]"
+    with pytest.raises(ks.InvalidKillSwitch) as error:
+        ks.read_kill_switch({"name": bad})
+    assert error.value.field == "name"

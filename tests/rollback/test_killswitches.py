@@ -342,7 +342,6 @@ def test_recovering_a_switch_that_is_not_active_is_refused_before_any_approval(r
 
 def test_the_kill_all_name_is_kept_for_the_system_switch(running, people):
     from canary_site.exceptions import ValidationFailed
-    from rollback import services
 
     with pytest.raises(ValidationFailed) as refused:
         _switch(name="kill-all", scope="service", targetComponent="shop")

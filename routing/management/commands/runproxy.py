@@ -116,12 +116,20 @@ class Command(BaseCommand):
             help="Largest request line and headers read; larger ones are answered 431 "
             "(default: CANARY_PROXY_MAX_HEAD_BYTES, 16384).",
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="Serve the proxy's own Prometheus metrics at /metrics on this port, on the "
+            "proxy's host (default: CANARY_PROXY_METRICS_PORT; 0, none).",
+        )
         parser.add_argument("--log-level", default="warning", help="uvicorn's log level.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         import uvicorn
         from django.core.exceptions import ImproperlyConfigured
 
+        from routing.metrics import ProxyMetrics
         from routing.proxy import RoutingProxy
         from routing.server import protocol_class
 
@@ -136,10 +144,20 @@ class Command(BaseCommand):
                 if options["max_head_bytes"] is not None
                 else conf.proxy_max_head_bytes()
             )
+            metrics_port = (
+                options["metrics_port"]
+                if options["metrics_port"] is not None
+                else conf.proxy_metrics_port()
+            )
         except ImproperlyConfigured as error:
             raise CommandError(str(error)) from None
         if max_head < 1024:
             raise CommandError("--max-head-bytes must be at least 1024.")
+        if not 0 <= metrics_port <= 65535:
+            raise CommandError("--metrics-port must be a port number (0 for none).")
+        if metrics_port and metrics_port == options["port"]:
+            raise CommandError("--metrics-port must differ from --port.")
+        metrics = ProxyMetrics() if metrics_port else None
 
         app = RoutingProxy(
             default_service=options["service"],
@@ -150,6 +168,7 @@ class Command(BaseCommand):
             pool_size=options["pool_size"],
             upstream_client=options["upstream_client"],
             trusted_proxies=trusted,
+            metrics=metrics,
         )
         config = uvicorn.Config(
             app,
@@ -175,6 +194,16 @@ class Command(BaseCommand):
         # a restarted proxy's first clients wait in the kernel's queue rather than being refused.
         sock = config.bind_socket()
         sock.listen(BACKLOG)
+        if metrics is not None:
+            # A thread of its own: a scrape never waits behind the proxy's requests.
+            try:
+                metrics.serve(host=options["host"], port=metrics_port)
+            except OSError as error:
+                sock.close()
+                raise CommandError(
+                    f"Cannot serve the proxy's metrics on port {metrics_port}: {error}"
+                ) from None
+            self.stdout.write(f"Proxy metrics on http://{options['host']}:{metrics_port}/metrics")
         self.stdout.write(f"Routing proxy on http://{options['host']}:{options['port']}/")
         self.stdout.flush()
         server = uvicorn.Server(config)

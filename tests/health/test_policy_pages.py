@@ -729,7 +729,7 @@ def test_browser__a_newcomer_writes_a_policy_checked_as_they_type(page, make_use
     page.get_by_role("button", name="Save policy").click()
 
     expect(page.get_by_role("heading", name="checkout strict")).to_be_visible()
-    policy = HealthPolicy.objects.get()
+    policy = HealthPolicy.objects.get(name="checkout strict")
     assert [(t["metric"], t["critical"]) for t in policy.policy["thresholds"]] == [
         ("error_rate", 10.0),
         ("latency_p95", 900.0),

@@ -316,7 +316,8 @@ def _kick(ids: list[int]) -> None:
 
 
 def _duration(left: timedelta) -> str:
-    seconds = max(1, int(left.total_seconds() + 0.999))
+    # Whole seconds, rounded down: a cooldown with 599.4 s left reads "9 min 59 s".
+    seconds = max(1, int(left.total_seconds()))
     minutes, seconds = divmod(seconds, 60)
     if not minutes:
         return f"{seconds} s"

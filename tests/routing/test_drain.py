@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -581,7 +582,9 @@ def test_proxy_in_process__counts_stay_exact_when_requests_are_cancelled_fail_or
         assert state.in_flight_counts() == {}
         await proxy.client.close()
 
-    asyncio.run(main())
+    # In a thread of its own: a browser test's Playwright may leave this thread's loop running.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, main()).result()
 
 
 @pytest.mark.django_db(transaction=True)

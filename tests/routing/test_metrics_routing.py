@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -157,7 +158,9 @@ def test_proxy_in_process__counts_each_target__its_breaker_and_its_pool(backends
         await proxy.client.close()
         return statuses
 
-    statuses = asyncio.run(main())
+    # In a thread of its own: a browser test's Playwright may leave this thread's loop running.
+    with ThreadPoolExecutor(1) as pool:
+        statuses = pool.submit(asyncio.run, main()).result()
 
     assert statuses == [200] * 5 + [500, 500, 404]
     samples = samples_of(metrics.collect())

@@ -724,8 +724,21 @@ def test_browser__a_newcomer_writes_a_policy_checked_as_they_type(page, make_use
     page.get_by_label("Threshold 1: critical at (%)").fill("10")
     expect(findings).to_contain_text("Valid")
     page.get_by_role("button", name="Add a threshold").click()
-    page.get_by_label("Threshold 2: metric").select_option("latency_p95")
-    page.get_by_label("Threshold 2: critical at (ms)").fill("900")
+    second = page.get_by_label("Threshold 2: metric")
+    latency = page.get_by_label("Threshold 2: critical at (ms)")
+    for _ in range(3):
+        # A change made while htmx still settles the new row is not heard: wait until it is
+        # idle, and choose again if the row did not re-render for its metric.
+        page.wait_for_function(
+            "() => !document.querySelector('.htmx-request, .htmx-settling, .htmx-swapping')"
+        )
+        second.select_option("latency_p95")
+        try:
+            expect(latency).to_be_visible(timeout=8_000)
+            break
+        except AssertionError:
+            second.select_option("error_rate")
+    latency.fill("900")
     page.get_by_role("button", name="Save policy").click()
 
     expect(page.get_by_role("heading", name="checkout strict")).to_be_visible()

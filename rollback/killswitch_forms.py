@@ -24,6 +24,9 @@ from canary_site.forms import add_error_fields
 from flags.models import Flag
 from rollback import killswitches
 from rollback.choices import KillSwitchPriority, KillSwitchScope
+
+# The plan form's readers of what a person typed: the same units, the same leniency.
+from rollback.forms import _longest, _number, _numeric, _put, _seconds, _text, _words
 from routing import selectors as routing_selectors
 
 MAX_CONDITIONS = 20
@@ -47,10 +50,6 @@ RECOVERY_ACTIONS = [
     (killswitches.RecoveryAction.RESTORE_TRAFFIC.value, "Restore the traffic it halted"),
     (killswitches.RecoveryAction.RESUME_DEPLOYMENTS.value, "Resume the canaries it paused"),
 ]
-
-
-def _numeric(**attrs: Any) -> forms.TextInput:
-    return forms.TextInput(attrs={"inputmode": "decimal", **attrs})
 
 
 class KillSwitchForm(forms.Form):
@@ -224,40 +223,11 @@ def _row_initial(condition: Mapping[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------- form <-> definition
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
 def _shown(number: Any) -> str:
     """A number as typed (``20``, ``99.5``), not as stored (``20.0``)."""
     if isinstance(number, float) and number.is_integer():
         return str(int(number))
     return _text(number)
-
-
-def _seconds(ms: Any) -> str:
-    """Milliseconds as the seconds the form shows (``1.5``, ``30``)."""
-    if isinstance(ms, bool) or not isinstance(ms, int | float):
-        return _text(ms)
-    return f"{ms / MS:g}"
-
-
-def _number(text: Any, *, scale: float = 1.0) -> Any:
-    """A typed number, or the text as typed so the switch's reader names what is wrong."""
-    text = _text(text).strip()
-    if text == "":
-        return None
-    try:
-        value = float(text) * scale
-    except ValueError:
-        return text
-    if value != value or value in (float("inf"), float("-inf")):
-        return text
-    return int(value) if value.is_integer() else value
-
-
-def _words(text: Any) -> list[str]:
-    return [word for word in re.split(r"[,\s]+", _text(text)) if word]
 
 
 def _value(form: forms.Form, name: str) -> Any:
@@ -273,11 +243,6 @@ def _value(form: forms.Form, name: str) -> Any:
         getlist = getattr(form.data, "getlist", None)
         return getlist(key) if getlist else form.data.get(key)
     return form.data.get(key)
-
-
-def _put(target: dict[str, Any], key: str, value: Any) -> None:
-    if value is not None:
-        target[key] = value
 
 
 @dataclass
@@ -449,16 +414,6 @@ ROW_FIELDS: dict[str, str] = {
 _IN_SECONDS = {"grace_period_s", "recovery_delay_s", "window_s"}
 _BETWEEN = re.compile(r"must be between (\d+) and (\d+)")
 _CONDITION = re.compile(rf"{ROWS_AT}\[(\d+)\]\.?(.*)")
-
-
-def _longest(path: str, table: Mapping[str, str]) -> str | None:
-    best = None
-    for prefix in table:
-        if (path == prefix or path.startswith((f"{prefix}.", f"{prefix}["))) and (
-            best is None or len(prefix) > len(best)
-        ):
-            best = prefix
-    return table[best] if best is not None else None
 
 
 def switch_form_field(path: str) -> str | None:
